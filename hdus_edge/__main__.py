@@ -1,0 +1,3 @@
+from hdus_edge.cli.app import main
+
+main()

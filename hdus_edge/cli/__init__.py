@@ -1,0 +1,1 @@
+"""The ``hdus-edge`` command line: thin commands over the library."""

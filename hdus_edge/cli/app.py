@@ -1,0 +1,84 @@
+"""Wires every command group into one Typer app and turns ``HdusError`` into one red line.
+
+This is the only place that catches ``HdusError``: commands raise, ``run`` prints
+``error: WHAT (hint: ...)`` to stderr and returns the error's exit code; ``--debug`` re-raises so a
+developer sees the traceback. Command modules import heavy libraries (torch) inside the command
+body, so ``predict`` and ``agent`` stay torch-free.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Annotated
+
+import click
+import typer
+
+from hdus_edge.errors import HdusError
+
+app = typer.Typer(
+    name="hdus-edge",
+    help="Decentralized learning with exact, instant unlearning for edge fleets (HDUS).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+_debug = {"on": False}
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")] = False,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (-v info, -vv debug).")] = 0,
+) -> None:
+    """hdus-edge: train, distill, share seeds over MQTT, and forget any device exactly."""
+    _debug["on"] = debug
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _register() -> None:
+    # Imported here so a command module's import error names that module, and to keep the
+    # wiring in one readable list.
+    from hdus_edge.cli import demo_cmd
+
+    app.command("demo")(demo_cmd.demo)
+
+
+_register()
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI on ``argv`` and return the exit code (never raises ``HdusError``)."""
+    try:
+        result = app(args=list(argv) if argv is not None else None, standalone_mode=False)
+    except HdusError as exc:
+        if _debug["on"]:
+            raise
+        _print_error(str(exc))
+        return exc.exit_code
+    except click.exceptions.Abort:
+        _print_error("aborted")
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    return result if isinstance(result, int) else 0
+
+
+def _print_error(text: str) -> None:
+    from rich.console import Console
+    from rich.text import Text
+
+    # Text, not markup: messages carry shapes like [1, 1, 8, 8] that markup would eat.
+    Console(stderr=True, highlight=False, soft_wrap=True).print(Text.assemble(("error:", "bold red"), " ", text))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(run())
