@@ -200,6 +200,13 @@ class BrokerUnreachableError(TransportError):
     default_hint = "check the broker URL and that the broker is running ('hdus-edge broker' starts one)"
 
 
+class BrokerRefusedError(TransportError):
+    """The broker answered but refused the connection (bad credentials, not authorized)."""
+
+    exit_code = 2
+    default_hint = "check the user name, password or client certificate, and the broker's ACL"
+
+
 class BrokerURLError(ConfigError):
     """A broker URL that does not parse (expected mqtt://host:port or mqtts://host:port)."""
 

@@ -4,6 +4,8 @@ We build the fleet, unlearn, then build from scratch (same seeds, same data) the
 forgotten devices never existed, and compare every remaining device's ensemble output.
 """
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -18,7 +20,7 @@ CFG = LearningConfig(train=TrainConfig(epochs=3), distill=DistillConfig(epochs=4
 SPECS = [
     DeviceSpec("a", "mobilenet-s", seed=1),
     DeviceSpec("b", "resnet-8", seed=2),
-    DeviceSpec("c", "mobilenet-m", seed=3),
+    DeviceSpec("c", "resnet-8", seed=3),
     DeviceSpec("d", "mobilenet-s", seed=4),
 ]
 
@@ -37,10 +39,16 @@ def _fleet(specs, graph, data, clients, cfg=CFG):
     return build_fleet(specs, clients, data.reference, graph, cfg)
 
 
-def test_unlearn_one_equals_never_joined(data, clients):
+@pytest.fixture(scope="module")
+def trained(data, clients):
+    """The complete-graph fleet, trained once; tests work on deep copies."""
+    return _fleet(SPECS, complete([s.device_id for s in SPECS]), data, clients)
+
+
+def test_unlearn_one_equals_never_joined(data, clients, trained):
     # Prepare
     ids = [s.device_id for s in SPECS]
-    fleet = _fleet(SPECS, complete(ids), data, clients)
+    fleet = copy.deepcopy(trained)
     never = _fleet([s for s in SPECS if s.device_id != "b"], without(complete(ids), "b"), data, clients)
     before = max(
         float(np.abs(fleet.ensemble_output(i, data.test.x) - never.ensemble_output(i, data.test.x)).max())
@@ -55,9 +63,9 @@ def test_unlearn_one_equals_never_joined(data, clients):
     assert result.max_abs_diff <= 1e-6 and result.argmax_identical and result.exact
 
 
-def test_unlearn_two_in_sequence_equals_never_joined(data, clients):
+def test_unlearn_two_in_sequence_equals_never_joined(data, clients, trained):
     ids = [s.device_id for s in SPECS]
-    fleet = _fleet(SPECS, complete(ids), data, clients)
+    fleet = copy.deepcopy(trained)
     fleet.unlearn("a")
     fleet.unlearn("d")
     never = _fleet([SPECS[1], SPECS[2]], without(without(complete(ids), "a"), "d"), data, clients)
@@ -66,9 +74,12 @@ def test_unlearn_two_in_sequence_equals_never_joined(data, clients):
     assert fleet.members("b") == ("c",) and fleet.members("c") == ("b",)
 
 
-def test_ring_unlearn_reports_only_real_holders(data, clients):
+def test_ring_unlearn_reports_only_real_holders(trained):
     ids = [s.device_id for s in SPECS]
-    fleet = _fleet(SPECS, ring(ids), data, clients)
+    fleet = copy.deepcopy(trained)
+    fleet.graph = ring(ids)
+    fleet.holdings = {i: {} for i in ids}
+    fleet.exchange_seeds()
     held = fleet.unlearn("a")
     assert held == {"b": True, "c": False, "d": True}
 

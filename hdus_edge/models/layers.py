@@ -81,9 +81,12 @@ class ConvBNAct(nn.Sequential):
 
 
 def init_weights(model: nn.Module) -> None:
-    """He init for convs, unit BN, small-normal classifier; draws from torch's global RNG.
+    """He init (fan-out) for convs and unit-scale BN; linear layers keep torch's default init.
 
-    ``build_model`` seeds that RNG inside ``fork_rng``, so a seed fixes every weight.
+    Models call this at the end of ``__init__``. It draws from torch's global RNG, which
+    ``build_model`` seeds inside ``fork_rng``, so a seed fixes every weight. Linear layers keep the
+    default (uniform, +-1/sqrt(fan_in)): the MLP seed's hidden layer would start nearly dead under
+    the small-normal init torchvision gives classifiers.
     """
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
@@ -92,7 +95,4 @@ def init_weights(model: nn.Module) -> None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.BatchNorm2d):
             nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, 0.0, 0.01)
             nn.init.zeros_(module.bias)

@@ -1,8 +1,9 @@
 """MobileNetV2-style main models: inverted residual blocks on single-channel images.
 
 Each block expands with a 1x1 conv, filters with a depthwise 3x3, and projects back with a linear
-(no activation) 1x1 conv; it adds its input when stride is 1 and the width is unchanged. ReLU6 as in
-the paper (exports to ONNX ``Clip``). The head is a 1x1 conv, global average pooling and a linear layer.
+(no activation) 1x1 conv; it adds its input when stride is 1 and the width is unchanged. ReLU rather
+than ReLU6: the legacy ONNX exporter turns ReLU6 into ``Clip`` fed by ``Constant`` nodes, and seeds and
+mains should share one small operator set. The head is a 1x1 conv, global average pooling, a linear layer.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hdus_edge.models.layers import ConvBNAct, check_input_shape, check_num_classes, stride_plan
+from hdus_edge.models.layers import ConvBNAct, check_input_shape, check_num_classes, init_weights, stride_plan
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +44,9 @@ class InvertedResidual(nn.Module):
         hidden = in_ch * expansion
         layers: list[nn.Module] = []
         if expansion != 1:
-            layers.append(ConvBNAct(in_ch, hidden, kernel=1, act=nn.ReLU6))
+            layers.append(ConvBNAct(in_ch, hidden, kernel=1, act=nn.ReLU))
         layers += [
-            ConvBNAct(hidden, hidden, kernel=3, stride=stride, groups=hidden, act=nn.ReLU6),
+            ConvBNAct(hidden, hidden, kernel=3, stride=stride, groups=hidden, act=nn.ReLU),
             ConvBNAct(hidden, out_ch, kernel=1, act=None),  # linear bottleneck
         ]
         self.block = nn.Sequential(*layers)
@@ -65,7 +66,7 @@ class MobileNetV2(nn.Module):
         in_ch, _, _ = check_input_shape(input_shape)
         check_num_classes(num_classes)
         strides = stride_plan(input_shape, len(cfg.stages) + 1, cfg.priority)
-        self.stem = ConvBNAct(in_ch, cfg.stem, kernel=3, stride=strides[0], act=nn.ReLU6)
+        self.stem = ConvBNAct(in_ch, cfg.stem, kernel=3, stride=strides[0], act=nn.ReLU)
         blocks: list[nn.Module] = []
         width = cfg.stem
         for i, (expansion, out_ch, repeats) in enumerate(cfg.stages, start=1):
@@ -73,32 +74,36 @@ class MobileNetV2(nn.Module):
                 blocks.append(InvertedResidual(width, out_ch, strides[i] if r == 0 else 1, expansion))
                 width = out_ch
         self.blocks = nn.Sequential(*blocks)
-        self.head = ConvBNAct(width, cfg.head, kernel=1, act=nn.ReLU6)
+        self.head = ConvBNAct(width, cfg.head, kernel=1, act=nn.ReLU)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(cfg.head, num_classes)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.head(self.blocks(self.stem(x)))  # [N, head, h, w]
         return self.classifier(self.pool(x).flatten(1))  # [N, num_classes]
 
 
+# Sizes chosen for CPU training on edge devices (params at 1x28x28, 10 classes; MACs per sample):
+# S ~32k params / ~0.7M MACs, M ~96k / ~2.1M, L ~251k / ~4.7M. Each step roughly triples the params,
+# and S stays >= 5x the seeds so a seed is always the cheap member of an ensemble.
 MOBILENET_S = MobileNetConfig(
     stem=16,
-    stages=((1, 8, 1), (4, 16, 2), (4, 24, 2), (4, 32, 2)),
+    stages=((1, 8, 1), (4, 16, 2), (4, 24, 3), (4, 32, 1)),
     head=128,
     priority=(2, 3, 0),
 )
 MOBILENET_M = MobileNetConfig(
     stem=16,
-    stages=((1, 16, 1), (4, 24, 2), (4, 32, 3), (4, 48, 2), (4, 64, 1)),
-    head=256,
+    stages=((1, 16, 1), (4, 24, 2), (4, 32, 2), (4, 48, 2), (4, 64, 1)),
+    head=160,
     priority=(2, 3, 0),
 )
 MOBILENET_L = MobileNetConfig(
     stem=16,
-    stages=((1, 16, 1), (6, 24, 2), (6, 32, 3), (6, 64, 3), (6, 96, 2), (6, 128, 1)),
-    head=384,
-    priority=(2, 4, 0),
+    stages=((1, 16, 1), (6, 24, 2), (6, 32, 3), (6, 48, 2), (6, 80, 2)),
+    head=256,
+    priority=(2, 3, 0),
 )
 
 

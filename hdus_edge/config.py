@@ -1,0 +1,293 @@
+"""Configuration as frozen dataclasses read from TOML: device profiles, fleet and device configs.
+
+Every file is checked against its dataclasses: an unknown section or key, a wrong type, or an
+impossible value raises one ``ConfigError`` that names the file and the key. Profiles live in
+``firmware_configs/<name>.toml`` (one per device class).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from hdus_edge.errors import ConfigError, UnknownProfileError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on 3.10
+    import tomli as tomllib
+
+T = TypeVar("T")
+
+KNOWN_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+# --- profiles ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    main_arch: str
+    seed_arch: str = "seed-cnn"
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    batch_size: int = 32
+    epochs: int = 30
+    distill_epochs: int = 40
+
+
+@dataclass(frozen=True)
+class RuntimeSection:
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    intra_op_threads: int = 1
+    int8: bool = False
+    strategy: str = "fused"  # "fused" graph or one "sessions" per member
+
+
+@dataclass(frozen=True)
+class LimitsSection:
+    max_seed_bytes: int = 8 * 1024 * 1024
+    memory_budget_mb: int = 256
+
+
+@dataclass(frozen=True)
+class ProfileSection:
+    name: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What one class of device runs, and within which limits."""
+
+    profile: ProfileSection
+    model: ModelSection
+    train: TrainSection = field(default_factory=TrainSection)
+    runtime: RuntimeSection = field(default_factory=RuntimeSection)
+    limits: LimitsSection = field(default_factory=LimitsSection)
+
+    @property
+    def name(self) -> str:
+        """The profile's name (its file's stem)."""
+        return self.profile.name
+
+
+# --- fleet and device --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FleetSection:
+    name: str
+    broker: str = "mqtt://127.0.0.1:1883"
+    topic_root: str = ""  # empty: hdus/v1/<name>
+
+
+@dataclass(frozen=True)
+class DataSection:
+    input_shape: tuple[int, int, int] = (1, 8, 8)
+    num_classes: int = 10
+    reference: str = "public"  # "public" split or generated "noise"
+    reference_sha256: str = ""
+
+
+@dataclass(frozen=True)
+class EnsembleSection:
+    lam: float = 0.5
+    space: str = "probs"
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    """What every device of one fleet agrees on."""
+
+    fleet: FleetSection
+    data: DataSection = field(default_factory=DataSection)
+    ensemble: EnsembleSection = field(default_factory=EnsembleSection)
+
+    @property
+    def topic_root(self) -> str:
+        """The MQTT topic root, ``hdus/v1/<fleet>`` unless configured."""
+        return self.fleet.topic_root or f"hdus/v1/{self.fleet.name}"
+
+
+@dataclass(frozen=True)
+class DeviceSection:
+    id: str
+    profile: str
+    broker: str = ""  # empty: the fleet's broker
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """One provisioned device."""
+
+    device: DeviceSection
+    neighbors: tuple[str, ...] = ()
+
+
+# --- reading and validation --------------------------------------------------------------
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse a TOML file, turning every failure into a ``ConfigError`` that names the file."""
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}", hint="fix the syntax at the line named") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def from_dict(cls: type[T], raw: Any, where: str) -> T:
+    """Build dataclass ``cls`` from ``raw`` (nested dicts), checking keys and types strictly."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key '{unknown[0]}'", hint=f"known keys: {', '.join(fields)}")
+    values: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{where}: missing key '{name}'")
+            continue
+        values[name] = _coerce(hints[name], raw[name], f"{where}.{name}")
+    return cls(**values)
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, f"{where}[{k}]") for k, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
+        return tuple(_coerce(a, v, f"{where}[{k}]") for k, (a, v) in enumerate(zip(args, value)))
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool):
+        if isinstance(value, bool) and tp is not bool or not isinstance(value, tp):
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp} at {where}")
+
+
+def _check(cond: bool, where: str, message: str) -> None:
+    if not cond:
+        raise ConfigError(f"{where}: {message}")
+
+
+def validate_profile(p: Profile, where: str) -> Profile:
+    """Check values a type cannot express (ranges, known names)."""
+    from hdus_edge.models import get_spec
+
+    for key, arch, role in (("model.main_arch", p.model.main_arch, "main"), ("model.seed_arch", p.model.seed_arch, "seed")):
+        try:
+            spec = get_spec(arch)
+        except Exception as exc:  # UnknownArchitectureError: re-raise naming the file and key
+            raise ConfigError(f"{where}: {key}: {exc}") from None
+        _check(spec.role == role, f"{where}: {key}", f"'{arch}' is a {spec.role} architecture, not a {role} one")
+    _check(p.train.batch_size >= 2, f"{where}: train.batch_size", f"must be >= 2, got {p.train.batch_size}")
+    _check(p.train.epochs >= 1, f"{where}: train.epochs", f"must be >= 1, got {p.train.epochs}")
+    _check(p.train.distill_epochs >= 1, f"{where}: train.distill_epochs", "must be >= 1")
+    _check(len(p.runtime.providers) > 0, f"{where}: runtime.providers", "must name at least one provider")
+    for prov in p.runtime.providers:
+        _check(prov in KNOWN_PROVIDERS, f"{where}: runtime.providers", f"unknown provider '{prov}' (known: {', '.join(KNOWN_PROVIDERS)})")
+    _check(p.runtime.providers[-1] == "CPUExecutionProvider", f"{where}: runtime.providers",
+           "must end with CPUExecutionProvider so there is always a fallback")
+    _check(1 <= p.runtime.intra_op_threads <= 64, f"{where}: runtime.intra_op_threads", "must be in 1..64")
+    _check(p.runtime.strategy in ("fused", "sessions"), f"{where}: runtime.strategy", "must be 'fused' or 'sessions'")
+    _check(1024 <= p.limits.max_seed_bytes <= 256 * 1024 * 1024, f"{where}: limits.max_seed_bytes", "must be in 1 KiB..256 MiB")
+    _check(p.limits.memory_budget_mb >= 32, f"{where}: limits.memory_budget_mb", "must be >= 32")
+    return p
+
+
+def profiles_dir() -> Path:
+    """``firmware_configs/`` next to the package (a source checkout or an editable install)."""
+    return Path(__file__).resolve().parent.parent / "firmware_configs"
+
+
+def list_profiles(directory: Path | None = None) -> list[str]:
+    """Names of the profiles available."""
+    return sorted(p.stem for p in (directory or profiles_dir()).glob("*.toml"))
+
+
+def load_profile(name_or_path: str, directory: Path | None = None) -> Profile:
+    """Load and validate a profile by name (``firmware_configs/NAME.toml``) or by path."""
+    path = Path(name_or_path)
+    if not path.suffix == ".toml":
+        path = (directory or profiles_dir()) / f"{name_or_path}.toml"
+        if not path.exists():
+            raise UnknownProfileError(
+                f"unknown profile '{name_or_path}'", hint=f"known profiles: {', '.join(list_profiles(directory))}"
+            )
+    raw = read_toml(path)
+    profile = from_dict(Profile, raw, str(path))
+    return validate_profile(profile, str(path))
+
+
+def validate_fleet(cfg: FleetConfig, where: str) -> FleetConfig:
+    """Check fleet values: lam range, combine space, input shape, class count, broker URL."""
+    from hdus_edge.ensemble.combine import COMBINE_SPACES
+
+    _check(0.0 <= cfg.ensemble.lam <= 1.0, f"{where}: ensemble.lam", f"must lie in [0, 1], got {cfg.ensemble.lam}")
+    _check(cfg.ensemble.space in COMBINE_SPACES, f"{where}: ensemble.space", f"must be one of {COMBINE_SPACES}")
+    c, h, w = cfg.data.input_shape
+    _check(c == 1 and 8 <= h <= 64 and 8 <= w <= 64, f"{where}: data.input_shape", f"must be [1, H, W] with 8 <= H, W <= 64, got {list(cfg.data.input_shape)}")
+    _check(2 <= cfg.data.num_classes <= 1000, f"{where}: data.num_classes", "must be in 2..1000")
+    _check(cfg.data.reference in ("public", "noise"), f"{where}: data.reference", "must be 'public' or 'noise'")
+    _check(bool(cfg.fleet.name) and "/" not in cfg.fleet.name and "+" not in cfg.fleet.name and "#" not in cfg.fleet.name,
+           f"{where}: fleet.name", "must be non-empty without '/', '+' or '#'")
+    return cfg
+
+
+def load_fleet_config(path: Path) -> FleetConfig:
+    """Load and validate a fleet config TOML."""
+    return validate_fleet(from_dict(FleetConfig, read_toml(path), str(path)), str(path))
+
+
+def load_device_config(path: Path) -> DeviceConfig:
+    """Load a device config TOML."""
+    return from_dict(DeviceConfig, read_toml(path), str(path))
+
+
+def to_toml(obj: Any) -> str:
+    """Serialise a config dataclass as TOML (tables for nested dataclasses)."""
+    lines: list[str] = []
+    top = dataclasses.asdict(obj)
+    for section, values in top.items():
+        if isinstance(values, dict):
+            lines.append(f"[{section}]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+            lines.append("")
+        else:
+            lines.insert(0, f"{section} = {_toml_value(values)}")
+    return "\n".join(lines)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")

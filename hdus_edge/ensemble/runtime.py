@@ -1,0 +1,232 @@
+"""The ensemble at inference time: main model + neighbours' seeds, run by onnxruntime.
+
+onnxruntime + numpy + onnx only; this module never imports torch (a subprocess test checks it).
+Two strategies give the same output (to 1e-6): ``"sessions"`` runs one session per member and
+combines with ``hdus_edge.ensemble.combine.combine``; ``"fused"`` runs one graph that holds every
+member and the combination rule (``hdus_edge.onnx.fuse``). Every change of the member set builds a
+new immutable snapshot, probes it, then swaps it in under a lock: a concurrent ``predict`` uses
+either the old or the new snapshot, never a half-built one, and a failed build changes nothing.
+After ``remove(j)`` nothing the runtime holds (member bytes, sessions, fused graph) contains s_j.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Literal
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from hdus_edge.ensemble.combine import COMBINE_SPACES, CombineSpace, check_lam, combine
+from hdus_edge.errors import DataShapeError, EnsembleError, HdusError, ProbeRunError
+from hdus_edge.onnx.checks import ModelContract, check_onnx, parse_onnx
+from hdus_edge.onnx.fuse import MAIN_PREFIX, OUTPUT, fuse_ensemble, member_output, seed_prefix
+from hdus_edge.onnx.probe import check_probe_output, probe_inputs
+from hdus_edge.onnx.session import make_session
+
+logger = logging.getLogger(__name__)
+
+Strategy = Literal["fused", "sessions"]
+STRATEGIES: tuple[str, ...] = ("fused", "sessions")
+# Main models can be larger than a seed; the runtime trusts its own main model's size.
+_MAIN_MAX_BYTES = 512 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class MemberOutputs:
+    """Each member's logits for one batch: the main model's and each seed's by device id."""
+
+    main: np.ndarray
+    seeds: Mapping[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """One immutable build of the ensemble; ``predict`` reads exactly one of these."""
+
+    seeds: tuple[str, ...]  # sorted device ids
+    seed_bytes: Mapping[str, bytes]
+    sessions: Mapping[str, ort.InferenceSession]  # "sessions": main under "" plus one per seed
+    fused: ort.InferenceSession | None
+    fused_bytes: bytes | None
+
+
+class EnsembleRuntime:
+    """Main model + seeds, rebuilt atomically whenever the member set changes.
+
+    ``lam`` and ``space`` follow ``combine``: ``(1 - lam) * main + lam * mean(seeds)`` over logits
+    or probabilities (lam is 0 while there are no seeds). ``providers`` are filtered by what this
+    onnxruntime has (CPU always last); ``intra_op_threads`` None lets onnxruntime choose.
+    """
+
+    def __init__(
+        self,
+        main_onnx: bytes,
+        lam: float,
+        space: CombineSpace = "probs",
+        strategy: Strategy = "fused",
+        providers: Sequence[str] | None = None,
+        intra_op_threads: int | None = None,
+    ) -> None:
+        if space not in COMBINE_SPACES:
+            raise EnsembleError(f"unknown combine space {space!r}", hint=f"use one of {COMBINE_SPACES}")
+        if strategy not in STRATEGIES:
+            raise EnsembleError(f"unknown ensemble strategy {strategy!r}", hint=f"use one of {STRATEGIES}")
+        self.lam = check_lam(lam)
+        self.space: CombineSpace = space
+        self.strategy: Strategy = strategy
+        self.providers = list(providers) if providers is not None else None
+        self.intra_op_threads = intra_op_threads
+        self._main_bytes = bytes(main_onnx)
+        main = parse_onnx(self._main_bytes, max_bytes=_MAIN_MAX_BYTES)
+        self.contract = _contract_of(main)
+        # The fused graph carries the main model itself; only "sessions" runs it on its own.
+        self._main_session = (
+            make_session(self._main_bytes, providers=providers, intra_op_threads=intra_op_threads)
+            if strategy == "sessions" else None
+        )
+        self._build_lock = threading.Lock()  # one rebuild at a time; predict never takes it
+        self._swap_lock = threading.Lock()
+        self._snapshot = self._build({}, previous=None)
+
+    # --- membership ----------------------------------------------------------------------
+
+    def members(self) -> tuple[str, ...]:
+        """Device ids of the seeds in the ensemble, sorted (the main model is always a member)."""
+        return self._snapshot.seeds
+
+    def add_seed(self, device_id: str, onnx_bytes: bytes, *, validate: bool = False) -> None:
+        """Add (or replace) ``device_id``'s seed and rebuild.
+
+        The caller is expected to have validated the bytes (``hdus_edge.onnx.checks``);
+        ``validate=True`` runs ``check_onnx`` against the main model's contract first. On any
+        error (``OnnxRejectedError``, ``EnsembleError``, ``ProbeRunError``) the ensemble is unchanged.
+        """
+        if not isinstance(device_id, str) or not device_id:
+            raise ValueError("device_id must be a non-empty string")
+        data = bytes(onnx_bytes)
+        if validate:
+            check_onnx(data, self.contract)
+        with self._build_lock:
+            current = self._snapshot
+            seeds = dict(current.seed_bytes)
+            seeds[device_id] = data
+            try:
+                snap = self._build(seeds, previous=current)
+            except ProbeRunError as exc:
+                raise ProbeRunError(f"seed {device_id!r} broke the ensemble: {exc.message}") from None
+            self._swap(snap)
+        logger.info("ensemble: added seed %s (%d seeds)", device_id, len(seeds))
+
+    def remove(self, device_id: str) -> bool:
+        """Remove ``device_id``'s seed and rebuild; ``False`` when it held none (nothing changes)."""
+        with self._build_lock:
+            current = self._snapshot
+            if device_id not in current.seed_bytes:
+                return False
+            seeds = {d: b for d, b in current.seed_bytes.items() if d != device_id}
+            self._swap(self._build(seeds, previous=current))
+        logger.info("ensemble: removed seed %s (%d seeds)", device_id, len(seeds))
+        return True
+
+    def replace_all(self, seeds: Mapping[str, bytes]) -> None:
+        """Set the whole seed set at once (one rebuild), e.g. when loading the store at start-up."""
+        with self._build_lock:
+            self._swap(self._build({d: bytes(b) for d, b in seeds.items()}, previous=self._snapshot))
+
+    # --- inference -----------------------------------------------------------------------
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Ensemble output for float32 ``x`` [N, C, H, W]: logits or probabilities per ``space``."""
+        return self._predict(self._snapshot, self._check_input(x))
+
+    def predict_members(self, x: np.ndarray) -> MemberOutputs:
+        """Every member's logits for ``x`` (for diagnostics and tests)."""
+        snap, batch = self._snapshot, self._check_input(x)
+        if snap.fused is not None:
+            names = [member_output(MAIN_PREFIX)] + [member_output(seed_prefix(i)) for i in range(len(snap.seeds))]
+            outs = snap.fused.run(names, {"input": batch})
+            return MemberOutputs(outs[0], MappingProxyType(dict(zip(snap.seeds, outs[1:]))))
+        main, seeds = self._run_sessions(snap, batch)
+        return MemberOutputs(main, MappingProxyType(dict(zip(snap.seeds, seeds))))
+
+    def held_bytes(self) -> tuple[bytes, ...]:
+        """Every model byte string the runtime holds (main, seeds, fused graph), for audits."""
+        snap = self._snapshot
+        return (self._main_bytes, *snap.seed_bytes.values(), *((snap.fused_bytes,) if snap.fused_bytes else ()))
+
+    @property
+    def fused_model_bytes(self) -> bytes | None:
+        """The current fused graph's bytes (``None`` with the ``"sessions"`` strategy)."""
+        return self._snapshot.fused_bytes
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _check_input(self, x: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(x, dtype=np.float32)
+        if batch.ndim != 4 or batch.shape[1:] != self.contract.input_shape:
+            raise DataShapeError(
+                f"input has shape {list(np.shape(x))}, expected [N, {', '.join(map(str, self.contract.input_shape))}]"
+            )
+        return batch
+
+    def _predict(self, snap: _Snapshot, batch: np.ndarray) -> np.ndarray:
+        if snap.fused is not None:
+            return snap.fused.run([OUTPUT], {"input": batch})[0]
+        main, seeds = self._run_sessions(snap, batch)
+        return combine(main, seeds, self.lam, self.space)
+
+    def _run_sessions(self, snap: _Snapshot, batch: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        def run(session: ort.InferenceSession) -> np.ndarray:
+            return session.run(None, {session.get_inputs()[0].name: batch})[0]
+
+        assert self._main_session is not None  # "sessions" strategy always has one
+        return run(self._main_session), [run(snap.sessions[d]) for d in snap.seeds]
+
+    def _build(self, seeds: dict[str, bytes], previous: _Snapshot | None) -> _Snapshot:
+        order = tuple(sorted(seeds))
+        sessions: dict[str, ort.InferenceSession] = {}
+        fused = fused_bytes = None
+        if self.strategy == "sessions":
+            for device in order:
+                old = previous.sessions.get(device) if previous is not None else None
+                same = previous is not None and previous.seed_bytes.get(device) == seeds[device]
+                sessions[device] = old if (same and old is not None) else make_session(
+                    seeds[device], providers=self.providers, intra_op_threads=self.intra_op_threads
+                )
+        else:
+            main = parse_onnx(self._main_bytes, max_bytes=_MAIN_MAX_BYTES)
+            parsed = {d: parse_onnx(seeds[d], max_bytes=_MAIN_MAX_BYTES) for d in order}
+            fused_bytes = fuse_ensemble(main, parsed, self.lam, self.space).SerializeToString()
+            fused = make_session(fused_bytes, providers=self.providers, intra_op_threads=self.intra_op_threads)
+        snap = _Snapshot(order, MappingProxyType(dict(seeds)), MappingProxyType(sessions), fused, fused_bytes)
+        # Probe before the swap: a member that loads but fails to run must not replace a good ensemble.
+        x = probe_inputs(self.contract, batch=2)
+        try:
+            y = self._predict(snap, x)
+        except HdusError:
+            raise
+        except Exception as exc:  # noqa: BLE001  # onnxruntime's pybind errors have no common base
+            raise ProbeRunError(f"ensemble probe run failed: {type(exc).__name__}: {exc}") from None
+        check_probe_output([y], 2, self.contract.num_classes)
+        return snap
+
+    def _swap(self, snap: _Snapshot) -> None:
+        with self._swap_lock:
+            self._snapshot = snap
+
+
+def _contract_of(main: onnx.ModelProto) -> ModelContract:
+    """The I/O contract the main model defines for every seed."""
+    if len(main.graph.input) != 1 or len(main.graph.output) != 1:
+        raise EnsembleError("the main model must have exactly one input and one output")
+    dims_in = [d.dim_value for d in main.graph.input[0].type.tensor_type.shape.dim]
+    dims_out = [d.dim_value for d in main.graph.output[0].type.tensor_type.shape.dim]
+    if len(dims_in) != 4 or min(dims_in[1:], default=0) <= 0 or len(dims_out) != 2 or dims_out[1] < 2:
+        raise EnsembleError(f"the main model maps {dims_in} -> {dims_out}; expected [N, C, H, W] -> [N, classes]")
+    return ModelContract(height=dims_in[2], width=dims_in[3], num_classes=dims_out[1], channels=dims_in[1])
