@@ -10,10 +10,16 @@ proves it by building that fleet).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+import multiprocessing
+import os
+import queue
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import numpy as np
+import torch
 from torch import nn
 
 from hdus_edge.data import ClientData, Dataset
@@ -141,6 +147,53 @@ class InProcessFleet:
         return held
 
 
+def default_workers() -> int:
+    """Worker processes for fleet training: ``$HDUS_WORKERS``, else one per core (at most 4)."""
+    env = os.environ.get("HDUS_WORKERS")
+    if env:
+        return max(1, int(env))
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def train_devices(
+    specs: Sequence[DeviceSpec],
+    clients: Mapping[str, ClientData],
+    reference: Dataset,
+    cfg: LearningConfig,
+    progress: FleetProgress | None = None,
+    workers: int | None = None,
+) -> list[TrainedDevice]:
+    """Train and distil every device, in worker processes when ``workers`` > 1.
+
+    Devices are independent (exactness demands it), so they train in parallel. Each worker runs
+    torch on one thread: small models scale better across processes than across threads, and a
+    fixed thread count keeps results identical run to run. The result does not depend on how
+    devices are spread over workers.
+    """
+    missing = [s.device_id for s in specs if s.device_id not in clients]
+    if missing:
+        raise ConfigError(f"no client data for devices {missing}")
+    workers = default_workers() if workers is None else workers
+    if workers <= 1 or len(specs) <= 1:
+        with _torch_threads(1):
+            return [train_device(s, clients[s.device_id], reference, cfg, progress) for s in specs]
+    ctx = multiprocessing.get_context("spawn")  # fork after torch's thread pools started can hang
+    updates = ctx.Queue()
+    results: dict[str, TrainedDevice] = {}
+    with ProcessPoolExecutor(min(workers, len(specs)), mp_context=ctx, initializer=_worker_init, initargs=(updates,)) as pool:
+        pending: dict[Future, str] = {
+            pool.submit(_train_in_worker, s, clients[s.device_id], reference, cfg, progress is not None): s.device_id
+            for s in specs
+        }
+        while pending:
+            done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            _drain(updates, progress)
+            for fut in done:
+                results[pending.pop(fut)] = fut.result()
+        _drain(updates, progress)
+    return [results[s.device_id] for s in specs]
+
+
 def build_fleet(
     specs: Sequence[DeviceSpec],
     clients: Mapping[str, ClientData],
@@ -148,12 +201,10 @@ def build_fleet(
     graph: Graph,
     cfg: LearningConfig,
     progress: FleetProgress | None = None,
+    workers: int | None = None,
 ) -> InProcessFleet:
     """Train and distil every device, then exchange seeds along ``graph``."""
-    missing = [s.device_id for s in specs if s.device_id not in clients]
-    if missing:
-        raise ConfigError(f"no client data for devices {missing}")
-    devices = [train_device(s, clients[s.device_id], reference, cfg, progress) for s in specs]
+    devices = train_devices(specs, clients, reference, cfg, progress, workers)
     fleet = InProcessFleet(devices, graph, cfg.lam, cfg.space)
     fleet.exchange_seeds()
     return fleet
@@ -163,3 +214,44 @@ def _bind(progress: FleetProgress | None, device_id: str, phase: str) -> Callabl
     if progress is None:
         return None
     return lambda done, total: progress(device_id, phase, done, total)
+
+
+_updates: "multiprocessing.Queue | None" = None
+
+
+def _worker_init(updates: "multiprocessing.Queue") -> None:
+    global _updates
+    _updates = updates
+    torch.set_num_threads(1)
+
+
+def _train_in_worker(
+    spec: DeviceSpec, client: ClientData, reference: Dataset, cfg: LearningConfig, report: bool
+) -> TrainedDevice:
+    def forward(device_id: str, phase: str, done: int, total: int) -> None:
+        # Every 5th step is plenty for a progress bar and keeps the queue quiet.
+        if _updates is not None and (done % 5 == 0 or done == total):
+            _updates.put((device_id, phase, done, total))
+
+    return train_device(spec, client, reference, cfg, forward if report else None)
+
+
+def _drain(updates: "multiprocessing.Queue", progress: FleetProgress | None) -> None:
+    while True:
+        try:
+            item = updates.get_nowait()
+        except queue.Empty:
+            return
+        if progress is not None:
+            progress(*item)
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Run a block with torch on ``n`` threads, so in-process training matches the workers."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

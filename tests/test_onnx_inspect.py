@@ -81,5 +81,5 @@ def test_cli_error_path(tmp_path: Path, seed_file: Path, capsys: pytest.CaptureF
     assert run(["inspect", str(path), *args]) == 2
     captured = capsys.readouterr()
     lines = [line for line in captured.err.splitlines() if line.strip()]
-    assert lines[0].startswith("error: ") and match in captured.err
+    assert len(lines) == 1 and lines[0].startswith("error: ") and match in captured.err
     assert captured.out == ""

@@ -23,22 +23,27 @@ def demo(
     from hdus_edge.sim.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(seed=seed, forget=forget)
-    if not 0 <= forget < len(cfg.sizes):
-        raise ConfigError(f"--forget must be a device index in 0..{len(cfg.sizes) - 1}, got {forget}")
+    if not 0 <= forget < len(cfg.archs):
+        raise ConfigError(f"--forget must be a device index in 0..{len(cfg.archs) - 1}, got {forget}")
     with fleet_progress(enabled=not json_out) as progress:
         result = run_demo(cfg, progress)
     report = result.to_json()
     if json_out:
         print_json(report)
         return
-    table = Table(title=f"HDUS demo: digits, {len(cfg.sizes)} devices, complete graph, one class missing each")
-    for col in ("device", "arch", "main (local)", "ensemble (local)", "main (global)", "ensemble (global)",
-                f"ensemble after forgetting {result.unlearned} (local / global)"):
-        table.add_column(col, justify="right" if col not in ("device", "arch") else "left")
+    table = Table(title=f"HDUS demo: digits, {len(cfg.archs)} devices, complete graph, one class missing each")
+    table.add_column("device")
+    table.add_column("main model")
+    forgot = result.unlearned
+    for col in ("main\nlocal", "ensemble\nlocal", "main\nglobal", "ensemble\nglobal", "after\nlocal", "after\nglobal"):
+        table.add_column(col, justify="right")
     for d in report["devices"]:
-        after = "forgotten" if d["id"] == result.unlearned else f"{pct(d['after_unlearn_acc'])} / {pct(d['after_unlearn_global_acc'])}"
+        gone = d["id"] == forgot
         table.add_row(d["id"], d["arch"], pct(d["main_acc"]), pct(d["ensemble_acc"]), pct(d["main_global_acc"]),
-                      pct(d["ensemble_global_acc"]), after)
+                      pct(d["ensemble_global_acc"]), "forgotten" if gone else pct(d["after_unlearn_acc"]),
+                      "" if gone else pct(d["after_unlearn_global_acc"]))
+    table.caption = (f"local: the device's own test split; global: the fleet's held-out test set; "
+                     f"after: ensemble after {forgot} was forgotten")
     console.print(table)
     verdict = "[bold green]EXACT[/]" if result.exactness.exact else "[bold red]NOT EXACT[/]"
     console.print(

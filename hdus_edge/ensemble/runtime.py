@@ -62,6 +62,8 @@ class EnsembleRuntime:
     ``lam`` and ``space`` follow ``combine``: ``(1 - lam) * main + lam * mean(seeds)`` over logits
     or probabilities (lam is 0 while there are no seeds). ``providers`` are filtered by what this
     onnxruntime has (CPU always last); ``intra_op_threads`` None lets onnxruntime choose.
+    ``pack`` (fused strategy) runs same-architecture seeds as one packed chain: about 2x faster
+    at batch 1 with 8 seed-cnn seeds, same results to float rounding.
     """
 
     def __init__(
@@ -72,6 +74,8 @@ class EnsembleRuntime:
         strategy: Strategy = "fused",
         providers: Sequence[str] | None = None,
         intra_op_threads: int | None = None,
+        *,
+        pack: bool = True,
     ) -> None:
         if space not in COMBINE_SPACES:
             raise EnsembleError(f"unknown combine space {space!r}", hint=f"use one of {COMBINE_SPACES}")
@@ -82,6 +86,7 @@ class EnsembleRuntime:
         self.strategy: Strategy = strategy
         self.providers = list(providers) if providers is not None else None
         self.intra_op_threads = intra_op_threads
+        self.pack = pack
         self._main_bytes = bytes(main_onnx)
         main = parse_onnx(self._main_bytes, max_bytes=_MAIN_MAX_BYTES)
         self.contract = _contract_of(main)
@@ -202,7 +207,7 @@ class EnsembleRuntime:
         else:
             main = parse_onnx(self._main_bytes, max_bytes=_MAIN_MAX_BYTES)
             parsed = {d: parse_onnx(seeds[d], max_bytes=_MAIN_MAX_BYTES) for d in order}
-            fused_bytes = fuse_ensemble(main, parsed, self.lam, self.space).SerializeToString()
+            fused_bytes = fuse_ensemble(main, parsed, self.lam, self.space, pack=self.pack).SerializeToString()
             fused = make_session(fused_bytes, providers=self.providers, intra_op_threads=self.intra_op_threads)
         snap = _Snapshot(order, MappingProxyType(dict(seeds)), MappingProxyType(sessions), fused, fused_bytes)
         # Probe before the swap: a member that loads but fails to run must not replace a good ensemble.

@@ -9,6 +9,7 @@ One job per module, and only ``export`` imports torch, so the inference path (``
 - ``probe``      run a checked model on a small batch, optionally in a limited child process
 - ``session``    onnxruntime sessions from bytes, provider selection
 - ``fuse``       one ONNX graph holding the main model, every seed and the combination rule
+- ``pack``       same-architecture seeds as one wider chain (grouped convolutions) inside that graph
 - ``quantize``   int8 quantization with onnxruntime.quantization
 - ``inspection`` the facts ``hdus-edge inspect`` prints
 

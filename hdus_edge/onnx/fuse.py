@@ -21,6 +21,7 @@ from onnx import helper, numpy_helper
 from hdus_edge.ensemble.combine import COMBINE_SPACES, CombineSpace, effective_lam
 from hdus_edge.errors import EnsembleError
 from hdus_edge.onnx.checks import STANDARD_DOMAINS, default_opset
+from hdus_edge.onnx.pack import NotPackable, pack_models, signature
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +48,14 @@ def fuse_ensemble(
     space: CombineSpace = "probs",
     *,
     member_outputs: bool = True,
+    pack: bool = True,
 ) -> onnx.ModelProto:
     """Build the fused ensemble model from parsed member models.
 
     ``seeds`` maps device id -> model; members are placed in sorted device-id order. Outputs:
     ``ensemble`` [N, classes] (logits or probabilities, per ``space``), and with
-    ``member_outputs`` each member's logits (``main/logits``, ``s000/logits``, ...). Raises
+    ``member_outputs`` each member's logits (``main/logits``, ``s000/logits``, ...). With ``pack``,
+    seeds of the same architecture run as one packed chain (``hdus_edge.onnx.pack``). Raises
     ``EnsembleError`` when members disagree on input or output shape.
     """
     if space not in COMBINE_SPACES:
@@ -60,6 +63,7 @@ def fuse_ensemble(
     order = sorted(seeds)
     weight = effective_lam(lam, len(order))
     members = [(MAIN_PREFIX, "main", main)] + [(seed_prefix(i), d, seeds[d]) for i, d in enumerate(order)]
+    # Operator semantics change between opsets, so every member is brought to the newest one.
     opset = max(default_opset(m) for _, _, m in members)
     in_type, out_type = _io_types(main)
 
@@ -67,9 +71,8 @@ def fuse_ensemble(
     inits: list[onnx.TensorProto] = []
     sparse: list[onnx.SparseTensorProto] = []
     infos: list[onnx.ValueInfoProto] = []
-    logits: list[str] = []
-    for prefix, device, model in members:
-        model = _at_opset(model, opset, device)
+    members = [(prefix, device, _at_opset(model, opset, device)) for prefix, device, model in members]
+    for _, device, model in members:
         m_in, m_out = _io_types(model)
         if _shape(m_in)[1:] != _shape(in_type)[1:] or _shape(m_out)[1:] != _shape(out_type)[1:]:
             raise EnsembleError(
@@ -77,10 +80,14 @@ def fuse_ensemble(
                 f"{_shape(in_type)} -> {_shape(out_type)}",
                 hint="every seed must take the fleet's input shape and predict the fleet's classes",
             )
+    packed = _pack_seeds(members[1:], nodes, inits) if pack else set()
+    for prefix, device, model in members:
+        if prefix != MAIN_PREFIX and device in packed:
+            continue
         out = _copy_member(model, prefix, nodes, inits, sparse, infos)
         if out != member_output(prefix):  # a fixed name per member, whatever the exporter called it
             nodes.append(helper.make_node("Identity", [out], [member_output(prefix)], name=f"{prefix}out"))
-        logits.append(member_output(prefix))
+    logits = [member_output(prefix) for prefix, _, _ in members]
 
     def const(name: str, value: float) -> str:
         inits.append(numpy_helper.from_array(np.array(value, dtype=np.float32), name))
@@ -124,9 +131,33 @@ def fuse_ensemble(
         producer_name="hdus-edge",
     )
     meta = fused.metadata_props.add()
-    meta.key, meta.value = MEMBERS_KEY, json.dumps({"seeds": order, "lam": lam, "space": space})
+    meta.key, meta.value = MEMBERS_KEY, json.dumps({"seeds": order, "lam": lam, "space": space,
+                                                  "packed": sorted(packed)})
     logger.debug("fused main + %d seeds (%s space, lam %.3f): %d nodes", len(order), space, weight, len(nodes))
     return fused
+
+
+def _pack_seeds(
+    seeds: list[tuple[str, str, onnx.ModelProto]], nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto]
+) -> set[str]:
+    """Append packed chains for groups of same-structure seeds; return the device ids packed."""
+    groups: dict[bytes, list[tuple[str, str, onnx.ModelProto]]] = {}
+    for member in seeds:  # sorted device-id order, so groups and their layout are deterministic
+        key = signature(member[2])
+        if key is not None:
+            groups.setdefault(key, []).append(member)
+    packed: set[str] = set()
+    for index, group in enumerate(g for g in groups.values() if len(g) >= 2):
+        try:
+            result = pack_models([m for _, _, m in group], f"p{index:03d}/", INPUT,
+                                 [member_output(prefix) for prefix, _, _ in group])
+        except NotPackable as exc:
+            logger.debug("seeds %s not packed: %s", [d for _, d, _ in group], exc)
+            continue
+        nodes += result.nodes
+        inits += result.initializers
+        packed.update(d for _, d, _ in group)
+    return packed
 
 
 def _shape(value: onnx.ValueInfoProto) -> list[int | str]:

@@ -25,11 +25,12 @@ from hdus_edge.train import TrainConfig
 class DemoConfig:
     """Defaults that finish in about a minute on 2 cores."""
 
-    sizes: tuple[str, ...] = ("S", "M", "L", "L", "L", "L")  # the paper's heterogeneous mix
+    # Mixed sizes AND families: the heterogeneity HDUS is for; the fast members keep it near a minute.
+    archs: tuple[str, ...] = ("mobilenet-s", "resnet-8", "mobilenet-m", "resnet-20", "mobilenet-l", "resnet-8")
     forget: int = 5  # index of the device to forget
     seed: int = 0
     learning: LearningConfig = field(
-        default_factory=lambda: LearningConfig(train=TrainConfig(epochs=30), distill=DistillConfig(epochs=40))
+        default_factory=lambda: LearningConfig(train=TrainConfig(epochs=20), distill=DistillConfig(epochs=30))
     )
 
 
@@ -72,7 +73,7 @@ class DemoResult:
 def demo_specs(cfg: DemoConfig) -> list[DeviceSpec]:
     """Device specs: ids dev-0.., main arch from the size list, one seed per device."""
     return [
-        DeviceSpec(f"dev-{k}", resolve_arch(size), seed=cfg.seed * 1000 + k) for k, size in enumerate(cfg.sizes)
+        DeviceSpec(f"dev-{k}", resolve_arch(arch), seed=cfg.seed * 1000 + k) for k, arch in enumerate(cfg.archs)
     ]
 
 
@@ -80,7 +81,7 @@ def run_demo(cfg: DemoConfig = DemoConfig(), progress: FleetProgress | None = No
     """Train, evaluate, forget one device, evaluate, and prove exactness against a never-joined fleet."""
     start = time.perf_counter()
     data: FleetData = split_fleet(
-        load_digits(), len(cfg.sizes), scheme="missing-class", reference_size=300, test_size=300, seed=cfg.seed
+        load_digits(), len(cfg.archs), scheme="missing-class", reference_size=300, test_size=300, seed=cfg.seed
     )
     specs = demo_specs(cfg)
     ids = [s.device_id for s in specs]
