@@ -70,30 +70,29 @@ def test_presence_online_then_offline_on_clean_close(embedded_broker: str, messa
 
 def test_cli_broker_runs_until_sigterm(free_port: int) -> None:
     # Prepare
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-m", "hdus_edge", "broker", "--port", str(free_port), "--json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        # Execute: wait for the JSON object announcing the URL
-        assert proc.stdout is not None
-        text = ""
-        deadline = time.monotonic() + 30
-        while not text.rstrip().endswith("}") and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            text += line
-        url = json.loads(text)["url"]
-        with MqttTransport(url, "cli-dev") as t:
-            t.connect(timeout=5)
-            acked = t.publish("cli/x", b"1")
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(15)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    ) as proc:
+        try:
+            # Execute: wait for the JSON object announcing the URL
+            assert proc.stdout is not None
+            text = ""
+            deadline = time.monotonic() + 30
+            while not text.rstrip().endswith("}") and time.monotonic() < deadline:
+                line = proc.stdout.readline()
+                if not line:
+                    break
+                text += line
+            url = json.loads(text)["url"]
+            with MqttTransport(url, "cli-dev") as t:
+                t.connect(timeout=5)
+                acked = t.publish("cli/x", b"1")
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(15)
+        finally:
+            if proc.poll() is None:  # a failed assertion must not leave it running
+                proc.kill()
 
     # Assert
     assert url == f"mqtt://127.0.0.1:{free_port}"

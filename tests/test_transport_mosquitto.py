@@ -258,23 +258,22 @@ def test_message_is_redelivered_when_the_handler_crashed(
     mosquitto_broker: MosquittoProcess, transports, message_collector
 ) -> None:
     # Prepare: a device process that dies while handling its first message
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-c", _CRASHING_SUBSCRIBER, mosquitto_broker.url],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-        pub = transports(mosquitto_broker.url, "admin")
-        pub.connect(timeout=5)
+    ) as proc:
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+            pub = transports(mosquitto_broker.url, "admin")
+            pub.connect(timeout=5)
 
-        # Execute
-        assert pub.publish("order/1", b"forget devX")
-        assert proc.stdout.readline().strip() == "handling forget devX"
-        assert proc.wait(10) == 3
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+            # Execute
+            assert pub.publish("order/1", b"forget devX")
+            assert proc.stdout.readline().strip() == "handling forget devX"
+            assert proc.wait(10) == 3
+        finally:
+            if proc.poll() is None:  # a failed assertion must not leave it running
+                proc.kill()
 
     # Assert: the restarted device gets the order again (manual PUBACK after the handler)
     inbox = message_collector()

@@ -14,6 +14,8 @@ def demo(
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of tables.")] = False,
     seed: Annotated[int, typer.Option(help="Seed for every random choice (same seed, same result).")] = 0,
     forget: Annotated[int, typer.Option(help="Index (0-5) of the device to forget.")] = 5,
+    lam: Annotated[float, typer.Option(help="Weight of the neighbours' seeds in each ensemble, in [0, 1].")] = 0.5,
+    space: Annotated[str, typer.Option(help="Average 'probs' or 'logits'.")] = "probs",
 ) -> None:
     """Train 6 devices of mixed sizes on digits, share seeds, forget one, and prove it exact.
 
@@ -22,7 +24,15 @@ def demo(
     from hdus_edge.errors import ConfigError
     from hdus_edge.sim.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig(seed=seed, forget=forget)
+    from dataclasses import replace
+
+    from hdus_edge.ensemble.combine import COMBINE_SPACES, check_lam
+
+    check_lam(lam)
+    if space not in COMBINE_SPACES:
+        raise ConfigError(f"--space must be one of {', '.join(COMBINE_SPACES)}, got {space!r}")
+    base = DemoConfig()
+    cfg = DemoConfig(seed=seed, forget=forget, learning=replace(base.learning, lam=lam, space=space))
     if not 0 <= forget < len(cfg.archs):
         raise ConfigError(f"--forget must be a device index in 0..{len(cfg.archs) - 1}, got {forget}")
     with fleet_progress(enabled=not json_out) as progress:
