@@ -51,6 +51,7 @@ INDEX_NAME = "index.json"
 AUDIT_NAME = "audit.jsonl"
 LOCK_NAME = ".lock"
 SEEDS_DIR = "seeds"
+ORDERS_DIR = "orders"
 TMP_PREFIX = ".tmp-"
 MAX_AUDIT_STRING = 1024  # long strings are refused so no encoded seed can end up in the audit log
 
@@ -598,6 +599,27 @@ class SeedStore:
         """Receipts committed but not confirmed sent, oldest first."""
         with self._lock:
             return sorted(self._state.receipts.values(), key=lambda r: (r.created_at, r.request_id))
+
+    # --- applied orders (for the tombstone gossip) ----------------------------------------------
+
+    def save_order(self, request_id: str, order_bytes: bytes) -> None:
+        """Keep the signed order ``request_id`` as it travelled, so neighbours that missed it can
+        get it from this device's tombstone digest. Idempotent; one small file per order."""
+        check_request_id(request_id)
+        with self._lock:
+            orders = self.root / ORDERS_DIR
+            orders.mkdir(exist_ok=True, mode=0o700)
+            path = orders / f"{request_id}.order"
+            if not path.exists():
+                _atomic_write(path, bytes(order_bytes))
+
+    def orders(self) -> dict[str, bytes]:
+        """Every saved signed order by request id."""
+        with self._lock:
+            orders = self.root / ORDERS_DIR
+            if not orders.is_dir():
+                return {}
+            return {p.stem: p.read_bytes() for p in sorted(orders.glob("*.order"))}
 
     # --- audit -------------------------------------------------------------------------------
 

@@ -35,8 +35,8 @@ def test_packed_and_unpacked_graphs_agree_with_combine(members, space: str) -> N
     x = batch(24, seed=4)
     outs = [OUTPUT, member_output(MAIN_PREFIX)] + [member_output(seed_prefix(i)) for i in range(len(seeds))]
     # Execute
-    packed = fuse_ensemble(main, seeds, 0.3, space, pack=True)  # type: ignore[arg-type]
-    plain = fuse_ensemble(main, seeds, 0.3, space, pack=False)  # type: ignore[arg-type]
+    packed = fuse_ensemble(main, seeds, 0.3, space, member_outputs=True, pack=True)  # type: ignore[arg-type]
+    plain = fuse_ensemble(main, seeds, 0.3, space, member_outputs=True, pack=False)  # type: ignore[arg-type]
     got_p, got_u = _run(packed, x, outs), _run(plain, x, outs)
     # Assert: the same member logits, and the same ensemble as combine() over them
     for a, b in zip(got_p, got_u):

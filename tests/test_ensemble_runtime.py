@@ -161,6 +161,25 @@ def test_a_seed_at_a_newer_opset_is_converted(main_bytes: bytes, seeds: dict[str
     assert np.abs(fused.predict(x) - per_member.predict(x)).max() <= 1e-6
 
 
+@pytest.mark.parametrize("space", ["logits", "probs"])
+def test_int8_members_give_the_same_result_both_ways(main_bytes: bytes, seeds: dict[str, bytes], space: str) -> None:
+    # Prepare: a static-int8 main model, one dynamic-int8 seed, one static-int8 seed, one fp32 seed
+    from hdus_edge.onnx.quantize import quantize_int8
+
+    calibration = batch(64, seed=7)
+    main = quantize_int8(main_bytes, calibration=calibration).data
+    mixed = {"pi-a": quantize_int8(seeds["pi-a"]).data, "pi-b": quantize_int8(seeds["pi-b"], calibration=calibration).data,
+             "pi-d": seeds["pi-d"]}
+    x = batch(16, seed=8)
+    # Execute
+    fused = EnsembleRuntime(main, 0.5, space)  # type: ignore[arg-type]
+    per_member = EnsembleRuntime(main, 0.5, space, strategy="sessions")  # type: ignore[arg-type]
+    fused.replace_all(mixed)
+    per_member.replace_all(mixed)
+    # Assert
+    assert np.abs(fused.predict(x) - per_member.predict(x)).max() <= 1e-6
+
+
 def test_bad_arguments(main_bytes: bytes) -> None:
     with pytest.raises(EnsembleError, match="lam"):
         EnsembleRuntime(main_bytes, 1.5)

@@ -162,7 +162,7 @@ def test_acl_device_cannot_publish_under_another_devices_seed_topic(
     # Assert: only the genuine one arrives (same connection, so the forged one would have come first)
     inbox.wait_topic(f"{SEEDS}/devC/devA")
     assert inbox.settle(0.2) == [(f"{SEEDS}/devC/devA", b"genuine A", False)]
-    assert f"Denied PUBLISH from devA" in broker.log_text()
+    assert "Denied PUBLISH from devA" in broker.log_text()
 
 
 @pytest.mark.integration
@@ -337,3 +337,25 @@ def test_kill_and_start_again(mosquitto_broker: MosquittoProcess) -> None:
     assert closed
     assert mosquitto_broker.running and mosquitto_broker.pid != pid
     assert port_open("127.0.0.1", mosquitto_broker.port)
+
+
+@pytest.mark.integration
+def test_close_while_broker_is_down_is_prompt_and_keeps_the_outbox(
+    mosquitto_broker: MosquittoProcess, tmp_path: Path
+) -> None:
+    # Prepare
+    t = MqttTransport(mosquitto_broker.url, "dev-down", outbox_dir=tmp_path / "ob",
+                      presence_topic="hdus/v1/f1/devices/dev-down/presence", **FAST)
+    t.connect(timeout=5)
+    mosquitto_broker.stop()
+    t.publish("down/x", b"unsent", wait=False)
+
+    # Execute
+    started = time.monotonic()
+    t.close()
+
+    # Assert
+    assert time.monotonic() - started < 3.0
+    again = MqttTransport(mosquitto_broker.url, "dev-down", outbox_dir=tmp_path / "ob")
+    assert again.pending == 1
+    again.close()

@@ -25,7 +25,7 @@ import onnxruntime as ort
 from hdus_edge.ensemble.combine import COMBINE_SPACES, CombineSpace, check_lam, combine
 from hdus_edge.errors import DataShapeError, EnsembleError, HdusError, ProbeRunError
 from hdus_edge.onnx.checks import ModelContract, check_onnx, parse_onnx
-from hdus_edge.onnx.fuse import MAIN_PREFIX, OUTPUT, fuse_ensemble, member_output, seed_prefix
+from hdus_edge.onnx.fuse import OUTPUT, fuse_ensemble
 from hdus_edge.onnx.probe import check_probe_output, probe_inputs
 from hdus_edge.onnx.session import make_session
 
@@ -51,9 +51,11 @@ class _Snapshot:
 
     seeds: tuple[str, ...]  # sorted device ids
     seed_bytes: Mapping[str, bytes]
-    sessions: Mapping[str, ort.InferenceSession]  # "sessions": main under "" plus one per seed
+    # One session per seed: built up front by "sessions"; by "fused" only when predict_members asks.
+    sessions: dict[str, ort.InferenceSession]
     fused: ort.InferenceSession | None
     fused_bytes: bytes | None
+    lock: threading.Lock = field(default_factory=threading.Lock, compare=False)
 
 
 class EnsembleRuntime:
@@ -62,8 +64,8 @@ class EnsembleRuntime:
     ``lam`` and ``space`` follow ``combine``: ``(1 - lam) * main + lam * mean(seeds)`` over logits
     or probabilities (lam is 0 while there are no seeds). ``providers`` are filtered by what this
     onnxruntime has (CPU always last); ``intra_op_threads`` None lets onnxruntime choose.
-    ``pack`` (fused strategy) runs same-architecture seeds as one packed chain: about 2x faster
-    at batch 1 with 8 seed-cnn seeds, same results to float rounding.
+    ``pack`` (fused strategy) runs same-architecture seeds as one packed chain of grouped
+    convolutions (fewer, wider kernels: faster at batch 1), with the same results to float rounding.
     """
 
     def __init__(
@@ -90,8 +92,9 @@ class EnsembleRuntime:
         self._main_bytes = bytes(main_onnx)
         main = parse_onnx(self._main_bytes, max_bytes=_MAIN_MAX_BYTES)
         self.contract = _contract_of(main)
-        # The fused graph carries the main model itself; only "sessions" runs it on its own.
-        self._main_session = (
+        # The fused graph carries the main model itself; only "sessions" needs it on its own up
+        # front ("fused" creates it when predict_members first asks).
+        self._main_session: ort.InferenceSession | None = (
             make_session(self._main_bytes, providers=providers, intra_op_threads=intra_op_threads)
             if strategy == "sessions" else None
         )
@@ -151,12 +154,8 @@ class EnsembleRuntime:
         return self._predict(self._snapshot, self._check_input(x))
 
     def predict_members(self, x: np.ndarray) -> MemberOutputs:
-        """Every member's logits for ``x`` (for diagnostics and tests)."""
+        """Every member's logits for ``x``, each from the member's own session (diagnostics, tests)."""
         snap, batch = self._snapshot, self._check_input(x)
-        if snap.fused is not None:
-            names = [member_output(MAIN_PREFIX)] + [member_output(seed_prefix(i)) for i in range(len(snap.seeds))]
-            outs = snap.fused.run(names, {"input": batch})
-            return MemberOutputs(outs[0], MappingProxyType(dict(zip(snap.seeds, outs[1:]))))
         main, seeds = self._run_sessions(snap, batch)
         return MemberOutputs(main, MappingProxyType(dict(zip(snap.seeds, seeds))))
 
@@ -190,8 +189,17 @@ class EnsembleRuntime:
         def run(session: ort.InferenceSession) -> np.ndarray:
             return session.run(None, {session.get_inputs()[0].name: batch})[0]
 
-        assert self._main_session is not None  # "sessions" strategy always has one
-        return run(self._main_session), [run(snap.sessions[d]) for d in snap.seeds]
+        with snap.lock:  # the fused strategy creates member sessions on first use
+            if self._main_session is None:
+                self._main_session = self._session(self._main_bytes)
+            for device in snap.seeds:
+                if device not in snap.sessions:
+                    snap.sessions[device] = self._session(snap.seed_bytes[device])
+            main, sessions = self._main_session, [snap.sessions[d] for d in snap.seeds]
+        return run(main), [run(s) for s in sessions]
+
+    def _session(self, data: bytes) -> ort.InferenceSession:
+        return make_session(data, providers=self.providers, intra_op_threads=self.intra_op_threads)
 
     def _build(self, seeds: dict[str, bytes], previous: _Snapshot | None) -> _Snapshot:
         order = tuple(sorted(seeds))
@@ -201,15 +209,17 @@ class EnsembleRuntime:
             for device in order:
                 old = previous.sessions.get(device) if previous is not None else None
                 same = previous is not None and previous.seed_bytes.get(device) == seeds[device]
-                sessions[device] = old if (same and old is not None) else make_session(
-                    seeds[device], providers=self.providers, intra_op_threads=self.intra_op_threads
-                )
+                sessions[device] = old if (same and old is not None) else self._session(seeds[device])
         else:
             main = parse_onnx(self._main_bytes, max_bytes=_MAIN_MAX_BYTES)
             parsed = {d: parse_onnx(seeds[d], max_bytes=_MAIN_MAX_BYTES) for d in order}
-            fused_bytes = fuse_ensemble(main, parsed, self.lam, self.space, pack=self.pack).SerializeToString()
+            # Member logits stay internal: as graph outputs they would stop onnxruntime fusing the
+            # Q/DQ groups of int8 members, and int8 results would differ from the members' own.
+            fused_bytes = fuse_ensemble(
+                main, parsed, self.lam, self.space, member_outputs=False, pack=self.pack
+            ).SerializeToString()
             fused = make_session(fused_bytes, providers=self.providers, intra_op_threads=self.intra_op_threads)
-        snap = _Snapshot(order, MappingProxyType(dict(seeds)), MappingProxyType(sessions), fused, fused_bytes)
+        snap = _Snapshot(order, MappingProxyType(dict(seeds)), sessions, fused, fused_bytes)
         # Probe before the swap: a member that loads but fails to run must not replace a good ensemble.
         x = probe_inputs(self.contract, batch=2)
         try:

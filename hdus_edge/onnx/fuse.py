@@ -47,14 +47,16 @@ def fuse_ensemble(
     lam: float,
     space: CombineSpace = "probs",
     *,
-    member_outputs: bool = True,
+    member_outputs: bool = False,
     pack: bool = True,
 ) -> onnx.ModelProto:
     """Build the fused ensemble model from parsed member models.
 
     ``seeds`` maps device id -> model; members are placed in sorted device-id order. Outputs:
     ``ensemble`` [N, classes] (logits or probabilities, per ``space``), and with
-    ``member_outputs`` each member's logits (``main/logits``, ``s000/logits``, ...). With ``pack``,
+    ``member_outputs`` each member's logits (``main/logits``, ``s000/logits``, ...; for tests and
+    diagnostics: a tensor that is both consumed and a graph output stops onnxruntime fusing the
+    Q/DQ groups of int8 members, so their numbers change slightly). With ``pack``,
     seeds of the same architecture run as one packed chain (``hdus_edge.onnx.pack``). Raises
     ``EnsembleError`` when members disagree on input or output shape.
     """

@@ -84,6 +84,10 @@ class Topics:
         """Where ``device`` announces itself."""
         return f"{self.root}/devices/{check_device_id(device)}/hello"
 
+    def presence(self, device: str) -> str:
+        """Where ``device``'s connection state lives (``online``, or ``offline`` as its last will)."""
+        return f"{self.root}/devices/{check_device_id(device)}/presence"
+
     def seed(self, to: str, frm: str) -> str:
         """Where ``frm`` publishes its seed for ``to``."""
         return f"{self.root}/seeds/{check_device_id(to, 'recipient')}/{check_device_id(frm, 'sender')}"

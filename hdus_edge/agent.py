@@ -1,0 +1,613 @@
+"""The device agent: the one place that joins transport, protocol, store and ensemble.
+
+Every message is handled on the transport's single worker thread (paho's callbacks only enqueue),
+in this order: parse topic -> decode -> verify signer, certificate and authority -> check it belongs
+on its topic -> policy (neighbour, tombstone, version) -> act -> persist -> rebuild the ensemble ->
+answer. A rejected message is logged and audited and changes nothing.
+
+Who sends seeds to whom: each device publishes its neighbour list (``membership/<id>``, retained,
+signed); device j publishes its seed to ``seeds/<i>/<j>`` for every device i whose list names j.
+Device i subscribes only to ``seeds/<i>/<j>`` for the j it lists, and installs only those.
+
+Forgetting: an order (``unlearn/<target>``, retained) signed by the target or the admin makes every
+holder commit tombstone + deletion + receipt in one store step, drop the seed from the ensemble,
+clear its retained inbox copy on the broker, and publish the signed receipt. A device that was away
+gets the retained order on return; the tombstone digest each device gossips covers brokers that
+lost retained messages or queues. Seeds of a forgotten device are refused until it is re-admitted
+with a higher epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hdus_edge.config import FleetConfig
+from hdus_edge.crypto import DeviceCertificate, SigningKey, TrustStore, VerifyKey
+from hdus_edge.ensemble.runtime import EnsembleRuntime
+from hdus_edge.errors import (
+    HdusError,
+    ProtocolError,
+    ReplayError,
+    StateDirError,
+    TombstonedError,
+    UnknownSenderError,
+)
+from hdus_edge.onnx.checks import DEFAULT_POLICY, LoadPolicy, ModelContract, check_onnx
+from hdus_edge.onnx.metadata import read_provenance
+from hdus_edge.onnx.probe import probe_in_subprocess
+from hdus_edge.protocol import codec, topics as topic_kinds
+from hdus_edge.protocol.fields import ADMIN_ID
+from hdus_edge.protocol.messages import (
+    Hello,
+    NeighborList,
+    Receipt,
+    SeedEnvelope,
+    TombstoneDigest,
+    UnlearnOrder,
+)
+from hdus_edge.protocol.topics import Topics
+from hdus_edge.state import StateDir, write_json
+from hdus_edge.store import SeedStore
+from hdus_edge.transport.mqtt import MqttTransport
+
+logger = logging.getLogger(__name__)
+
+_MAX_PARKED_PER_SENDER = 16  # messages that arrived before their sender's hello
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """How an agent runs (the profile and fleet config fill these in)."""
+
+    lam: float = 0.5
+    space: str = "probs"
+    strategy: str = "fused"
+    providers: tuple[str, ...] | None = None
+    intra_op_threads: int | None = 1
+    max_seed_bytes: int = DEFAULT_POLICY.max_bytes
+    probe_in_subprocess: bool = True  # a crash in the native runtime must not take the agent down
+    digest_interval_s: float = 30.0  # how often the tombstone digest is re-published
+    connect_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class OwnModels:
+    """The device's own exported models."""
+
+    main_onnx: bytes
+    seed_onnx: bytes | None
+    seed_version: int
+    main_arch: str
+    seed_arch: str
+    reference_sha256: str
+
+
+@dataclass
+class AgentCounters:
+    """What the agent has done since it started (for status and tests)."""
+
+    accepted: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    unlearned: int = 0
+    receipts_sent: int = 0
+    reasons: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+class DeviceAgent:
+    """One device's daemon: keeps its ensemble in step with the fleet over MQTT."""
+
+    def __init__(
+        self,
+        *,
+        device_id: str,
+        fleet: FleetConfig,
+        key: SigningKey,
+        certificate: DeviceCertificate,
+        admin_key: VerifyKey,
+        models: OwnModels,
+        neighbors: tuple[str, ...],
+        broker_url: str,
+        store_dir: Path,
+        outbox_dir: Path | None = None,
+        status_file: Path | None = None,
+        profile: str = "generic-x86_64",
+        settings: AgentSettings = AgentSettings(),
+    ) -> None:
+        self.device_id = device_id
+        self.fleet = fleet
+        self.settings = settings
+        self.topics = Topics(fleet.fleet.name)
+        self._key = key
+        self._cert = certificate
+        self._models = models
+        self._profile = profile
+        self._status_file = status_file
+        self.contract = ModelContract(
+            height=fleet.data.input_shape[1], width=fleet.data.input_shape[2],
+            num_classes=fleet.data.num_classes, channels=fleet.data.input_shape[0],
+        )
+        self._policy = LoadPolicy(max_bytes=settings.max_seed_bytes)
+        self.trust = TrustStore(fleet.fleet.name, admin_key)
+        self.trust.certify(certificate)
+        self._lock = threading.RLock()  # the worker thread and API callers (set_neighbors, stop)
+        self._neighbors: tuple[str, ...] = tuple(sorted(set(neighbors) - {device_id}))
+        self._wanted_by: dict[str, frozenset[str]] = {}  # device -> its neighbour list
+        self._membership_versions: dict[str, int] = {}
+        self._published: dict[str, int] = {}  # recipient -> seed version published to it
+        self._parked: dict[str, list[tuple[str, bytes]]] = defaultdict(list)
+        self._hellos: dict[str, Hello] = {}
+        self._forgotten = False
+        self.counters = AgentCounters()
+        self.store = SeedStore(store_dir)
+        try:
+            self.runtime = EnsembleRuntime(
+                models.main_onnx, settings.lam, settings.space, settings.strategy,  # type: ignore[arg-type]
+                providers=settings.providers, intra_op_threads=settings.intra_op_threads,
+            )
+            self._load_seeds_from_store()
+        except BaseException:
+            self.store.close()
+            raise
+        self.transport = MqttTransport(
+            broker_url, device_id, handler=self._on_message, outbox_dir=outbox_dir,
+            presence_topic=self.topics.presence(device_id),
+        )
+        self._stop = threading.Event()
+        self._digest_thread: threading.Thread | None = None
+        self._ready = threading.Event()
+
+    # --- construction from a state directory ------------------------------------------------
+
+    @classmethod
+    def from_state_dir(
+        cls, state: StateDir, *, broker_url: str | None = None, settings: AgentSettings | None = None
+    ) -> DeviceAgent:
+        """Build the agent of a provisioned device whose models were exported."""
+        device = state.device()
+        fleet = state.fleet()
+        profile = state.profile()
+        main_onnx = state.model_bytes("main.onnx")
+        seed_onnx = (state.models / "seed.onnx").read_bytes() if (state.models / "seed.onnx").exists() else None
+        reference_sha = fleet.data.reference_sha256
+        seed_arch = profile.model.seed_arch
+        if seed_onnx is not None:
+            prov = read_provenance(check_onnx(seed_onnx, _contract_of(fleet)).model)
+            if prov is not None:
+                reference_sha = prov.reference_sha256 or reference_sha
+                seed_arch = prov.arch
+        main_prov = read_provenance(check_onnx(main_onnx, _contract_of(fleet), LoadPolicy(max_bytes=256 << 20)).model)
+        if settings is None:
+            settings = AgentSettings(
+                lam=fleet.ensemble.lam, space=fleet.ensemble.space, strategy=profile.runtime.strategy,
+                providers=profile.runtime.providers, intra_op_threads=profile.runtime.intra_op_threads,
+                max_seed_bytes=profile.limits.max_seed_bytes,
+            )
+        models = OwnModels(
+            main_onnx=main_onnx, seed_onnx=seed_onnx, seed_version=state.seed_version(),
+            main_arch=main_prov.arch if main_prov else profile.model.main_arch, seed_arch=seed_arch,
+            reference_sha256=reference_sha or "0" * 64,
+        )
+        return cls(
+            device_id=device.device.id, fleet=fleet, key=state.key(), certificate=state.certificate(),
+            admin_key=state.admin_key(), models=models, neighbors=device.neighbors,
+            broker_url=broker_url or device.device.broker or fleet.fleet.broker, store_dir=state.store_dir,
+            outbox_dir=state.outbox_dir, status_file=state.status_file, profile=device.device.profile,
+            settings=settings,
+        )
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> DeviceAgent:
+        """Connect, subscribe, announce, re-send what a crash left unsent; returns when ready."""
+        root = self.topics.root
+        filters = [f"{root}/devices/+/hello", f"{root}/membership/+", f"{root}/unlearn/+", f"{root}/tombstones/+"]
+        filters += [self.topics.seed(self.device_id, j) for j in self._neighbors]
+        self.transport.subscribe(filters)
+        self.transport.connect(timeout=self.settings.connect_timeout_s)
+        self._announce()
+        for pending in self.store.pending_receipts():
+            self._send_receipt(pending.request_id, pending.data)
+        self._digest_thread = threading.Thread(target=self._digest_loop, name=f"hdus-digest-{self.device_id}", daemon=True)
+        self._digest_thread.start()
+        self._ready.set()
+        self._write_status()
+        logger.info("agent %s ready: %d neighbours, %d seeds", self.device_id, len(self._neighbors), len(self.members()))
+        return self
+
+    def stop(self) -> None:
+        """Leave cleanly: presence offline, disconnect, close the store."""
+        self._stop.set()
+        if self._digest_thread is not None:
+            self._digest_thread.join(timeout=5)
+        self.transport.close()
+        self.store.close()
+
+    def __enter__(self) -> DeviceAgent:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- queries -----------------------------------------------------------------------------
+
+    def members(self) -> tuple[str, ...]:
+        """Device ids of the seeds in this device's ensemble, sorted."""
+        return self.runtime.members()
+
+    @property
+    def neighbors(self) -> tuple[str, ...]:
+        return self._neighbors
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """The ensemble's output for ``x`` [N, C, H, W]."""
+        return self.runtime.predict(np.ascontiguousarray(x, dtype=np.float32))
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-able snapshot: members, seeds, tombstones, receipts, connection."""
+        with self._lock:
+            seeds = [
+                {"owner": s.owner, "version": s.version, "epoch": s.epoch, "sha256": s.sha256, "arch": s.arch, "bytes": s.size}
+                for s in self.store.list_seeds()
+            ]
+            return {
+                "device_id": self.device_id,
+                "fleet": self.fleet.fleet.name,
+                "profile": self._profile,
+                "epoch": self._cert.epoch,
+                "connected": self.transport.connected,
+                "neighbors": list(self._neighbors),
+                "members": list(self.members()),
+                "ensemble": {"lam": self.runtime.lam, "space": self.runtime.space, "strategy": self.runtime.strategy},
+                "seeds": seeds,
+                "own_seed": {"version": self._models.seed_version, "arch": self._models.seed_arch,
+                             "published_to": sorted(self._published)},
+                "tombstones": [{"target": t.target, "epoch": t.epoch, "request_id": t.request_id, "at": t.at}
+                               for t in self.store.tombstones()],
+                "pending_receipts": [r.request_id for r in self.store.pending_receipts()],
+                "forgotten": self._forgotten,
+                "counters": {k: v for k, v in vars(self.counters).items() if k != "reasons"}
+                | {"reasons": dict(self.counters.reasons)},
+                "updated_at": time.time(),
+            }
+
+    # --- membership (API) --------------------------------------------------------------------
+
+    def set_neighbors(self, neighbors: tuple[str, ...]) -> None:
+        """Change whose seeds this device wants: drop the removed ones, ask for the new ones."""
+        with self._lock:
+            new = tuple(sorted(set(neighbors) - {self.device_id}))
+            gone = set(self._neighbors) - set(new)
+            added = set(new) - set(self._neighbors)
+            self._neighbors = new
+            for j in sorted(gone):
+                self.transport.unsubscribe(self.topics.seed(self.device_id, j))
+                if self.runtime.remove(j):
+                    self.store.delete_seed(j, reason="neighbour removed")
+            self._publish_membership()
+            # Subscribing makes the broker hand over the retained seed, if the neighbour published one.
+            if added:
+                self.transport.subscribe([self.topics.seed(self.device_id, j) for j in sorted(added)])
+            self._write_status()
+
+    # --- message handling (worker thread) ----------------------------------------------------
+
+    def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
+        if codec.is_clear(payload):
+            return  # a cleared retained topic: nothing to act on
+        try:
+            parsed = self.topics.parse(topic)
+            signed = codec.decode(payload, max_bytes=self.settings.max_seed_bytes + 64 * 1024)
+            self._dispatch(parsed.kind, topic, signed, payload)
+        except UnknownSenderError as exc:
+            self._park(topic, payload, exc)
+        except HdusError as exc:
+            self._reject(topic, exc)
+        except Exception:  # a bug must not stop the worker; it is logged with its traceback
+            logger.exception("agent %s: unexpected error handling %s", self.device_id, topic)
+
+    def _dispatch(self, kind: str, topic: str, signed: codec.SignedMessage, raw: bytes) -> None:
+        with self._lock:
+            if kind == topic_kinds.HELLO:
+                self._on_hello(topic, signed)
+            elif kind == topic_kinds.SEED:
+                self._on_seed(topic, signed)
+            elif kind == topic_kinds.MEMBERSHIP:
+                self._on_membership(topic, signed)
+            elif kind == topic_kinds.UNLEARN:
+                self._on_unlearn(topic, signed, raw)
+            elif kind == topic_kinds.TOMBSTONES:
+                self._on_digest(topic, signed)
+            else:
+                logger.debug("agent %s: ignoring %s", self.device_id, topic)
+
+    def _on_hello(self, topic: str, signed: codec.SignedMessage) -> None:
+        msg = codec.verify(signed, self.trust)
+        assert isinstance(msg, Hello)
+        self.topics.check_matches(topic, msg)
+        try:
+            changed = self.trust.certify(msg.certificate)
+        except ReplayError:
+            logger.info("agent %s: stale hello from %s ignored", self.device_id, msg.device_id)
+            return
+        self._hellos[msg.device_id] = msg
+        if changed:
+            logger.info("agent %s: certified %s (epoch %d)", self.device_id, msg.device_id, msg.certificate.epoch)
+        for parked_topic, parked in self._parked.pop(msg.device_id, []):
+            self._on_message(parked_topic, parked, True)
+
+    def _on_seed(self, topic: str, signed: codec.SignedMessage) -> None:
+        env = codec.verify(signed, self.trust, recipient=self.device_id)
+        assert isinstance(env, SeedEnvelope)
+        self.topics.check_matches(topic, env)
+        if env.owner not in self._neighbors:
+            raise _Refused(f"seed of {env.owner!r} refused: not a neighbour of {self.device_id!r}", "not-neighbour")
+        held = self.store.seed_info(env.owner)
+        if held is not None and held.sha256 == env.sha256 and held.version == env.version:
+            self.counters.duplicates += 1  # a redelivery (reconnect, retained): nothing changes
+            return
+        self.store.check_seed(env.owner, env.version, env.epoch)
+        expected_ref = self.fleet.data.reference_sha256
+        if expected_ref and env.reference_sha256 != expected_ref:
+            raise _Refused(
+                f"seed of {env.owner!r} was distilled on reference set {env.reference_sha256[:12]}..., "
+                f"not the fleet's {expected_ref[:12]}...", "wrong-reference",
+            )
+        check_onnx(env.onnx, self.contract, self._policy)
+        if self.settings.probe_in_subprocess:
+            probe_in_subprocess(env.onnx, self.contract)
+        # Ensemble first (it builds, probes, then swaps): if it fails, the store never saw the seed.
+        self.runtime.add_seed(env.owner, env.onnx)
+        try:
+            self.store.put_envelope(env)
+        except BaseException:
+            self.runtime.remove(env.owner)
+            raise
+        self.counters.accepted += 1
+        logger.info("agent %s: installed seed of %s v%d", self.device_id, env.owner, env.version)
+        self._write_status()
+
+    def _on_membership(self, topic: str, signed: codec.SignedMessage) -> None:
+        msg = codec.verify(signed, self.trust)
+        assert isinstance(msg, NeighborList)
+        self.topics.check_matches(topic, msg)
+        last = self._membership_versions.get(msg.device_id, -1)
+        if msg.version <= last:
+            self.counters.duplicates += 1
+            return
+        self._membership_versions[msg.device_id] = msg.version
+        self._wanted_by[msg.device_id] = frozenset(msg.neighbors)
+        if msg.device_id == self.device_id:
+            return
+        if self.device_id in msg.neighbors:
+            self._publish_seed_to(msg.device_id)
+        elif msg.device_id in self._published:
+            # It no longer wants our seed: take our retained copy for it off the broker.
+            self.transport.publish(self.topics.seed(msg.device_id, self.device_id), b"", retain=True, wait=False)
+            self._published.pop(msg.device_id, None)
+
+    def _on_unlearn(self, topic: str, signed: codec.SignedMessage, raw: bytes) -> None:
+        order = codec.verify(signed, self.trust)
+        assert isinstance(order, UnlearnOrder)
+        self.topics.check_matches(topic, order)
+        self._apply_order(order, raw)
+
+    def _on_digest(self, topic: str, signed: codec.SignedMessage) -> None:
+        digest = codec.verify(signed, self.trust)
+        assert isinstance(digest, TombstoneDigest)
+        self.topics.check_matches(topic, digest)
+        if digest.device_id == self.device_id:
+            return
+        accepted, _ = codec.open_digest(digest, self.trust)
+        for order_signed in accepted:
+            order = order_signed.msg
+            assert isinstance(order, UnlearnOrder)
+            if not self.store.is_request_seen(order.request_id):
+                logger.info("agent %s: order %s learned from %s's digest", self.device_id, order.request_id, digest.device_id)
+                self._apply_order(order, order_signed.raw)
+
+    # --- forgetting ----------------------------------------------------------------------------
+
+    def _apply_order(self, order: UnlearnOrder, raw: bytes) -> None:
+        if self.store.is_request_seen(order.request_id):
+            self.counters.duplicates += 1
+            return
+        self.store.save_order(order.request_id, raw)
+        if order.target == self.device_id:
+            self._forget_self(order)
+            return
+        target = order.target
+
+        def receipt_for(removed: str | None) -> bytes:
+            members_after = tuple(m for m in self.runtime.members() if m != target)
+            receipt = Receipt(order.request_id, target, self.device_id, removed, members_after, time.time())
+            return codec.encode(receipt, self._key, self.device_id)
+
+        # One store step commits tombstone + request id + deletion + the receipt to send.
+        removed = self.store.apply_unlearn(target, order.epoch, order.request_id, receipt=receipt_for)
+        self.runtime.remove(target)
+        self.counters.unlearned += 1
+        # Our inbox copy of the forgotten seed, and our seed for the forgotten device, leave the broker.
+        self.transport.publish(self.topics.seed(self.device_id, target), b"", retain=True, wait=False)
+        if target in self._published:
+            self.transport.publish(self.topics.seed(target, self.device_id), b"", retain=True, wait=False)
+            self._published.pop(target, None)
+        for pending in self.store.pending_receipts():
+            if pending.request_id == order.request_id:
+                self._send_receipt(pending.request_id, pending.data)
+        logger.info("agent %s: forgot %s (held %s)", self.device_id, target, removed[:12] if removed else "none")
+        self._publish_digest()
+        self._write_status()
+
+    def _forget_self(self, order: UnlearnOrder) -> None:
+        # An order for an earlier incarnation does not touch a re-admitted device.
+        if order.epoch < self._cert.epoch:
+            self.store.mark_request_seen(order.request_id)
+            return
+        self._forgotten = True
+        self.store.mark_request_seen(order.request_id)
+        self.store.audit("forgotten", request_id=order.request_id)
+        for to in sorted(self._published):
+            self.transport.publish(self.topics.seed(to, self.device_id), b"", retain=True, wait=False)
+        self._published.clear()
+        logger.info("agent %s: this device was forgotten (request %s)", self.device_id, order.request_id)
+        self._write_status()
+
+    def _send_receipt(self, request_id: str, data: bytes) -> None:
+        # Retained, so a requester that looks later (``hdus-edge receipts``) still finds the evidence.
+        if self.transport.publish(self.topics.receipt(request_id, self.device_id), data, retain=True, wait=True, timeout=10):
+            self.store.mark_receipt_sent(request_id)
+            self.store.audit("receipt", request_id=request_id)
+            self.counters.receipts_sent += 1
+        else:
+            logger.warning("agent %s: receipt %s not confirmed yet; it stays queued", self.device_id, request_id)
+
+    # --- publishing ----------------------------------------------------------------------------
+
+    def _announce(self) -> None:
+        hello = Hello(self.device_id, self._key.public_key.raw, self._cert, self._profile,
+                      self._models.main_arch, self._models.seed_arch)
+        self.transport.publish(self.topics.hello(self.device_id), codec.encode(hello, self._key, self.device_id), retain=True)
+        self._publish_membership()
+        self._publish_digest()
+
+    def _publish_membership(self) -> None:
+        # Versions must only go up, across restarts too: wall-clock milliseconds do that.
+        version = max(int(time.time() * 1000), self._membership_versions.get(self.device_id, 0) + 1)
+        msg = NeighborList(self.device_id, self._neighbors, version)
+        self.transport.publish(self.topics.membership(self.device_id), codec.encode(msg, self._key, self.device_id), retain=True)
+
+    def _publish_seed_to(self, to: str) -> None:
+        m = self._models
+        if m.seed_onnx is None or m.seed_version < 1 or self._forgotten:
+            return
+        if self.store.is_tombstoned(to, self.trust.epoch_of(to) if to in self.trust else 0):
+            return
+        if self._published.get(to) == m.seed_version:
+            return
+        env = SeedEnvelope.build(
+            owner=self.device_id, to=to, version=m.seed_version, onnx=m.seed_onnx, arch=m.seed_arch,
+            input_shape=(-1, *self.fleet.data.input_shape), num_classes=self.fleet.data.num_classes,
+            reference_sha256=m.reference_sha256, epoch=self._cert.epoch,
+        )
+        self.transport.publish(self.topics.seed(to, self.device_id), codec.encode(env, self._key, self.device_id), retain=True, wait=False)
+        self._published[to] = m.seed_version
+        logger.info("agent %s: published seed v%d to %s", self.device_id, m.seed_version, to)
+
+    def publish_seed(self, seed_onnx: bytes, version: int) -> None:
+        """Replace this device's own seed (after a new distillation) and send it to all who want it."""
+        with self._lock:
+            if version <= self._models.seed_version:
+                raise ValueError(f"seed version must go up: {version} <= {self._models.seed_version}")
+            self._models = OwnModels(self._models.main_onnx, seed_onnx, version, self._models.main_arch,
+                                     self._models.seed_arch, self._models.reference_sha256)
+            for to, wanted in sorted(self._wanted_by.items()):
+                if self.device_id in wanted:
+                    self._publish_seed_to(to)
+
+    def _publish_digest(self) -> None:
+        orders = tuple(self.store.orders().values())
+        digest = TombstoneDigest(self.device_id, orders[-64:])
+        self.transport.publish(self.topics.tombstones(self.device_id), codec.encode(digest, self._key, self.device_id),
+                               retain=True, wait=False)
+
+    def _digest_loop(self) -> None:
+        while not self._stop.wait(self.settings.digest_interval_s):
+            try:
+                with self._lock:
+                    self._publish_digest()
+                    self._write_status()
+            except Exception:
+                logger.exception("agent %s: digest publish failed", self.device_id)
+
+    # --- bookkeeping ---------------------------------------------------------------------------
+
+    def _load_seeds_from_store(self) -> None:
+        seeds: dict[str, bytes] = {}
+        for info in self.store.list_seeds():
+            if info.owner not in self._neighbors:
+                # The neighbour was removed while we were down: its seed goes too.
+                self.store.delete_seed(info.owner, reason="neighbour removed")
+                continue
+            data = self.store.get_seed(info.owner)
+            if data is not None:
+                seeds[info.owner] = data
+        if seeds:
+            self.runtime.replace_all(seeds)
+
+    def _park(self, topic: str, payload: bytes, exc: HdusError) -> None:
+        try:
+            sender = codec.decode(payload, max_bytes=self.settings.max_seed_bytes + 64 * 1024).sender
+        except HdusError:
+            self._reject(topic, exc)
+            return
+        if sender == ADMIN_ID:
+            self._reject(topic, exc)
+            return
+        parked = self._parked[sender]
+        parked.append((topic, payload))
+        del parked[:-_MAX_PARKED_PER_SENDER]
+        logger.info("agent %s: %s from not-yet-certified %s parked until its hello", self.device_id, topic, sender)
+
+    def _reject(self, topic: str, exc: HdusError) -> None:
+        reason = getattr(exc, "reason", type(exc).__name__)
+        self.counters.rejected += 1
+        self.counters.reasons[reason] += 1
+        logger.warning("agent %s: rejected %s: %s", self.device_id, topic, exc.message)
+        try:
+            self.store.audit("reject", topic=topic[-200:], reason=reason, error=exc.message[:500])
+        except HdusError:
+            logger.exception("agent %s: cannot audit a rejection", self.device_id)
+        if isinstance(exc, TombstonedError):
+            return
+
+    def _write_status(self) -> None:
+        if self._status_file is None:
+            return
+        try:
+            write_json(self._status_file, self.status())
+        except OSError as exc:
+            logger.warning("agent %s: cannot write status: %s", self.device_id, exc)
+
+    def wait_for(self, predicate: Any, timeout: float, interval: float = 0.02) -> bool:
+        """Poll ``predicate(self)`` until true or ``timeout`` seconds pass (for callers and tests)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate(self):
+                return True
+            time.sleep(interval)
+        return bool(predicate(self))
+
+
+class _Refused(ProtocolError):
+    """A verified message that this device's policy refuses (audited with ``reason``)."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _contract_of(fleet: FleetConfig) -> ModelContract:
+    c, h, w = fleet.data.input_shape
+    return ModelContract(height=h, width=w, num_classes=fleet.data.num_classes, channels=c)
+
+
+def new_request_id() -> str:
+    """A fresh unlearn request id."""
+    return uuid.uuid4().hex
+
+
+def require_exported(state: StateDir) -> None:
+    """Raise ``StateDirError`` unless the device has exported its models."""
+    for name in ("main.onnx", "seed.onnx"):
+        if not (state.models / name).exists():
+            raise StateDirError(f"{state.models / name} is missing", hint="run 'hdus-edge export' for this device first")

@@ -1,0 +1,302 @@
+"""On-disk layout of a fleet admin directory and of a device's state directory.
+
+Admin directory (kept by whoever runs the fleet; holds the admin private key)::
+
+    fleet.toml            what every device agrees on (name, broker, input shape, classes, lam, ...)
+    keys/admin.key        Ed25519 private key, mode 0600
+    keys/admin.pub        its public key (hex), copied to every device
+    devices.json          provisioned devices: id -> profile, epoch, public key, issued_at
+
+Device state directory (one per device; ``hdus-edge provision`` creates it)::
+
+    device.toml           device id, profile, broker override, neighbours
+    fleet.toml            copy of the fleet config
+    keys/device.key       the device's Ed25519 private key, mode 0600
+    keys/device.cert.json the admin's certificate over the device key
+    keys/admin.pub        the fleet admin's public key (the root of trust)
+    models/               main.pt / seed.pt checkpoints, main.onnx / seed.onnx, seed.json (version)
+    store/                the seed store (neighbours' seeds, tombstones, audit log)
+    outbox/               the MQTT outbox (messages not yet acknowledged)
+    status.json           written by the running agent: members, seeds, connection
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from hdus_edge.config import (
+    DeviceConfig,
+    DeviceSection,
+    FleetConfig,
+    Profile,
+    load_device_config,
+    load_fleet_config,
+    load_profile,
+    to_toml,
+    validate_fleet,
+)
+from hdus_edge.crypto import (
+    DeviceCertificate,
+    SigningKey,
+    VerifyKey,
+    issue_certificate,
+    load_certificate,
+    load_signing_key,
+    load_verify_key,
+    save_certificate,
+    save_signing_key,
+    save_verify_key,
+)
+from hdus_edge.errors import ConfigError, StateDirError
+from hdus_edge.protocol.fields import check_device_id
+
+logger = logging.getLogger(__name__)
+
+STATE_ENV = "HDUS_STATE_DIR"
+ADMIN_ENV = "HDUS_ADMIN_DIR"
+
+
+def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` durably: temp file, fsync, rename, fsync the directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Atomically write ``obj`` as pretty JSON."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: Path, what: str) -> Any:
+    """Read JSON, turning a missing or corrupt file into ``StateDirError``."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise StateDirError(f"{what} {path} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise StateDirError(f"{what} {path} is corrupt: {exc}") from None
+
+
+# --- admin -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AdminDir:
+    """A fleet admin directory."""
+
+    root: Path
+
+    @property
+    def fleet_file(self) -> Path:
+        return self.root / "fleet.toml"
+
+    @property
+    def key_file(self) -> Path:
+        return self.root / "keys" / "admin.key"
+
+    @property
+    def pub_file(self) -> Path:
+        return self.root / "keys" / "admin.pub"
+
+    @property
+    def registry_file(self) -> Path:
+        return self.root / "devices.json"
+
+    def fleet(self) -> FleetConfig:
+        """The fleet config (``StateDirError`` when this is not an admin dir)."""
+        if not self.fleet_file.exists():
+            raise StateDirError(
+                f"{self.root} is not a fleet admin directory (no fleet.toml)",
+                hint="run 'hdus-edge fleet init' first, or pass the right --admin-dir",
+            )
+        return load_fleet_config(self.fleet_file)
+
+    def key(self) -> SigningKey:
+        """The admin's private key."""
+        return load_signing_key(self.key_file)
+
+    def registry(self) -> dict[str, dict[str, Any]]:
+        """Provisioned devices by id."""
+        if not self.registry_file.exists():
+            return {}
+        data = read_json(self.registry_file, "device registry")
+        if not isinstance(data, dict):
+            raise StateDirError(f"device registry {self.registry_file} is corrupt: not an object")
+        return data
+
+
+def init_fleet(root: Path, fleet: FleetConfig, *, key: SigningKey | None = None) -> AdminDir:
+    """Create an admin directory: admin key pair and fleet config. Refuses to overwrite one."""
+    validate_fleet(fleet, "fleet")
+    admin = AdminDir(Path(root))
+    if admin.fleet_file.exists():
+        raise ConfigError(f"{admin.root} already holds a fleet ({admin.fleet_file})", hint="use another --admin-dir")
+    key = key or SigningKey.generate()
+    admin.root.mkdir(parents=True, exist_ok=True)
+    save_signing_key(key, admin.key_file)
+    save_verify_key(key.public_key, admin.pub_file)
+    atomic_write_bytes(admin.fleet_file, to_toml(fleet).encode())
+    write_json(admin.registry_file, {})
+    return admin
+
+
+# --- devices ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StateDir:
+    """A device's state directory."""
+
+    root: Path
+
+    @property
+    def device_file(self) -> Path:
+        return self.root / "device.toml"
+
+    @property
+    def fleet_file(self) -> Path:
+        return self.root / "fleet.toml"
+
+    @property
+    def key_file(self) -> Path:
+        return self.root / "keys" / "device.key"
+
+    @property
+    def cert_file(self) -> Path:
+        return self.root / "keys" / "device.cert.json"
+
+    @property
+    def admin_pub_file(self) -> Path:
+        return self.root / "keys" / "admin.pub"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def store_dir(self) -> Path:
+        return self.root / "store"
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.root / "outbox"
+
+    @property
+    def status_file(self) -> Path:
+        return self.root / "status.json"
+
+    @property
+    def seed_info_file(self) -> Path:
+        return self.models / "seed.json"
+
+    def check(self) -> None:
+        """Raise ``StateDirError`` naming the first missing piece of a provisioned device."""
+        if not self.root.is_dir():
+            raise StateDirError(f"state directory {self.root} does not exist")
+        for path in (self.device_file, self.fleet_file, self.key_file, self.cert_file, self.admin_pub_file):
+            if not path.exists():
+                raise StateDirError(f"{self.root} is not a provisioned device: {path.relative_to(self.root)} is missing")
+
+    def device(self) -> DeviceConfig:
+        self.check()
+        return load_device_config(self.device_file)
+
+    def fleet(self) -> FleetConfig:
+        self.check()
+        return load_fleet_config(self.fleet_file)
+
+    def profile(self) -> Profile:
+        return load_profile(self.device().device.profile)
+
+    def key(self) -> SigningKey:
+        return load_signing_key(self.key_file)
+
+    def certificate(self) -> DeviceCertificate:
+        return load_certificate(self.cert_file)
+
+    def admin_key(self) -> VerifyKey:
+        return load_verify_key(self.admin_pub_file)
+
+    def set_neighbors(self, neighbors: tuple[str, ...]) -> DeviceConfig:
+        """Persist a new neighbour list (validated ids, sorted, without self)."""
+        cfg = self.device()
+        clean = tuple(sorted({check_device_id(n) for n in neighbors} - {cfg.device.id}))
+        new = replace(cfg, neighbors=clean)
+        atomic_write_bytes(self.device_file, to_toml(new).encode())
+        return new
+
+    def model_bytes(self, name: str) -> bytes:
+        """``models/<name>`` bytes, or ``StateDirError`` saying which step makes it."""
+        path = self.models / name
+        if not path.exists():
+            step = {"main.onnx": "export", "seed.onnx": "export", "main.pt": "train", "seed.pt": "distill"}.get(name, "export")
+            raise StateDirError(f"{path} is missing", hint=f"run 'hdus-edge {step}' for this device first")
+        return path.read_bytes()
+
+    def seed_version(self) -> int:
+        """The version of the exported seed (0 before the first export)."""
+        if not self.seed_info_file.exists():
+            return 0
+        info = read_json(self.seed_info_file, "seed info")
+        return int(info.get("version", 0))
+
+
+def provision_device(
+    admin: AdminDir,
+    state_root: Path,
+    device_id: str,
+    profile: str,
+    *,
+    neighbors: tuple[str, ...] = (),
+    broker: str = "",
+    key: SigningKey | None = None,
+) -> StateDir:
+    """Create a device: key pair, the admin's certificate, device config, empty state dir.
+
+    Refuses a device id the fleet already has (re-admission takes ``readmit_device``).
+    """
+    check_device_id(device_id)
+    fleet = admin.fleet()
+    load_profile(profile)  # fail early on an unknown profile
+    registry = admin.registry()
+    if device_id in registry:
+        raise ConfigError(
+            f"device '{device_id}' is already provisioned in fleet '{fleet.fleet.name}'",
+            hint="choose another --device-id",
+        )
+    state = StateDir(Path(state_root))
+    if state.device_file.exists():
+        raise ConfigError(f"{state.root} already holds a device", hint="use an empty --state-dir")
+    key = key or SigningKey.generate()
+    cert = issue_certificate(admin.key(), fleet=fleet.fleet.name, device_id=device_id, public_key=key.public_key,
+                             epoch=0, profile=profile)
+    state.root.mkdir(parents=True, exist_ok=True)
+    save_signing_key(key, state.key_file)
+    save_certificate(cert, state.cert_file)
+    save_verify_key(admin.key().public_key, state.admin_pub_file)
+    atomic_write_bytes(state.fleet_file, admin.fleet_file.read_bytes())
+    cfg = DeviceConfig(DeviceSection(id=device_id, profile=profile, broker=broker), tuple(sorted(set(neighbors) - {device_id})))
+    atomic_write_bytes(state.device_file, to_toml(cfg).encode())
+    for sub in (state.models, state.store_dir, state.outbox_dir):
+        sub.mkdir(parents=True, exist_ok=True)
+    registry[device_id] = {"profile": profile, "epoch": 0, "public_key": key.public_key.hex(), "issued_at": time.time()}
+    write_json(admin.registry_file, registry)
+    return state
