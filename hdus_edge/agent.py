@@ -158,8 +158,9 @@ class DeviceAgent:
         except BaseException:
             self.store.close()
             raise
+        # Client ids are per broker: qualify with the fleet so two fleets can share one broker.
         self.transport = MqttTransport(
-            broker_url, device_id, handler=self._on_message, outbox_dir=outbox_dir,
+            broker_url, f"{fleet.fleet.name}.{device_id}", handler=self._on_message, outbox_dir=outbox_dir,
             presence_topic=self.topics.presence(device_id),
         )
         self._stop = threading.Event()

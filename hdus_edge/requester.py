@@ -1,0 +1,267 @@
+"""The requester's side of forgetting: publish a signed unlearn order, collect signed receipts, keep evidence.
+
+The admin (``hdus-edge unlearn``) or the device itself (``hdus-edge leave``) signs the order. Holders
+are the devices whose retained neighbour list names the target: each must answer with a receipt
+signed by its own certified key. The evidence file holds the order, every receipt exactly as it
+travelled, and the certificates needed to check them, so anyone with the fleet admin's public key can
+verify it offline (``verify_evidence``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hdus_edge.crypto import DeviceCertificate, SigningKey, TrustStore, VerifyKey
+from hdus_edge.errors import HdusError, StateDirError, UnknownSenderError
+from hdus_edge.protocol import codec, topics as topic_kinds
+from hdus_edge.protocol.messages import Hello, NeighborList, Receipt, UnlearnOrder
+from hdus_edge.protocol.topics import Topics
+from hdus_edge.state import write_json
+from hdus_edge.transport.mqtt import MqttTransport
+
+logger = logging.getLogger(__name__)
+
+EVIDENCE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ReceiptRecord:
+    """One verified receipt and when it reached the requester."""
+
+    receipt: Receipt
+    raw: bytes
+    received_at: float
+
+    def to_json(self) -> dict[str, Any]:
+        r = self.receipt
+        return {
+            "device_id": r.device_id,
+            "removed_sha256": r.removed_sha256,
+            "held": r.removed_sha256 is not None,
+            "members_after": list(r.members_after),
+            "at": r.at,
+            "received_at": self.received_at,
+            "signed": self.raw.hex(),
+        }
+
+
+@dataclass(frozen=True)
+class UnlearnOutcome:
+    """What a request achieved: receipts from holders, and who did not answer in time."""
+
+    order: UnlearnOrder
+    order_raw: bytes
+    holders: tuple[str, ...]
+    receipts: tuple[ReceiptRecord, ...]
+    certificates: tuple[DeviceCertificate, ...]
+    seconds: float
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """Holders that sent no receipt."""
+        got = {r.receipt.device_id for r in self.receipts}
+        return tuple(h for h in self.holders if h not in got)
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+    def evidence(self) -> dict[str, Any]:
+        """The self-contained JSON evidence of this request."""
+        signers = {r.receipt.device_id for r in self.receipts} | {self.order.issuer}
+        return {
+            "format": EVIDENCE_FORMAT,
+            "request_id": self.order.request_id,
+            "target": self.order.target,
+            "issuer": self.order.issuer,
+            "reason": self.order.reason,
+            "issued_at": self.order.issued_at,
+            "order": self.order_raw.hex(),
+            "holders": list(self.holders),
+            "receipts": [r.to_json() for r in sorted(self.receipts, key=lambda r: r.receipt.device_id)],
+            "missing": list(self.missing),
+            "complete": self.complete,
+            "seconds": self.seconds,
+            "certificates": [c.to_dict() for c in self.certificates if c.device_id in signers],
+        }
+
+
+class _Collector:
+    """Subscribes to hellos, neighbour lists and one request's receipts; verifies what arrives."""
+
+    def __init__(self, trust: TrustStore, topics: Topics, request_id: str) -> None:
+        self.trust = trust
+        self.topics = topics
+        self.request_id = request_id
+        self.memberships: dict[str, tuple[int, frozenset[str]]] = {}
+        self.receipts: dict[str, ReceiptRecord] = {}
+        self.last_message = time.monotonic()
+        self.changed = threading.Condition()
+        self._unknown: "queue.Queue[tuple[str, bytes]]" = queue.Queue()
+
+    def handle(self, topic: str, payload: bytes, retained: bool) -> None:
+        if codec.is_clear(payload):
+            return
+        self.last_message = time.monotonic()
+        try:
+            kind = self.topics.parse(topic).kind
+            signed = codec.decode(payload)
+            msg = codec.verify(signed, self.trust)
+            self.topics.check_matches(topic, msg)
+        except UnknownSenderError:
+            if self._unknown.qsize() < 10_000:
+                self._unknown.put((topic, payload))  # verifiable once its sender's hello arrived
+            return
+        except HdusError as exc:
+            logger.info("requester: ignored %s: %s", topic, exc.message)
+            return
+        with self.changed:
+            if kind == topic_kinds.HELLO and isinstance(msg, Hello):
+                try:
+                    self.trust.certify(msg.certificate)
+                except HdusError:
+                    pass
+                self._retry_unknown()
+            elif kind == topic_kinds.MEMBERSHIP and isinstance(msg, NeighborList):
+                held = self.memberships.get(msg.device_id)
+                if held is None or msg.version > held[0]:
+                    self.memberships[msg.device_id] = (msg.version, frozenset(msg.neighbors))
+            elif kind == topic_kinds.RECEIPT and isinstance(msg, Receipt):
+                if msg.request_id == self.request_id:
+                    self.receipts.setdefault(msg.device_id, ReceiptRecord(msg, signed.raw, time.time()))
+            self.changed.notify_all()
+
+    def _retry_unknown(self) -> None:
+        pending = []
+        while not self._unknown.empty():
+            pending.append(self._unknown.get_nowait())
+        for topic, payload in pending:
+            try:
+                msg = codec.verify(codec.decode(payload), self.trust)
+            except HdusError:
+                continue
+            if isinstance(msg, NeighborList):
+                held = self.memberships.get(msg.device_id)
+                if held is None or msg.version > held[0]:
+                    self.memberships[msg.device_id] = (msg.version, frozenset(msg.neighbors))
+            elif isinstance(msg, Receipt) and msg.request_id == self.request_id:
+                self.receipts.setdefault(msg.device_id, ReceiptRecord(msg, codec.decode(payload).raw, time.time()))
+
+    def settle(self, quiet_s: float, max_s: float) -> None:
+        """Wait until no message arrived for ``quiet_s`` (retained messages delivered), at most ``max_s``."""
+        deadline = time.monotonic() + max_s
+        while time.monotonic() < deadline and time.monotonic() - self.last_message < quiet_s:
+            time.sleep(quiet_s / 4)
+
+
+def request_unlearn(
+    *,
+    broker_url: str,
+    fleet: str,
+    admin_key: VerifyKey,
+    signer: SigningKey,
+    issuer: str,
+    target: str,
+    epoch: int,
+    reason: str = "right to be forgotten",
+    wait_s: float = 30.0,
+    own_certificate: DeviceCertificate | None = None,
+    settle_s: float = 0.3,
+) -> UnlearnOutcome:
+    """Publish the order to forget ``target`` and collect receipts from every holder for ``wait_s``."""
+    topics = Topics(fleet)
+    trust = TrustStore(fleet, admin_key)
+    if own_certificate is not None:
+        trust.certify(own_certificate)
+    order = UnlearnOrder(target, issuer, uuid.uuid4().hex, time.time(), reason, epoch)
+    collector = _Collector(trust, topics, order.request_id)
+    transport = MqttTransport(broker_url, f"{issuer}-req-{order.request_id[:12]}", handler=collector.handle)
+    start = time.monotonic()
+    try:
+        transport.subscribe([f"{topics.root}/devices/+/hello", f"{topics.root}/membership/+",
+                             topics.receipts_filter(order.request_id)])
+        transport.connect(timeout=min(10.0, max(wait_s, 1.0)))
+        collector.settle(settle_s, max_s=min(5.0, wait_s))
+        with collector.changed:
+            holders = tuple(sorted(i for i, (_, nbrs) in collector.memberships.items() if target in nbrs and i != target))
+        raw = codec.encode(order, signer, issuer)
+        if not transport.publish(topics.unlearn(target), raw, retain=True, wait=True, timeout=min(10.0, wait_s)):
+            logger.warning("requester: the broker did not confirm the order yet; it stays queued")
+        deadline = start + wait_s
+        with collector.changed:
+            collector.changed.wait_for(lambda: all(h in collector.receipts for h in holders), max(0.0, deadline - time.monotonic()))
+            receipts = tuple(collector.receipts.values())
+            certs = tuple(trust.certificates())
+    finally:
+        transport.close()
+    return UnlearnOutcome(order, raw, holders, receipts, certs, time.monotonic() - start)
+
+
+def collect_receipts(
+    *, broker_url: str, fleet: str, admin_key: VerifyKey, request_id: str, wait_s: float = 2.0
+) -> dict[str, ReceiptRecord]:
+    """The receipts the broker holds (retained) for ``request_id``, verified, by device id."""
+    topics = Topics(fleet)
+    collector = _Collector(TrustStore(fleet, admin_key), topics, request_id)
+    transport = MqttTransport(broker_url, f"receipts-{uuid.uuid4().hex[:12]}", handler=collector.handle)
+    try:
+        transport.subscribe([f"{topics.root}/devices/+/hello", topics.receipts_filter(request_id)])
+        transport.connect(timeout=10.0)
+        collector.settle(0.3, max_s=wait_s)
+        with collector.changed:
+            return dict(collector.receipts)
+    finally:
+        transport.close()
+
+
+def save_evidence(outcome: UnlearnOutcome, path: Path) -> Path:
+    """Write the evidence JSON atomically and return its path."""
+    write_json(path, outcome.evidence())
+    return path
+
+
+def verify_evidence(evidence: dict[str, Any] | Path, admin_key: VerifyKey, fleet: str) -> list[str]:
+    """Check an evidence file offline; return the problems found (empty when it all verifies).
+
+    Verifies the order (signed by the admin or the target itself) and every receipt (signed by a
+    device whose certificate the admin signed, answering this request about this target).
+    """
+    if isinstance(evidence, Path):
+        try:
+            evidence = json.loads(evidence.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise StateDirError(f"cannot read evidence {evidence}: {exc}") from None
+    assert isinstance(evidence, dict)
+    problems: list[str] = []
+    trust = TrustStore(fleet, admin_key)
+    for cert in evidence.get("certificates", []):
+        try:
+            trust.certify(DeviceCertificate.from_dict(cert))
+        except HdusError as exc:
+            problems.append(f"certificate of {cert.get('device_id')!r}: {exc.message}")
+    try:
+        order = codec.verify(codec.decode(bytes.fromhex(evidence["order"])), trust)
+        if not isinstance(order, UnlearnOrder) or order.request_id != evidence["request_id"]:
+            problems.append("the order is not this request's unlearn order")
+    except (HdusError, KeyError, ValueError) as exc:
+        problems.append(f"order: {getattr(exc, 'message', exc)}")
+        return problems
+    for rec in evidence.get("receipts", []):
+        try:
+            msg = codec.verify(codec.decode(bytes.fromhex(rec["signed"])), trust)
+        except (HdusError, KeyError, ValueError) as exc:
+            problems.append(f"receipt of {rec.get('device_id')!r}: {getattr(exc, 'message', exc)}")
+            continue
+        if not isinstance(msg, Receipt) or msg.request_id != order.request_id or msg.target != order.target:
+            problems.append(f"receipt of {rec.get('device_id')!r} answers another request")
+        elif msg.device_id != rec.get("device_id") or msg.removed_sha256 != rec.get("removed_sha256"):
+            problems.append(f"receipt of {rec.get('device_id')!r}: the summary differs from the signed receipt")
+    return problems
