@@ -187,12 +187,7 @@ class DeviceAgent:
                 reference_sha = prov.reference_sha256 or reference_sha
                 seed_arch = prov.arch
         main_prov = read_provenance(check_onnx(main_onnx, _contract_of(fleet), LoadPolicy(max_bytes=256 << 20)).model)
-        if settings is None:
-            settings = AgentSettings(
-                lam=fleet.ensemble.lam, space=fleet.ensemble.space, strategy=profile.runtime.strategy,
-                providers=profile.runtime.providers, intra_op_threads=profile.runtime.intra_op_threads,
-                max_seed_bytes=profile.limits.max_seed_bytes,
-            )
+        settings = settings or settings_for(state)
         models = OwnModels(
             main_onnx=main_onnx, seed_onnx=seed_onnx, seed_version=state.seed_version(),
             main_arch=main_prov.arch if main_prov else profile.model.main_arch, seed_arch=seed_arch,
@@ -587,6 +582,17 @@ class DeviceAgent:
                 return True
             time.sleep(interval)
         return bool(predicate(self))
+
+
+def settings_for(state: StateDir) -> AgentSettings:
+    """Agent settings from a device's fleet config and profile."""
+    fleet = state.fleet()
+    profile = state.profile()
+    return AgentSettings(
+        lam=fleet.ensemble.lam, space=fleet.ensemble.space, strategy=profile.runtime.strategy,
+        providers=profile.runtime.providers, intra_op_threads=profile.runtime.intra_op_threads,
+        max_seed_bytes=profile.limits.max_seed_bytes,
+    )
 
 
 class _Refused(ProtocolError):

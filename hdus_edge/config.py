@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hdus_edge.errors import ConfigError, UnknownProfileError
+from hdus_edge.errors import ConfigError, UnknownArchitectureError, UnknownProfileError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -195,14 +195,15 @@ def _check(cond: bool, where: str, message: str) -> None:
 
 def validate_profile(p: Profile, where: str) -> Profile:
     """Check values a type cannot express (ranges, known names)."""
-    from hdus_edge.models import get_spec
+    # The torch-free name table: validating a profile must not import torch (the agent does it).
+    from hdus_edge.arch_names import arch_role
 
     for key, arch, role in (("model.main_arch", p.model.main_arch, "main"), ("model.seed_arch", p.model.seed_arch, "seed")):
         try:
-            spec = get_spec(arch)
-        except Exception as exc:  # UnknownArchitectureError: re-raise naming the file and key
-            raise ConfigError(f"{where}: {key}: {exc}") from None
-        _check(spec.role == role, f"{where}: {key}", f"'{arch}' is a {spec.role} architecture, not a {role} one")
+            actual = arch_role(arch)
+        except UnknownArchitectureError as exc:
+            raise ConfigError(f"{where}: {key}: {exc.message}") from None
+        _check(actual == role, f"{where}: {key}", f"'{arch}' is a {actual} architecture, not a {role} one")
     _check(p.train.batch_size >= 2, f"{where}: train.batch_size", f"must be >= 2, got {p.train.batch_size}")
     _check(p.train.epochs >= 1, f"{where}: train.epochs", f"must be >= 1, got {p.train.epochs}")
     _check(p.train.distill_epochs >= 1, f"{where}: train.distill_epochs", "must be >= 1")

@@ -22,9 +22,11 @@ Device state directory (one per device; ``hdus-edge provision`` creates it)::
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -120,6 +122,16 @@ class AdminDir:
     def registry_file(self) -> Path:
         return self.root / "devices.json"
 
+    @property
+    def reference_file(self) -> Path:
+        """The fleet's reference set (``reference.npz``), copied to every device at provisioning."""
+        return self.root / "reference.npz"
+
+    @property
+    def evidence_dir(self) -> Path:
+        """Evidence of the unlearn requests the admin issued (one JSON file per request)."""
+        return self.root / "evidence"
+
     def fleet(self) -> FleetConfig:
         """The fleet config (``StateDirError`` when this is not an admin dir)."""
         if not self.fleet_file.exists():
@@ -206,6 +218,62 @@ class StateDir:
     @property
     def seed_info_file(self) -> Path:
         return self.models / "seed.json"
+
+    @property
+    def reference_file(self) -> Path:
+        """The fleet's reference set; ``distill`` reads only this (never the device's own data)."""
+        return self.root / "reference.npz"
+
+    @property
+    def main_checkpoint(self) -> Path:
+        """``models/main.pt``: the trained main model (arch, input shape, classes, state_dict)."""
+        return self.models / "main.pt"
+
+    @property
+    def seed_checkpoint(self) -> Path:
+        """``models/seed.pt``: the distilled seed model (arch, input shape, classes, state_dict)."""
+        return self.models / "seed.pt"
+
+    @property
+    def evidence_dir(self) -> Path:
+        """Evidence of the unlearn requests this device issued (``hdus-edge leave``)."""
+        return self.root / "evidence"
+
+    @property
+    def store_lock_file(self) -> Path:
+        """The seed store's lock file: held (flock) while an agent has the store open."""
+        return self.store_dir / ".lock"
+
+    def agent_running(self) -> bool:
+        """True while another process (the agent) holds this device's seed store open.
+
+        Probes the store's flock with a shared, non-blocking lock and releases it at once; it never
+        opens the store, so it is safe next to a running agent.
+        """
+        if not self.store_lock_file.exists():
+            return False
+        try:
+            fd = os.open(self.store_lock_file, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        finally:
+            os.close(fd)
+
+    def read_status(self) -> dict[str, Any] | None:
+        """The agent's last ``status.json`` (None when no agent ever wrote one; ``StateDirError`` if corrupt)."""
+        if not self.status_file.exists():
+            return None
+        data = read_json(self.status_file, "agent status")
+        if not isinstance(data, dict):
+            raise StateDirError(f"agent status {self.status_file} is corrupt: not an object")
+        return data
 
     def check(self) -> None:
         """Raise ``StateDirError`` naming the first missing piece of a provisioned device."""
@@ -300,3 +368,18 @@ def provision_device(
     registry[device_id] = {"profile": profile, "epoch": 0, "public_key": key.public_key.hex(), "issued_at": time.time()}
     write_json(admin.registry_file, registry)
     return state
+
+
+def install_reference(admin: AdminDir, state: StateDir) -> Path | None:
+    """Copy the admin's ``reference.npz`` into the device's state dir (atomic); None when the fleet has none.
+
+    Every device distils on these exact bytes; the fleet config's ``reference_sha256`` names them.
+    """
+    if not admin.reference_file.exists():
+        return None
+    tmp = state.reference_file.with_name(f".tmp-{state.reference_file.name}-{os.getpid()}")
+    shutil.copyfile(admin.reference_file, tmp)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, state.reference_file)
+    return state.reference_file

@@ -97,3 +97,10 @@ def test_resolve_arch_rejects_unknown_names_families_and_sizes() -> None:
         resolve_arch("S", "vgg")
     with pytest.raises(UnknownArchitectureError, match="no size"):
         resolve_arch("L", "seed")
+
+
+def test_torch_free_name_table_matches_the_registry():
+    from hdus_edge.arch_names import ARCH_ROLES
+    from hdus_edge.models import list_architectures
+
+    assert ARCH_ROLES == {spec.name: spec.role for spec in list_architectures()}

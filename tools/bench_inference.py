@@ -41,24 +41,31 @@ BIG_BATCH = 256
 CREATED = "2024-01-01T00:00:00Z"  # fixed: the bench's exports are reproducible
 
 
-def _timer(fn: Callable[[], object], *, calls: int, repeats: int, budget_s: float) -> float:
-    """Median over ``repeats`` of the mean seconds per call, after a warm-up.
+def _time_interleaved(
+    fns: dict[str, Callable[[], object]], *, calls: int, repeats: int, budget_s: float
+) -> dict[str, float]:
+    """Median seconds per call of each function, repeats interleaved round-robin.
 
-    ``calls`` per repeat is lowered so one measurement stays near ``budget_s`` (a slow engine
-    on a busy machine would otherwise take minutes); at least one call per repeat.
+    Interleaving makes a change of machine load (a shared CI box) hit every contender alike, so
+    ratios stay meaningful. ``calls`` per repeat is lowered per function so one function's
+    measurement stays near ``budget_s``; each function is warmed up first.
     """
-    start = time.perf_counter()
-    fn()
-    fn()
-    per_call = (time.perf_counter() - start) / 2
-    calls = max(1, min(calls, int(budget_s / max(per_call * repeats, 1e-9))))
-    samples = []
-    for _ in range(repeats):
+    per_fn_calls: dict[str, int] = {}
+    for key, fn in fns.items():
         start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        samples.append((time.perf_counter() - start) / calls)
-    return statistics.median(samples)
+        fn()
+        fn()
+        per_call = (time.perf_counter() - start) / 2
+        per_fn_calls[key] = max(1, min(calls, int(budget_s / max(per_call * repeats, 1e-9))))
+    samples: dict[str, list[float]] = {key: [] for key in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            n = per_fn_calls[key]
+            start = time.perf_counter()
+            for _ in range(n):
+                fn()
+            samples[key].append((time.perf_counter() - start) / n)
+    return {key: statistics.median(values) for key, values in samples.items()}
 
 
 def _export(arch: str, seed: int, role: str, owner: str) -> tuple[Any, bytes]:
@@ -95,17 +102,21 @@ def run_inference_bench(quick: bool = False) -> dict[str, Any]:
     from hdus_edge.onnx.session import make_session
 
     began = time.perf_counter()
-    calls1, calls_big, repeats = (50, 3, 3) if quick else (200, 8, 7)
-    budget = 0.5 if quick else 3.0  # seconds per measurement
+    # Many short repeats, interleaved: a burst of load from other processes lands on all contenders.
+    calls1, calls_big, repeats = (50, 3, 7) if quick else (200, 8, 25)
+    budget = 0.5 if quick else 2.0  # seconds per measurement of one contender
     rng = np.random.default_rng(0)
     x1 = rng.standard_normal((1, *SHAPE)).astype(np.float32)
     xbig = rng.standard_normal((BIG_BATCH, *SHAPE)).astype(np.float32)
     calibration = rng.standard_normal((128, *SHAPE)).astype(np.float32)  # stands in for the reference set
 
-    def measure(run: Callable[[np.ndarray], object]) -> dict[str, float]:
-        lat = _timer(lambda: run(x1), calls=calls1, repeats=repeats, budget_s=budget)
-        thr = _timer(lambda: run(xbig), calls=calls_big, repeats=repeats, budget_s=budget)
-        return {"latency_ms_b1": 1e3 * lat, "throughput_b256": BIG_BATCH / thr}
+    def measure(runners: dict[str, Callable[[np.ndarray], object]]) -> dict[str, dict[str, float]]:
+        """Latency at batch 1 and throughput at batch 256 of each runner, interleaved."""
+        lat = _time_interleaved({k: (lambda r=r: r(x1)) for k, r in runners.items()},
+                                calls=calls1, repeats=repeats, budget_s=budget)
+        thr = _time_interleaved({k: (lambda r=r: r(xbig)) for k, r in runners.items()},
+                                calls=calls_big, repeats=repeats, budget_s=budget)
+        return {k: {"latency_ms_b1": 1e3 * lat[k], "throughput_b256": BIG_BATCH / thr[k]} for k in runners}
 
     models = {arch: _export(arch, 0, "main", "me") for arch in MAINS}
     models[SEED_ARCH] = _export(SEED_ARCH, 0, "seed", "pi-0")
@@ -116,41 +127,47 @@ def run_inference_bench(quick: bool = False) -> dict[str, Any]:
     for arch, (module, data) in models.items():
         for threads in (1, 2):
             torch.set_num_threads(threads)
+            session = make_session(data, intra_op_threads=threads)
 
             def torch_run(x: np.ndarray, m: Any = module) -> object:
                 with torch.inference_mode():
                     return m(torch.from_numpy(x))
 
-            engines.append({"model": arch, "engine": "torch eager", "threads": threads, **measure(torch_run)})
-            session = make_session(data, intra_op_threads=threads)
-            engines.append({"model": arch, "engine": "onnxruntime", "threads": threads,
-                            **measure(lambda x, s=session: s.run(None, {"input": x}))})
+            figures = measure({"torch eager": torch_run,
+                               "onnxruntime": lambda x, s=session: s.run(None, {"input": x})})
+            engines += [{"model": arch, "engine": e, "threads": threads, **f} for e, f in figures.items()]
     torch.set_num_threads(torch_threads_before)
 
     # 2. main alone vs per-member sessions vs fused, K seeds (1 thread: an edge core, least noise)
     seeds = {f"pi-{i:02d}": _export(SEED_ARCH, 100 + i, "seed", f"pi-{i:02d}")[1] for i in range(max(ENSEMBLE_KS))}
     mlp_seeds = {f"pi-{i:02d}": _export(MLP_ARCH, 200 + i, "seed", f"pi-{i:02d}")[1] for i in range(8)}
     ensemble: list[dict[str, Any]] = []
-
-    def add_ensemble(main_arch: str, strategy: str, k: int, members: dict[str, bytes], seed_arch: str,
-                     pack: bool = True) -> None:
-        rt = EnsembleRuntime(models[main_arch][1], 0.5, "probs", strategy=strategy,  # type: ignore[arg-type]
-                             intra_op_threads=1, pack=pack)
-        rt.replace_all(members)
-        label = strategy if strategy == "sessions" else ("fused, packed" if pack else "fused, unpacked")
-        ensemble.append({"main": main_arch, "seed": seed_arch, "strategy": label, "k": k, **measure(rt.predict)})
-
     for arch in MAINS:
+        runners: dict[str, Callable[[np.ndarray], object]] = {}
+        rows: dict[str, dict[str, Any]] = {}
+
+        def add(strategy: str, k: int, members: dict[str, bytes], seed_arch: str, pack: bool = True,
+                main: str = arch) -> None:
+            rt = EnsembleRuntime(models[main][1], 0.5, "probs", strategy=strategy,  # type: ignore[arg-type]
+                                 intra_op_threads=1, pack=pack)
+            rt.replace_all(members)
+            label = strategy if strategy == "sessions" else ("fused, packed" if pack else "fused, unpacked")
+            key = f"{seed_arch}/{label}/{k}"
+            runners[key] = rt.predict
+            rows[key] = {"main": main, "seed": seed_arch, "strategy": label, "k": k}
+
         alone = make_session(models[arch][1], intra_op_threads=1)
-        ensemble.append({"main": arch, "seed": "-", "strategy": "main alone", "k": 0,
-                         **measure(lambda x, s=alone: s.run(None, {"input": x}))})
+        runners["alone"] = lambda x, s=alone: s.run(None, {"input": x})
+        rows["alone"] = {"main": arch, "seed": "-", "strategy": "main alone", "k": 0}
         for k in ENSEMBLE_KS:
             chosen = dict(list(seeds.items())[:k])
-            add_ensemble(arch, "sessions", k, chosen, SEED_ARCH)
+            add("sessions", k, chosen, SEED_ARCH)
             if k == 8:
-                add_ensemble(arch, "fused", k, chosen, SEED_ARCH, pack=False)
-            add_ensemble(arch, "fused", k, chosen, SEED_ARCH)
-        add_ensemble(arch, "fused", 8, mlp_seeds, MLP_ARCH)
+                add("fused", k, chosen, SEED_ARCH, pack=False)
+            add("fused", k, chosen, SEED_ARCH)
+        add("fused", 8, mlp_seeds, MLP_ARCH)
+        figures = measure(runners)
+        ensemble += [{**rows[key], **figures[key]} for key in runners]
 
     # 3. fp32 vs int8
     precision: list[dict[str, Any]] = []
@@ -158,10 +175,10 @@ def run_inference_bench(quick: bool = False) -> dict[str, Any]:
         variants = {"fp32": data,
                     "int8 static": quantize_int8(data, calibration=calibration).data,
                     "int8 dynamic": quantize_int8(data).data}
-        for name, blob in variants.items():
-            session = make_session(blob, intra_op_threads=1)
-            precision.append({"model": arch, "precision": name, "bytes": len(blob),
-                              **measure(lambda x, s=session: s.run(None, {"input": x}))})
+        sessions = {name: make_session(blob, intra_op_threads=1) for name, blob in variants.items()}
+        figures = measure({name: (lambda x, s=s: s.run(None, {"input": x})) for name, s in sessions.items()})
+        precision += [{"model": arch, "precision": name, "bytes": len(variants[name]), **figures[name]}
+                      for name in variants]
 
     result = {
         "config": {

@@ -43,9 +43,10 @@ def _root(
 def _register() -> None:
     # Imported here so a command module's import error names that module, and to keep the
     # wiring in one readable list.
-    from hdus_edge.cli import bench_cmd, broker_cmd, demo_cmd, inspect_cmd, models_cmd
+    from hdus_edge.cli import agent_cmd, bench_cmd, broker_cmd, demo_cmd, inspect_cmd, models_cmd
 
     app.command("demo")(demo_cmd.demo)
+    app.command("agent")(agent_cmd.agent)
     app.command("inspect")(inspect_cmd.inspect)
     app.command("broker")(broker_cmd.broker)
     app.add_typer(bench_cmd.bench_app, name="bench")
