@@ -153,6 +153,7 @@ class DeviceAgent:
             self.runtime = EnsembleRuntime(
                 models.main_onnx, settings.lam, settings.space, settings.strategy,  # type: ignore[arg-type]
                 providers=settings.providers, intra_op_threads=settings.intra_op_threads,
+                background_fuse=True,  # membership changes take effect in ms; the fused graph follows
             )
             self._load_seeds_from_store()
         except BaseException:
@@ -226,6 +227,7 @@ class DeviceAgent:
         if self._digest_thread is not None:
             self._digest_thread.join(timeout=5)
         self.transport.close()
+        self.runtime.close()
         self.store.close()
 
     def __enter__(self) -> DeviceAgent:
@@ -298,8 +300,8 @@ class DeviceAgent:
     # --- message handling (worker thread) ----------------------------------------------------
 
     def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
-        if codec.is_clear(payload):
-            return  # a cleared retained topic: nothing to act on
+        if codec.is_clear(payload) or self._stop.is_set():
+            return  # a cleared retained topic, or we are shutting down: nothing to act on
         try:
             parsed = self.topics.parse(topic)
             signed = codec.decode(payload, max_bytes=self.settings.max_seed_bytes + 64 * 1024)
@@ -428,19 +430,26 @@ class DeviceAgent:
             receipt = Receipt(order.request_id, target, self.device_id, removed, members_after, time.time())
             return codec.encode(receipt, self._key, self.device_id)
 
+        began = time.perf_counter()
         # One store step commits tombstone + request id + deletion + the receipt to send.
         removed = self.store.apply_unlearn(target, order.epoch, order.request_id, receipt=receipt_for)
+        stored = time.perf_counter()
         self.runtime.remove(target)
+        rebuilt = time.perf_counter()
         self.counters.unlearned += 1
+        # The receipt first: it is what the requester waits for.
+        for pending in self.store.pending_receipts():
+            if pending.request_id == order.request_id:
+                self._send_receipt(pending.request_id, pending.data)
+        sent = time.perf_counter()
         # Our inbox copy of the forgotten seed, and our seed for the forgotten device, leave the broker.
         self.transport.publish(self.topics.seed(self.device_id, target), b"", retain=True, wait=False)
         if target in self._published:
             self.transport.publish(self.topics.seed(target, self.device_id), b"", retain=True, wait=False)
             self._published.pop(target, None)
-        for pending in self.store.pending_receipts():
-            if pending.request_id == order.request_id:
-                self._send_receipt(pending.request_id, pending.data)
-        logger.info("agent %s: forgot %s (held %s)", self.device_id, target, removed[:12] if removed else "none")
+        logger.info("agent %s: forgot %s (held %s): store %.1f ms, ensemble %.1f ms, receipt %.1f ms",
+                    self.device_id, target, removed[:12] if removed else "none",
+                    1e3 * (stored - began), 1e3 * (rebuilt - stored), 1e3 * (sent - rebuilt))
         self._publish_digest()
         self._write_status()
 
@@ -455,17 +464,19 @@ class DeviceAgent:
         for to in sorted(self._published):
             self.transport.publish(self.topics.seed(to, self.device_id), b"", retain=True, wait=False)
         self._published.clear()
+        # A forgotten device wants no seeds: its neighbour list leaves the broker too.
+        self.transport.publish(self.topics.membership(self.device_id), b"", retain=True, wait=False)
         logger.info("agent %s: this device was forgotten (request %s)", self.device_id, order.request_id)
         self._write_status()
 
     def _send_receipt(self, request_id: str, data: bytes) -> None:
         # Retained, so a requester that looks later (``hdus-edge receipts``) still finds the evidence.
-        if self.transport.publish(self.topics.receipt(request_id, self.device_id), data, retain=True, wait=True, timeout=10):
-            self.store.mark_receipt_sent(request_id)
-            self.store.audit("receipt", request_id=request_id)
-            self.counters.receipts_sent += 1
-        else:
-            logger.warning("agent %s: receipt %s not confirmed yet; it stays queued", self.device_id, request_id)
+        # publish() returns once the receipt is in the durable outbox, which re-sends it until the
+        # broker acknowledges it (across restarts too), so the store can hand it over without waiting.
+        self.transport.publish(self.topics.receipt(request_id, self.device_id), data, retain=True, wait=False)
+        self.store.mark_receipt_sent(request_id)
+        self.store.audit("receipt", request_id=request_id)
+        self.counters.receipts_sent += 1
 
     # --- publishing ----------------------------------------------------------------------------
 

@@ -1,26 +1,333 @@
-"""A device's training-side steps on its state directory: export (and, via the CLI, train and distill).
+"""A device's training-side steps on its state directory: train, distill, export (torch).
 
-This module imports torch (export runs the exporter); the agent and ``predict`` never import it.
+Each step reads what the previous one left in ``models/`` and writes its own result there:
+
+    train   own data folder          -> models/main.pt
+    distill models/main.pt + reference.npz -> models/seed.pt
+    export  main.pt + seed.pt         -> models/main.onnx, models/seed.onnx, models/seed.json
+
+Exactness lives in what each step may read: ``train`` sees the device's own data only (and refuses
+data that shares samples with the public reference set), ``distill`` sees the main model and the
+reference set in the state dir only, and ``export`` refuses a seed distilled from another main model.
+A checkpoint holds enough to rebuild its model (arch, input shape, classes, state_dict) plus
+provenance. This module imports torch; the agent and ``predict`` never import it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import io
 import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
+import torch
 from torch import nn
 
+from hdus_edge.data import Dataset, check_reference_disjoint, dataset_sha256, load_data_folder, load_npz
+from hdus_edge.distill import DistillConfig, distill
+from hdus_edge.errors import CheckpointError, DataError, DataShapeError
+from hdus_edge.fleet_setup import load_reference
+from hdus_edge.models import build_model, count_parameters
 from hdus_edge.onnx.export import export_onnx
 from hdus_edge.onnx.metadata import Provenance
 from hdus_edge.protocol.messages import sha256_hex
 from hdus_edge.state import StateDir, atomic_write_bytes, write_json
+from hdus_edge.train import Progress, TrainConfig, train
 
 logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
 
 
 def utc_now_iso() -> str:
     """The current UTC time as ISO 8601 (provenance creation time)."""
     return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A model rebuilt from ``models/<role>.pt``, with the provenance saved next to its weights."""
+
+    model: nn.Module
+    role: str
+    arch: str
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    meta: dict[str, Any]
+    sha256: str  # of the checkpoint file's bytes: a distilled seed names its teacher by it
+
+
+def save_checkpoint(
+    path: Path,
+    model: nn.Module,
+    *,
+    role: str,
+    arch: str,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    meta: dict[str, Any],
+) -> str:
+    """Write ``model`` atomically with what it takes to rebuild it; return the file's sha256."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "role": role,
+        "arch": arch,
+        "input_shape": list(input_shape),
+        "num_classes": int(num_classes),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "meta": meta,
+    }
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    data = buffer.getvalue()
+    atomic_write_bytes(Path(path), data)
+    return sha256_hex(data)
+
+
+def load_checkpoint(path: Path, role: str) -> Checkpoint:
+    """Rebuild the model saved at ``path``; ``CheckpointError`` when missing, corrupt or of another role."""
+    path = Path(path)
+    step = {"main": "train", "seed": "distill"}[role]
+    if not path.exists():
+        raise CheckpointError(f"{path} is missing", hint=f"run 'hdus-edge {step}' for this device first")
+    data = path.read_bytes()
+    try:
+        # weights_only: a checkpoint file must never be able to run code.
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"not an hdus-edge checkpoint of format {CHECKPOINT_FORMAT}")
+        if payload["role"] != role:
+            raise ValueError(f"it holds a {payload['role']} model, not a {role} model")
+        shape = tuple(int(d) for d in payload["input_shape"])
+        classes = int(payload["num_classes"])
+        model = build_model(payload["arch"], shape, classes)  # type: ignore[arg-type]
+        model.load_state_dict(payload["state_dict"])
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001  # unpickling and load_state_dict raise many types
+        raise CheckpointError(f"{path} is not a usable {role} checkpoint: {exc}",
+                              hint=f"run 'hdus-edge {step}' again to rewrite it") from None
+    model.eval()
+    return Checkpoint(model, role, payload["arch"], shape, classes, dict(payload.get("meta") or {}), sha256_hex(data))  # type: ignore[arg-type]
+
+
+# --- steps -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainStepReport:
+    """What ``train_step`` did."""
+
+    device_id: str
+    arch: str
+    params: int
+    samples: int
+    classes_seen: list[int]
+    epochs: int
+    steps: int
+    final_loss: float
+    train_accuracy: float
+    seconds: float
+    data_sha256: str
+    checkpoint: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_device_data(path: Path) -> Dataset:
+    """A device's own training data: a folder of ``.npz`` / IDX files, or one ``.npz`` file."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".npz":
+        return load_npz(path)
+    if not path.exists():
+        raise DataError(f"data folder {path} does not exist", hint="pass the folder holding this device's .npz or IDX files")
+    return load_data_folder(path)
+
+
+def check_fits_fleet(data: Dataset, state: StateDir) -> None:
+    """``DataShapeError`` unless ``data`` has the fleet's input shape and labels within its classes."""
+    fleet = state.fleet()
+    shape = tuple(fleet.data.input_shape)
+    if data.input_shape != shape:
+        raise DataShapeError(
+            f"data '{data.name}' has samples of shape {list(data.input_shape)}, but fleet "
+            f"'{fleet.fleet.name}' (profile {state.device().device.profile}) takes {list(shape)}",
+            hint="resample the images to the fleet's input shape",
+        )
+    if len(data) and int(data.y.max()) >= fleet.data.num_classes:
+        raise DataShapeError(
+            f"data '{data.name}' has label {int(data.y.max())}, but the fleet has {fleet.data.num_classes} classes"
+        )
+
+
+def train_step(
+    state: StateDir,
+    data_path: Path,
+    *,
+    epochs: int | None = None,
+    seed: int = 0,
+    threads: int = 1,
+    progress: Progress | None = None,
+) -> TrainStepReport:
+    """Train the device's main model (its profile's architecture) on its own data; save ``models/main.pt``."""
+    device = state.device()
+    fleet = state.fleet()
+    profile = state.profile()
+    data = load_device_data(data_path)
+    check_fits_fleet(data, state)
+    if state.reference_file.exists():
+        # Own data inside the public reference set would reach every neighbour through the seeds.
+        check_reference_disjoint(load_reference(state), [data])
+    shape, classes = tuple(fleet.data.input_shape), fleet.data.num_classes
+    cfg = TrainConfig(epochs=epochs or profile.train.epochs, batch_size=profile.train.batch_size, seed=seed)
+    arch = profile.model.main_arch
+    model = build_model(arch, shape, classes, seed=seed)  # type: ignore[arg-type]
+    with _torch_threads(threads):
+        report = train(model, data, cfg, progress)
+    data_sha = dataset_sha256(data)
+    meta = {"device_id": device.device.id, "data_sha256": data_sha, "samples": len(data), "seed": seed,
+            "epochs": cfg.epochs, "train_accuracy": report.train_accuracy, "created_at": utc_now_iso()}
+    save_checkpoint(state.main_checkpoint, model, role="main", arch=arch, input_shape=shape,  # type: ignore[arg-type]
+                    num_classes=classes, meta=meta)
+    seen = sorted(int(c) for c in set(data.y.tolist()) if c >= 0)
+    logger.info("trained %s (%s) on %d samples", device.device.id, arch, len(data))
+    return TrainStepReport(device.device.id, arch, count_parameters(model), len(data), seen, cfg.epochs, report.steps,
+                           report.final_loss, report.train_accuracy, report.seconds, data_sha, str(state.main_checkpoint))
+
+
+@dataclass(frozen=True)
+class DistillStepReport:
+    """What ``distill_step`` did."""
+
+    device_id: str
+    arch: str
+    params: int
+    teacher_arch: str
+    reference_samples: int
+    reference_sha256: str
+    epochs: int
+    final_loss: float
+    agreement: float  # seed vs main top-1 agreement on the reference set
+    seconds: float
+    checkpoint: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def distill_step(
+    state: StateDir,
+    *,
+    epochs: int | None = None,
+    seed: int = 0,
+    threads: int = 1,
+    progress: Progress | None = None,
+) -> DistillStepReport:
+    """Distil the seed (the profile's seed architecture) from ``models/main.pt`` on the reference set only."""
+    device = state.device()
+    fleet = state.fleet()
+    profile = state.profile()
+    teacher = load_checkpoint(state.main_checkpoint, "main")
+    _check_contract(teacher, state)
+    reference = load_reference(state)
+    cfg = DistillConfig(epochs=epochs or profile.train.distill_epochs, seed=seed)
+    arch = profile.model.seed_arch
+    student = build_model(arch, teacher.input_shape, teacher.num_classes, seed=seed + 1)
+    with _torch_threads(threads):
+        report = distill(teacher.model, student, reference, cfg, eval_data=reference, progress=progress)
+    ref_sha = fleet.data.reference_sha256 or dataset_sha256(reference)
+    meta = {"device_id": device.device.id, "teacher_sha256": teacher.sha256, "teacher_arch": teacher.arch,
+            "reference_sha256": ref_sha, "epochs": cfg.epochs, "agreement": report.agreement, "seed": seed,
+            "created_at": utc_now_iso()}
+    save_checkpoint(state.seed_checkpoint, student, role="seed", arch=arch, input_shape=teacher.input_shape,
+                    num_classes=teacher.num_classes, meta=meta)
+    return DistillStepReport(device.device.id, arch, count_parameters(student), teacher.arch, len(reference), ref_sha,
+                             cfg.epochs, report.final_loss, report.agreement, report.seconds, str(state.seed_checkpoint))
+
+
+@dataclass(frozen=True)
+class ExportStepReport:
+    """What ``export_step`` wrote."""
+
+    device_id: str
+    seed_version: int
+    main_arch: str
+    seed_arch: str
+    main_bytes: int
+    seed_bytes: int
+    seed_sha256: str
+    reference_sha256: str
+    files: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def export_step(state: StateDir, *, created_at: str | None = None) -> ExportStepReport:
+    """Export main and seed to ONNX and bump the seed version (``export_device_models``).
+
+    Refuses a seed distilled from another main model than the one in ``main.pt`` (train ran again
+    after distill) and one distilled on another reference set than the fleet's.
+    """
+    fleet = state.fleet()
+    main = load_checkpoint(state.main_checkpoint, "main")
+    seed = load_checkpoint(state.seed_checkpoint, "seed")
+    _check_contract(main, state)
+    if seed.meta.get("teacher_sha256") != main.sha256:
+        raise CheckpointError(
+            f"{state.seed_checkpoint} was distilled from another main model than {state.main_checkpoint}",
+            hint="run 'hdus-edge distill' again after training",
+        )
+    ref_sha = str(seed.meta.get("reference_sha256", ""))
+    if fleet.data.reference_sha256 and ref_sha != fleet.data.reference_sha256:
+        raise CheckpointError(
+            f"{state.seed_checkpoint} was distilled on reference set {ref_sha[:12]}..., not the fleet's "
+            f"{fleet.data.reference_sha256[:12]}...",
+            hint="run 'hdus-edge distill' again",
+        )
+    main_bytes, seed_bytes, version = export_device_models(
+        state, main.model, seed.model, main_arch=main.arch, seed_arch=seed.arch, reference_sha256=ref_sha,
+        created_at=created_at,
+    )
+    return ExportStepReport(
+        state.device().device.id, version, main.arch, seed.arch, len(main_bytes), len(seed_bytes),
+        sha256_hex(seed_bytes), ref_sha,
+        [str(state.models / n) for n in ("main.onnx", "seed.onnx", "seed.json")],
+    )
+
+
+def _check_contract(ckpt: Checkpoint, state: StateDir) -> None:
+    fleet = state.fleet()
+    if ckpt.input_shape != tuple(fleet.data.input_shape) or ckpt.num_classes != fleet.data.num_classes:
+        raise CheckpointError(
+            f"the {ckpt.role} checkpoint takes {list(ckpt.input_shape)} -> {ckpt.num_classes} classes, but the fleet "
+            f"takes {list(fleet.data.input_shape)} -> {fleet.data.num_classes}",
+            hint="run 'hdus-edge train' again",
+        )
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Run a block with torch on ``n`` threads, restoring the caller's setting afterwards.
+
+    One thread by default, as in ``hdus_edge.fleet``: the zoo's small models gain little from more,
+    lose a lot when cores are shared, and a fixed count gives the same weights on every machine.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(n, os.cpu_count() or 1)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def export_device_models(

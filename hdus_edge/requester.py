@@ -39,6 +39,7 @@ class ReceiptRecord:
     receipt: Receipt
     raw: bytes
     received_at: float
+    received_mono: float = 0.0  # time.monotonic() at arrival, for latency figures
 
     def to_json(self) -> dict[str, Any]:
         r = self.receipt
@@ -63,6 +64,15 @@ class UnlearnOutcome:
     receipts: tuple[ReceiptRecord, ...]
     certificates: tuple[DeviceCertificate, ...]
     seconds: float
+    published_mono: float = 0.0  # time.monotonic() when the order was handed to the broker
+
+    @property
+    def latency_s(self) -> float | None:
+        """Seconds from publishing the order to the last holder's receipt (None if incomplete)."""
+        if not self.complete or not self.holders:
+            return None
+        arrivals = [r.received_mono for r in self.receipts if r.receipt.device_id in self.holders]
+        return max(arrivals) - self.published_mono
 
     @property
     def missing(self) -> tuple[str, ...]:
@@ -102,6 +112,7 @@ class _Collector:
         self.topics = topics
         self.request_id = request_id
         self.memberships: dict[str, tuple[int, frozenset[str]]] = {}
+        self.forgotten: dict[str, int] = {}  # device -> highest epoch a valid order forgot
         self.receipts: dict[str, ReceiptRecord] = {}
         self.last_message = time.monotonic()
         self.changed = threading.Condition()
@@ -134,9 +145,11 @@ class _Collector:
                 held = self.memberships.get(msg.device_id)
                 if held is None or msg.version > held[0]:
                     self.memberships[msg.device_id] = (msg.version, frozenset(msg.neighbors))
+            elif kind == topic_kinds.UNLEARN and isinstance(msg, UnlearnOrder):
+                self.forgotten[msg.target] = max(msg.epoch, self.forgotten.get(msg.target, -1))
             elif kind == topic_kinds.RECEIPT and isinstance(msg, Receipt):
                 if msg.request_id == self.request_id:
-                    self.receipts.setdefault(msg.device_id, ReceiptRecord(msg, signed.raw, time.time()))
+                    self.receipts.setdefault(msg.device_id, ReceiptRecord(msg, signed.raw, time.time(), time.monotonic()))
             self.changed.notify_all()
 
     def _retry_unknown(self) -> None:
@@ -152,8 +165,15 @@ class _Collector:
                 held = self.memberships.get(msg.device_id)
                 if held is None or msg.version > held[0]:
                     self.memberships[msg.device_id] = (msg.version, frozenset(msg.neighbors))
+            elif isinstance(msg, UnlearnOrder):
+                self.forgotten[msg.target] = max(msg.epoch, self.forgotten.get(msg.target, -1))
             elif isinstance(msg, Receipt) and msg.request_id == self.request_id:
-                self.receipts.setdefault(msg.device_id, ReceiptRecord(msg, codec.decode(payload).raw, time.time()))
+                self.receipts.setdefault(msg.device_id, ReceiptRecord(msg, codec.decode(payload).raw, time.time(), time.monotonic()))
+
+    def is_forgotten(self, device_id: str) -> bool:
+        """True when a valid retained order forgot ``device_id``'s current incarnation."""
+        epoch = self.forgotten.get(device_id)
+        return epoch is not None and (device_id not in self.trust or epoch >= self.trust.epoch_of(device_id))
 
     def settle(self, quiet_s: float, max_s: float) -> None:
         """Wait until no message arrived for ``quiet_s`` (retained messages delivered), at most ``max_s``."""
@@ -187,12 +207,16 @@ def request_unlearn(
     start = time.monotonic()
     try:
         transport.subscribe([f"{topics.root}/devices/+/hello", f"{topics.root}/membership/+",
-                             topics.receipts_filter(order.request_id)])
+                             f"{topics.root}/unlearn/+", topics.receipts_filter(order.request_id)])
         transport.connect(timeout=min(10.0, max(wait_s, 1.0)))
         collector.settle(settle_s, max_s=min(5.0, wait_s))
         with collector.changed:
-            holders = tuple(sorted(i for i, (_, nbrs) in collector.memberships.items() if target in nbrs and i != target))
+            holders = tuple(sorted(
+                i for i, (_, nbrs) in collector.memberships.items()
+                if target in nbrs and i != target and not collector.is_forgotten(i)
+            ))
         raw = codec.encode(order, signer, issuer)
+        sent_at = time.monotonic()
         if not transport.publish(topics.unlearn(target), raw, retain=True, wait=True, timeout=min(10.0, wait_s)):
             logger.warning("requester: the broker did not confirm the order yet; it stays queued")
         deadline = start + wait_s
@@ -202,7 +226,7 @@ def request_unlearn(
             certs = tuple(trust.certificates())
     finally:
         transport.close()
-    return UnlearnOutcome(order, raw, holders, receipts, certs, time.monotonic() - start)
+    return UnlearnOutcome(order, raw, holders, receipts, certs, time.monotonic() - start, sent_at)
 
 
 def collect_receipts(

@@ -51,6 +51,37 @@ def _register() -> None:
     app.command("broker")(broker_cmd.broker)
     app.add_typer(bench_cmd.bench_app, name="bench")
     app.add_typer(models_cmd.models_app, name="models")
+    _register_lifecycle()
+
+
+def _register_lifecycle() -> None:
+    # The device lifecycle, in the order a user meets it: set up, train, share, forget.
+    from hdus_edge.cli import (
+        broker_config_cmd,
+        device_cmd,
+        fleet_cmd,
+        lifecycle_cmd,
+        predict_cmd,
+        profiles_cmd,
+        provision_cmd,
+        unlearn_cmd,
+    )
+
+    app.add_typer(profiles_cmd.profiles_app, name="profiles")
+    app.add_typer(fleet_cmd.fleet_app, name="fleet")
+    app.command("provision")(provision_cmd.provision)
+    app.command("broker-config")(broker_config_cmd.broker_config)
+    app.command("train")(lifecycle_cmd.train)
+    app.command("distill")(lifecycle_cmd.distill)
+    app.command("export")(lifecycle_cmd.export)
+    app.command("publish")(lifecycle_cmd.publish)
+    app.command("predict")(predict_cmd.predict)
+    app.command("status")(device_cmd.status)
+    app.command("members")(device_cmd.members)
+    app.add_typer(device_cmd.neighbors_app, name="neighbors")
+    app.command("leave")(unlearn_cmd.leave)
+    app.command("unlearn")(unlearn_cmd.unlearn)
+    app.command("receipts")(unlearn_cmd.receipts)
 
 
 _register()

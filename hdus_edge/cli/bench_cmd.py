@@ -56,3 +56,56 @@ def accuracy(
         sweep.add_row(name, *[f"{pct(result[name][k]['ensemble_local'])} / {pct(result[name][k]['ensemble_global'])}" for k in keys])
     console.print(sweep)
     console.print(f"Finished in {result['seconds']:.0f} s.")
+
+
+@bench_app.command("unlearn")
+def unlearn(
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    sizes: Annotated[str, typer.Option(help="Comma-separated fleet sizes.")] = "5,20,50",
+    brokers: Annotated[str, typer.Option(help="Comma-separated brokers: amqtt, mosquitto.")] = "amqtt,mosquitto",
+    forgets: Annotated[int, typer.Option(help="Devices forgotten one after another per fleet (latency samples).")] = 8,
+) -> None:
+    """Unlearn latency (order to last receipt) and seed propagation vs retraining from scratch.
+
+    Example: hdus-edge bench unlearn --sizes 5,20 --brokers mosquitto
+    """
+    from hdus_edge.bench.unlearn import run_unlearn_bench
+    from hdus_edge.errors import ConfigError
+
+    try:
+        size_list = tuple(int(v) for v in sizes.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"--sizes must be comma-separated integers, got {sizes!r}") from None
+    broker_list = tuple(b.strip() for b in brokers.split(",") if b.strip())
+    if any(b not in ("amqtt", "mosquitto") for b in broker_list) or not broker_list:
+        raise ConfigError(f"--brokers must name amqtt and/or mosquitto, got {brokers!r}")
+    if any(n < 3 for n in size_list):
+        raise ConfigError("every fleet size must be at least 3")
+    status = None if json_out else console.status("starting")
+
+    def progress(what: str) -> None:
+        if status is not None:
+            status.update(f"measuring {what}")
+
+    if status is not None:
+        status.start()
+    try:
+        result = run_unlearn_bench(size_list, broker_list, forgets, progress)
+    finally:
+        if status is not None:
+            status.stop()
+    if json_out:
+        print_json(result)
+        return
+    table = Table(title="Forgetting one device: HDUS unlearn vs retraining the fleet")
+    for col in ("broker", "devices", "neighbours", "seed propagation", "unlearn p50", "unlearn p95", "samples",
+                "retrain fleet (est.)", "speed-up (p95)"):
+        table.add_column(col, justify="right")
+    for r in result["rows"]:
+        table.add_row(r["broker"], str(r["devices"]), str(r["degree"]), f"{r['seed_propagation_s']:.2f} s",
+                      f"{1e3 * r['unlearn_p50_s']:.0f} ms", f"{1e3 * r['unlearn_p95_s']:.0f} ms",
+                      f"{r['unlearn_samples']} ({r['incomplete']} incomplete)", f"{r['retrain_fleet_s']:.0f} s",
+                      f"{r['speedup_vs_retrain']:.0f}x" if r["speedup_vs_retrain"] else "-")
+    console.print(table)
+    console.print(f"Retraining one device (resnet-8 main + seed, digits) measured {result['retrain_one_device_s']:.1f} s; "
+                  "the fleet estimate multiplies it by the remaining devices.")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -35,6 +36,7 @@ Strategy = Literal["fused", "sessions"]
 STRATEGIES: tuple[str, ...] = ("fused", "sessions")
 # Main models can be larger than a seed; the runtime trusts its own main model's size.
 _MAIN_MAX_BYTES = 512 * 1024 * 1024
+_FUSE_DEBOUNCE_S = 0.3  # long enough for a burst of seeds or an unlearn's receipt to go first
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ class EnsembleRuntime:
         intra_op_threads: int | None = None,
         *,
         pack: bool = True,
+        background_fuse: bool = False,
     ) -> None:
         if space not in COMBINE_SPACES:
             raise EnsembleError(f"unknown combine space {space!r}", hint=f"use one of {COMBINE_SPACES}")
@@ -100,6 +103,13 @@ class EnsembleRuntime:
         )
         self._build_lock = threading.Lock()  # one rebuild at a time; predict never takes it
         self._swap_lock = threading.Lock()
+        # background_fuse: a membership change swaps in per-member sessions at once (milliseconds,
+        # same outputs to 1e-6) and the fused graph follows on a background thread, debounced, so a
+        # burst of changes costs one fuse and an unlearn is never waiting on graph building.
+        self.background_fuse = background_fuse and strategy == "fused"
+        self._fuse_wanted = threading.Event()
+        self._fuse_thread: threading.Thread | None = None
+        self._closed = False
         self._snapshot = self._build({}, previous=None)
 
     # --- membership ----------------------------------------------------------------------
@@ -125,10 +135,11 @@ class EnsembleRuntime:
             seeds = dict(current.seed_bytes)
             seeds[device_id] = data
             try:
-                snap = self._build(seeds, previous=current)
+                snap = self._build(seeds, previous=current, fuse=not self.background_fuse)
             except ProbeRunError as exc:
                 raise ProbeRunError(f"seed {device_id!r} broke the ensemble: {exc.message}") from None
             self._swap(snap)
+        self._request_fuse()
         logger.info("ensemble: added seed %s (%d seeds)", device_id, len(seeds))
 
     def remove(self, device_id: str) -> bool:
@@ -138,14 +149,61 @@ class EnsembleRuntime:
             if device_id not in current.seed_bytes:
                 return False
             seeds = {d: b for d, b in current.seed_bytes.items() if d != device_id}
-            self._swap(self._build(seeds, previous=current))
+            self._swap(self._build(seeds, previous=current, fuse=not self.background_fuse))
+        self._request_fuse()
         logger.info("ensemble: removed seed %s (%d seeds)", device_id, len(seeds))
         return True
 
     def replace_all(self, seeds: Mapping[str, bytes]) -> None:
         """Set the whole seed set at once (one rebuild), e.g. when loading the store at start-up."""
         with self._build_lock:
-            self._swap(self._build({d: bytes(b) for d, b in seeds.items()}, previous=self._snapshot))
+            seed_map = {d: bytes(b) for d, b in seeds.items()}
+            self._swap(self._build(seed_map, previous=self._snapshot, fuse=not self.background_fuse))
+        self._request_fuse()
+
+    def wait_fused(self, timeout: float = 10.0) -> bool:
+        """Block until the current member set runs as one fused graph (background_fuse); True if so."""
+        if self.strategy != "fused":
+            return False
+        deadline = time.monotonic() + timeout
+        while self._snapshot.fused is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return self._snapshot.fused is not None
+
+    def close(self) -> None:
+        """Stop the background fuse thread (the runtime still predicts)."""
+        self._closed = True
+        self._fuse_wanted.set()
+        if self._fuse_thread is not None:
+            self._fuse_thread.join(timeout=5)
+
+    def _request_fuse(self) -> None:
+        if not self.background_fuse or self._closed:
+            return
+        if self._fuse_thread is None:
+            self._fuse_thread = threading.Thread(target=self._fuse_loop, name="hdus-ensemble-fuse", daemon=True)
+            self._fuse_thread.start()
+        self._fuse_wanted.set()
+
+    def _fuse_loop(self) -> None:
+        while True:
+            self._fuse_wanted.wait()
+            if self._closed:
+                return
+            # Debounce: wait for a quiet moment so a burst of seeds is fused once.
+            while self._fuse_wanted.is_set() and not self._closed:
+                self._fuse_wanted.clear()
+                time.sleep(_FUSE_DEBOUNCE_S)
+            with self._build_lock:
+                current = self._snapshot
+                if current.fused is not None or self._closed:
+                    continue
+                try:
+                    snap = self._build(dict(current.seed_bytes), previous=current, fuse=True)
+                except Exception:  # the per-member snapshot keeps serving; log and wait for the next change
+                    logger.exception("ensemble: background fuse failed; staying on per-member sessions")
+                    continue
+                self._swap(snap)
 
     # --- inference -----------------------------------------------------------------------
 
@@ -201,11 +259,11 @@ class EnsembleRuntime:
     def _session(self, data: bytes) -> ort.InferenceSession:
         return make_session(data, providers=self.providers, intra_op_threads=self.intra_op_threads)
 
-    def _build(self, seeds: dict[str, bytes], previous: _Snapshot | None) -> _Snapshot:
+    def _build(self, seeds: dict[str, bytes], previous: _Snapshot | None, fuse: bool = True) -> _Snapshot:
         order = tuple(sorted(seeds))
         sessions: dict[str, ort.InferenceSession] = {}
         fused = fused_bytes = None
-        if self.strategy == "sessions":
+        if self.strategy == "sessions" or not fuse:
             for device in order:
                 old = previous.sessions.get(device) if previous is not None else None
                 same = previous is not None and previous.seed_bytes.get(device) == seeds[device]
@@ -219,6 +277,9 @@ class EnsembleRuntime:
                 main, parsed, self.lam, self.space, member_outputs=False, pack=self.pack
             ).SerializeToString()
             fused = make_session(fused_bytes, providers=self.providers, intra_op_threads=self.intra_op_threads)
+            if previous is not None:  # keep member sessions of unchanged seeds for predict_members
+                sessions = {d: previous.sessions[d] for d in order
+                            if d in previous.sessions and previous.seed_bytes.get(d) == seeds[d]}
         snap = _Snapshot(order, MappingProxyType(dict(seeds)), sessions, fused, fused_bytes)
         # Probe before the swap: a member that loads but fails to run must not replace a good ensemble.
         x = probe_inputs(self.contract, batch=2)

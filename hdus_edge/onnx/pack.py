@@ -138,13 +138,13 @@ def pack_models(
             if len(ins) > 2 and ins[2]:
                 conv_in.append(add_init(f"n{index}.b", np.concatenate([b.reshape(-1) for b in weights(index, 2)])))
             extra = {"transB": 1} if op == "Gemm" else {}
-            nodes.append(_copy_node(node, prefix + f"n{index}", conv_in, new_out, drop={"transB"}, **extra))
+            nodes.append(_copy_node(node, prefix + f"n{index}", conv_in, new_out, drop=frozenset({"transB"}), **extra))
         elif op == "Conv" and kinds[0] == "packed" and all(k_ == "const" for k_ in kinds[1:]):
             w = np.concatenate(weights(index, 1), axis=0)
             conv_in = [name_of(ins[0]), add_init(f"n{index}.w", w)]
             if len(ins) > 2 and ins[2]:
                 conv_in.append(add_init(f"n{index}.b", np.concatenate(weights(index, 2))))
-            nodes.append(_copy_node(node, prefix + f"n{index}", conv_in, new_out, drop={"group"},
+            nodes.append(_copy_node(node, prefix + f"n{index}", conv_in, new_out, drop=frozenset({"group"}),
                                     group=k * int(attrs.get("group", 1))))
         elif op == "Gemm" and kinds[0] == "packed" and all(k_ == "const" for k_ in kinds[1:]):
             # Block-diagonal Gemm = grouped 1x1 Conv over [N, K*F, 1, 1].
@@ -199,7 +199,11 @@ def _renamed(tensor: onnx.TensorProto, name: str) -> onnx.TensorProto:
 
 
 def _copy_node(
-    node: onnx.NodeProto, name: str, inputs: list[str], outputs: list[str], drop: set[str] = frozenset(),  # type: ignore[assignment]
+    node: onnx.NodeProto,
+    name: str,
+    inputs: list[str],
+    outputs: list[str],
+    drop: frozenset[str] = frozenset(),
     **override: object,
 ) -> onnx.NodeProto:
     copy = onnx.NodeProto()

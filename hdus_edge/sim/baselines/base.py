@@ -14,10 +14,11 @@ device's randomness as it was, which is what makes "retrain without j" comparabl
 from __future__ import annotations
 
 import logging
+import time
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -27,7 +28,8 @@ from hdus_edge.data import ClientData, FleetData
 from hdus_edge.errors import ConfigError
 from hdus_edge.models import resolve_arch
 from hdus_edge.topology import Graph, without
-from hdus_edge.train import accuracy
+from hdus_edge.sim.baselines.sgd import torch_threads
+from hdus_edge.train import accuracy, deterministic_torch
 
 logger = logging.getLogger(__name__)
 
@@ -57,13 +59,13 @@ class BaselineBudget:
 
     @classmethod
     def reduced(cls, seed: int = 0) -> BaselineBudget:
-        """The demo's budget: all methods on digits in well under a minute on 2 cores."""
-        return cls(epochs=8, rounds=8, local_epochs=1, seed=seed)
+        """The demo's budget: 8 passes per device, every method on digits in well under a minute."""
+        return cls(epochs=8, rounds=4, local_epochs=2, batch_size=16, lr=1e-2, seed=seed)
 
     @classmethod
     def full(cls, seed: int = 0) -> BaselineBudget:
-        """The benchmark's budget (MNIST, 6 x 800 samples)."""
-        return cls(epochs=20, rounds=20, local_epochs=1, seed=seed)
+        """The benchmark's budget (MNIST, 6 x 800 samples): 20 passes per device."""
+        return cls(epochs=20, rounds=10, local_epochs=2, batch_size=32, lr=5e-3, seed=seed)
 
 
 @dataclass(frozen=True)
@@ -213,6 +215,7 @@ class Baseline(ABC):
         self._budget: BaselineBudget | None = None
         self._train_seconds = 0.0
         self._train_bytes = 0
+        self._forgotten: list[str] = []
         # (x, mean local accuracy) after the latest forget; x counts rounds of work done since.
         self._curve: list[tuple[float, float]] = []
 
@@ -232,23 +235,35 @@ class Baseline(ABC):
             raise ValueError(f"{self.name}: this instance was fitted already; use fresh() for another run")
         setup = FleetSetup.build(data, device_ids, archs, graph)
         self._setup, self._budget = setup, budget
-        self._train_seconds, self._train_bytes = self._fit(setup, budget, progress)
+        with torch_threads(1), deterministic_torch():
+            self._train_seconds, self._train_bytes = self._fit(setup, budget, progress)
         logger.info("%s: fitted %d devices in %.1fs, %d bytes sent", self.name, len(setup.device_ids),
                     self._train_seconds, self._train_bytes)
         return self.evaluate()
 
-    @abstractmethod
     def forget(self, device_id: str) -> ForgetCost:
         """Remove ``device_id``; afterwards no remaining model depends on it (unless ``exact=False``)."""
+        self.setup.client(device_id)  # validates the id before anything changes
+        self._curve = []
+        start = time.perf_counter()
+        with torch_threads(1), deterministic_torch():
+            cost = self._forget(device_id)
+        cost = replace(cost, seconds=time.perf_counter() - start, device_id=device_id)
+        self._forgotten.append(device_id)
+        if not self._curve:  # nothing was redone: accuracy is back at once
+            self._curve = [(0.0, self.evaluate().mean_local)]
+        logger.info("%s: forgot %s in %.2fs: %s", self.name, device_id, cost.seconds, cost.notes)
+        return cost
 
     def evaluate(self) -> MethodResult:
         """Accuracy of every remaining device on its own test split and on the global test set."""
         setup = self.setup
         local, global_ = {}, {}
-        for d in setup.device_ids:
-            test = setup.client(d).test
-            local[d] = accuracy(self.outputs(d, test.x), test.y)
-            global_[d] = accuracy(self.outputs(d, setup.data.test.x), setup.data.test.y)
+        with torch_threads(1):
+            for d in setup.device_ids:
+                test = setup.client(d).test
+                local[d] = accuracy(self.outputs(d, test.x), test.y)
+                global_[d] = accuracy(self.outputs(d, setup.data.test.x), setup.data.test.y)
         return MethodResult(self.name, local, global_, self._train_seconds, self._train_bytes)
 
     def recovery_curve(self) -> list[tuple[float, float]]:
@@ -275,6 +290,13 @@ class Baseline(ABC):
     def _fit(self, setup: FleetSetup, budget: BaselineBudget, progress: BaselineProgress | None) -> tuple[float, int]:
         """Train; return (wall seconds, bytes sent)."""
 
+    @abstractmethod
+    def _forget(self, device_id: str) -> ForgetCost:
+        """Forget (``_drop`` first); ``seconds`` and ``device_id`` are filled in by ``forget``.
+
+        Methods that redo work record ``self._curve`` per round as they go.
+        """
+
     # --- helpers for subclasses ----------------------------------------------------------
 
     @property
@@ -296,6 +318,11 @@ class Baseline(ABC):
         """The remaining devices."""
         return self.setup.device_ids
 
+    @property
+    def forgotten(self) -> tuple[str, ...]:
+        """The devices forgotten so far, in order."""
+        return tuple(self._forgotten)
+
     def _drop(self, device_id: str) -> FleetSetup:
         """Remove ``device_id`` from the setup (validating it) and return the new setup."""
         self._setup = self.setup.without(device_id)
@@ -303,10 +330,3 @@ class Baseline(ABC):
 
     def _mean_local(self) -> float:
         return self.evaluate().mean_local
-
-
-def check_models(models: Mapping[str, Any], setup: FleetSetup) -> None:
-    """Raise ``ConfigError`` unless ``models`` holds one entry per device of ``setup``."""
-    missing = [d for d in setup.device_ids if d not in models]
-    if missing:
-        raise ConfigError(f"no model for devices {missing}")

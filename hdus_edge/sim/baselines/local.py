@@ -1,29 +1,32 @@
 """Local-only training of every device's main model: the shared first step of ISGD and SISA-A.
 
-Each device trains its own architecture on its own data with ``hdus_edge.train.train`` and the
-HDUS defaults (Adam, one-cycle, +-1 pixel shifts), so with the same per-device seed an ISGD model
-is bit for bit the HDUS main model. Devices are independent, so they train in worker processes;
-the result does not depend on how devices are spread over workers.
+Each device trains its own architecture on its own data with ``hdus_edge.train.train`` and the HDUS
+defaults (Adam, one-cycle, +-1 pixel shifts), seeded by :func:`device_seed`, so an ISGD model is bit
+for bit the HDUS main model of a device with that seed. Devices are independent, so they train on
+parallel threads; the result does not depend on how many.
+
+:class:`LocallyTrained` is the base of ISGD and SISA-A: both hold exactly these models, and can
+share one training run (``local_models=``), or take an HDUS fleet's main models
+(:meth:`LocalModels.from_fleet`).
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from hdus_edge.data import Dataset, dataset_sha256
+from hdus_edge.data import dataset_sha256
 from hdus_edge.errors import ConfigError
-from hdus_edge.fleet import default_workers
+from hdus_edge.fleet import TrainedDevice, default_workers
 from hdus_edge.models import build_model
 from hdus_edge.sim.baselines.base import Baseline, BaselineBudget, BaselineProgress, FleetSetup, device_seed
-from hdus_edge.sim.baselines.sgd import torch_threads
-from hdus_edge.train import TrainConfig, TrainReport, train
+from hdus_edge.sim.baselines.sgd import parallel_map, torch_threads
+from hdus_edge.train import TrainConfig, TrainReport, deterministic_torch, train
 
 logger = logging.getLogger(__name__)
 
@@ -36,16 +39,30 @@ class LocalModel:
     arch: str
     model: nn.Module
     report: TrainReport
-    budget: BaselineBudget
     data_sha256: str  # of the training split: reuse must be on the very same data
+    budget: BaselineBudget | None  # None: trained elsewhere (an HDUS fleet's main model)
 
 
 @dataclass
 class LocalModels:
-    """Every device's local model, and the wall seconds training them took here."""
+    """Every device's local model, and the wall seconds training them took."""
 
     models: dict[str, LocalModel]
     seconds: float
+
+    @classmethod
+    def from_fleet(cls, devices: Sequence[TrainedDevice], seconds: float) -> LocalModels:
+        """The main models of an HDUS fleet (``hdus_edge.fleet``), which are ISGD's models by definition.
+
+        ``seconds`` is what training them took; ``fit`` reports it as its training time.
+        """
+        return cls(
+            {
+                d.spec.device_id: LocalModel(d.spec.device_id, d.spec.main_arch, d.main, d.train_report, "", None)
+                for d in devices
+            },
+            seconds,
+        )
 
 
 def local_train_config(budget: BaselineBudget, device_id: str, augment: bool = True) -> TrainConfig:
@@ -64,65 +81,55 @@ def train_local_models(
     workers: int | None = None,
     progress: BaselineProgress | None = None,
 ) -> LocalModels:
-    """Train every device's main model on its own data; ``workers`` > 1 uses worker processes.
+    """Train every device's main model on its own data, on ``workers`` threads (default: per core).
 
     Pass the result to ``ISGD`` and ``SisaA`` (``local_models=``) to train once for both.
     """
     start = time.perf_counter()
-    jobs = [
-        (d, setup.arch(d), setup.client(d).train, local_train_config(budget, d, augment), budget)
-        for d in setup.device_ids
-    ]
-    workers = default_workers() if workers is None else workers
-    out: dict[str, LocalModel] = {}
-    if workers <= 1 or len(jobs) <= 1:
-        with torch_threads(1):  # the same thread count as a worker: identical floats either way
-            for n, job in enumerate(jobs):
-                out[job[0]] = _train_one(*job)
-                if progress is not None:
-                    progress("train", n + 1, len(jobs))
-        return LocalModels(out, time.perf_counter() - start)
-    ctx = multiprocessing.get_context("spawn")  # fork after torch's thread pools started can hang
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_worker_init) as pool:
-        futures = [pool.submit(_train_one, *job) for job in jobs]
-        for n, fut in enumerate(futures):
-            model = fut.result()
-            out[model.device_id] = model
-            if progress is not None:
-                progress("train", n + 1, len(jobs))
-    return LocalModels(out, time.perf_counter() - start)
+    ids = setup.device_ids
+    configs = {d: local_train_config(budget, d, augment) for d in ids}
+    # Built here, serially: build_model seeds torch's global RNG, which threads must not share.
+    models = {d: build_model(setup.arch(d), setup.data.input_shape, setup.data.num_classes, seed=configs[d].seed)
+              for d in ids}
+
+    def one(d: str) -> LocalModel:
+        report = train(models[d], setup.client(d).train, configs[d])
+        return LocalModel(d, setup.arch(d), models[d], report, dataset_sha256(setup.client(d).train), budget)
+
+    def done(n: int) -> None:
+        if progress is not None:
+            progress("train", n, len(ids))
+
+    # The outer deterministic context keeps the flag on while train()'s own contexts nest and unwind.
+    with torch_threads(1), deterministic_torch():
+        trained = parallel_map(one, list(ids), default_workers() if workers is None else workers, done)
+    return LocalModels({m.device_id: m for m in trained}, time.perf_counter() - start)
 
 
 def check_reusable(local: LocalModels, setup: FleetSetup, budget: BaselineBudget) -> None:
-    """Raise ``ConfigError`` unless ``models`` were trained for exactly this setup and budget."""
+    """Raise ``ConfigError`` unless ``local`` holds a model of the right arch, data and budget per device."""
     for d in setup.device_ids:
         m = local.models.get(d)
         if m is None:
             raise ConfigError(f"no pre-trained local model for device {d!r}")
-        if m.arch != setup.arch(d) or m.budget != budget or m.data_sha256 != dataset_sha256(setup.client(d).train):
+        wrong = []
+        if m.arch != setup.arch(d):
+            wrong.append(f"arch {m.arch} (setup: {setup.arch(d)})")
+        if m.budget is not None and m.budget != budget:
+            wrong.append("budget")
+        if m.data_sha256 and m.data_sha256 != dataset_sha256(setup.client(d).train):
+            wrong.append("training data")
+        if wrong:
             raise ConfigError(
-                f"pre-trained local model of {d!r} was trained for another arch, budget or data",
+                f"pre-trained local model of {d!r} does not match this run: {', '.join(wrong)}",
                 hint="train local models with the same setup and budget, or let fit() train them",
             )
-
-
-def _train_one(device_id: str, arch: str, data: Dataset, cfg: TrainConfig, budget: BaselineBudget) -> LocalModel:
-    model = build_model(arch, data.input_shape, data.num_classes, seed=cfg.seed)
-    report = train(model, data, cfg)
-    return LocalModel(device_id, arch, model, report, budget, dataset_sha256(data))
-
-
-def _worker_init() -> None:
-    import torch
-
-    torch.set_num_threads(1)
 
 
 class LocallyTrained(Baseline):
     """A baseline whose every model is one device's main model, trained on its own data only.
 
-    ``local_models`` (from :func:`train_local_models` on the same setup and budget) skips training, so
-    ISGD and SISA-A can share one training run; ``fit`` then reports the seconds that run took.
+    ``local_models`` skips training (see :class:`LocalModels`); ``fit`` then reports their seconds.
     """
 
     def __init__(

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -23,6 +25,8 @@ from hdus_edge.train import shift_augment
 logger = logging.getLogger(__name__)
 
 BYTES_PER_FLOAT = 4  # float32 on the wire
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def _float_keys(model: nn.Module) -> list[str]:
@@ -107,6 +111,37 @@ def set_lr(optimiser: torch.optim.Optimizer, lr: float) -> None:
     """Set every parameter group's learning rate."""
     for group in optimiser.param_groups:
         group["lr"] = lr
+
+
+def parallel_map(
+    fn: Callable[[T], R], items: Sequence[T], workers: int, on_done: Callable[[int], None] | None = None
+) -> list[R]:
+    """``[fn(item) for item in items]``, on up to ``workers`` threads, results in order.
+
+    For independent per-device work: each device's tensors are touched by one thread only, and
+    each thread runs torch single-threaded, so results are bit for bit those of the serial loop,
+    whatever ``workers`` is. Threads, not processes: torch releases the GIL inside its kernels, and
+    nothing needs pickling. ``fn`` must not draw from torch's global RNG (build models beforehand).
+    ``on_done(n_finished)`` runs in the calling thread (safe for progress bars).
+    """
+    if workers <= 1 or len(items) <= 1:
+        out = []
+        for item in items:
+            out.append(fn(item))
+            if on_done is not None:
+                on_done(len(out))
+        return out
+
+    def run(item: T) -> R:
+        torch.set_num_threads(1)  # per thread: OpenMP's thread count is a per-thread setting
+        return fn(item)
+
+    with ThreadPoolExecutor(min(workers, len(items))) as pool:
+        futures = [pool.submit(run, item) for item in items]
+        for n, _ in enumerate(as_completed(futures), start=1):
+            if on_done is not None:
+                on_done(n)
+        return [f.result() for f in futures]
 
 
 @contextmanager

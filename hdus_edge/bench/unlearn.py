@@ -1,0 +1,124 @@
+"""``hdus-edge bench unlearn``: how fast a fleet forgets, against retraining from scratch.
+
+For each broker (embedded amqtt, Mosquitto) and fleet size (5, 20, 50 agents in this process, each
+with its own state dir and MQTT connection), it measures:
+
+- seed propagation: from the first agent start until every device holds all its neighbours' seeds;
+- unlearn latency: from publishing a signed order to the last holder's signed receipt, for several
+  devices forgotten one after another (p50 / p95);
+- retraining: the measured time to train and distil one device, times the remaining devices (what
+  DSGD/FedUnl-style forgetting redoes at the least); the ratio to the HDUS latency.
+
+Fleets up to 20 devices use the complete graph (the paper's); larger ones a random 8-regular graph.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hdus_edge.agent import AgentSettings
+from hdus_edge.config import DataSection, EnsembleSection, FleetConfig, FleetSection
+from hdus_edge.sim.mqtt_fleet import AgentFleet, DeviceModels
+from hdus_edge.topology import build_graph
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SIZES = (5, 20, 50)
+REFERENCE_SHA = "0" * 64
+
+
+def synthetic_models(n: int, input_shape: tuple[int, int, int] = (1, 8, 8), seed: int = 0) -> dict[str, DeviceModels]:
+    """N devices with exported (untrained) zoo models: timing does not depend on the weights."""
+    from hdus_edge.models import build_model
+    from hdus_edge.onnx.export import export_onnx
+    from hdus_edge.onnx.metadata import Provenance
+
+    created = "2026-01-01T00:00:00Z"
+    main = export_onnx(build_model("resnet-8", input_shape, 10, seed=seed), Provenance("bench", "main", "resnet-8", 1, input_shape, 10, created))
+    out = {}
+    for k in range(n):
+        device_id = f"dev-{k:03d}"
+        seed_bytes = export_onnx(
+            build_model("seed-cnn", input_shape, 10, seed=seed + 1 + k),
+            Provenance(device_id, "seed", "seed-cnn", 1, input_shape, 10, created, REFERENCE_SHA),
+        )
+        out[device_id] = DeviceModels(main, seed_bytes)
+    return out
+
+
+def retrain_seconds_per_device() -> float:
+    """Measured seconds to train one demo device (resnet-8 main + seed-cnn seed) on digits."""
+    from hdus_edge.data import load_digits, split_fleet
+    from hdus_edge.fleet import DeviceSpec, LearningConfig, train_device
+
+    data = split_fleet(load_digits(), 6, scheme="missing-class", reference_size=300, test_size=300, seed=0)
+    start = time.perf_counter()
+    train_device(DeviceSpec("r", "resnet-8", seed=0), data.clients[0], data.reference, LearningConfig())
+    return time.perf_counter() - start
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def bench_one(broker_url: str, n: int, forgets: int, root: Path, models: dict[str, DeviceModels]) -> dict[str, Any]:
+    """Build an n-agent fleet on ``broker_url``, then forget ``forgets`` devices one after another."""
+    ids = sorted(models)[:n]
+    graph = build_graph("complete" if n <= 20 else "random-regular", ids, degree=min(8, n - 1), seed=0)
+    fleet_cfg = FleetConfig(FleetSection(f"bench{n}", broker_url), DataSection((1, 8, 8), 10, "public", REFERENCE_SHA),
+                            EnsembleSection(0.5, "probs"))
+    settings = AgentSettings(probe_in_subprocess=False, digest_interval_s=60.0)
+    latencies: list[float] = []
+    receipts = 0
+    with AgentFleet(root, broker_url, fleet_cfg, {i: models[i] for i in ids}, graph, settings) as fleet:
+        propagation = fleet.start(timeout=300)
+        for target in ids[-forgets:]:
+            outcome = fleet.unlearn(target, wait_s=30)
+            if outcome.latency_s is not None:
+                latencies.append(outcome.latency_s)
+            receipts += len(outcome.receipts)
+            fleet.wait_converged(30)
+    return {
+        "devices": n, "degree": len(graph[ids[0]]), "seed_propagation_s": propagation,
+        "unlearn_p50_s": _percentile(latencies, 50), "unlearn_p95_s": _percentile(latencies, 95),
+        "unlearn_samples": len(latencies), "incomplete": forgets - len(latencies), "receipts": receipts,
+    }
+
+
+def run_unlearn_bench(sizes: tuple[int, ...] = DEFAULT_SIZES, brokers: tuple[str, ...] = ("amqtt", "mosquitto"),
+                      forgets: int = 8, progress: Any = None) -> dict[str, Any]:
+    """Run every (broker, size) case side by side and return the figures."""
+    from hdus_edge.transport.broker import EmbeddedBroker
+    from hdus_edge.transport.mosquitto import MosquittoProcess
+
+    models = synthetic_models(max(sizes))
+    per_device = retrain_seconds_per_device()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="hdus-bench-unlearn-") as tmp:
+        for broker in brokers:
+            for n in sizes:
+                if progress:
+                    progress(f"{broker}, {n} devices")
+                root = Path(tmp) / f"{broker}-{n}"
+                if broker == "amqtt":
+                    with EmbeddedBroker() as b:
+                        row = bench_one(b.url, n, min(forgets, n - 2), root, models)
+                else:
+                    proc = MosquittoProcess(root / "mosquitto").start()
+                    try:
+                        row = bench_one(proc.url, n, min(forgets, n - 2), root, models)
+                    finally:
+                        proc.stop()
+                retrain = per_device * (n - 1)
+                row |= {"broker": broker, "retrain_fleet_s": retrain,
+                        "speedup_vs_retrain": retrain / row["unlearn_p95_s"] if row["unlearn_samples"] else None}
+                rows.append(row)
+    return {"retrain_one_device_s": per_device, "rows": rows}

@@ -1,0 +1,157 @@
+"""``hdus-edge leave|unlearn|receipts``: ask the fleet to forget a device, and show the signed proof."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.table import Table
+
+from hdus_edge.cli.options import (
+    AdminDirOpt,
+    BrokerOpt,
+    JsonOpt,
+    OptionalAdminDirOpt,
+    OptionalStateDirOpt,
+    StateDirOpt,
+    check_broker,
+    open_admin,
+    open_state,
+)
+from hdus_edge.cli.output import console, print_json
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from hdus_edge.requester import UnlearnOutcome
+
+WaitOpt = Annotated[float, typer.Option(min=0.5, help="Seconds to wait for every holder's receipt.")]
+ReasonOpt = Annotated[str, typer.Option(help="Why (kept in the signed order).")]
+
+
+def leave(
+    state_dir: StateDirOpt,
+    broker: BrokerOpt = "",
+    wait: WaitOpt = 30.0,
+    reason: ReasonOpt = "device asked to be forgotten",
+    json_out: JsonOpt = False,
+) -> None:
+    """Ask the fleet to forget this device: an unlearn order signed with the device's own key.
+
+    Every device holding this device's seed deletes it, rebuilds its ensemble and answers with a
+    signed receipt. The evidence is saved in <state-dir>/evidence/<request>.json. Exits 1 when a
+    holder did not answer in time (it applies the order when it reconnects).
+
+    Example: hdus-edge leave --state-dir ./dev-2
+    """
+    from hdus_edge.forget import leave as leave_fleet
+
+    check_broker(broker)
+    state = open_state(state_dir)
+    outcome, path = leave_fleet(state, broker_url=broker or None, wait_s=wait, reason=reason)
+    _finish(outcome, path, json_out)
+
+
+def unlearn(
+    device: Annotated[str, typer.Argument(help="Id of the device to forget (as provisioned).")],
+    admin_dir: AdminDirOpt,
+    broker: BrokerOpt = "",
+    wait: WaitOpt = 30.0,
+    reason: ReasonOpt = "ordered by the fleet admin",
+    json_out: JsonOpt = False,
+) -> None:
+    """Order the fleet to forget DEVICE (fleet admin): signed with the admin key; receipts collected.
+
+    Refuses an id that is not in devices.json. The evidence is saved in
+    <admin-dir>/evidence/<request>.json. Exits 1 when a holder did not answer in time.
+
+    Example: hdus-edge unlearn dev-3 --admin-dir ./admin
+    """
+    from hdus_edge.forget import unlearn as unlearn_device
+
+    check_broker(broker)
+    admin = open_admin(admin_dir)
+    outcome, path = unlearn_device(admin, device, broker_url=broker or None, wait_s=wait, reason=reason)
+    _finish(outcome, path, json_out)
+
+
+def receipts(
+    request_id: Annotated[str | None, typer.Argument(help="Request id (default: list the saved requests).")] = None,
+    state_dir: OptionalStateDirOpt = None,
+    admin_dir: OptionalAdminDirOpt = None,
+    broker: BrokerOpt = "",
+    wait: Annotated[float, typer.Option(min=0.1, help="Seconds to collect retained receipts from the broker.")] = 2.0,
+    offline: Annotated[bool, typer.Option(help="Only saved evidence; do not ask the broker.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show the signed receipts of an unlearn request: from the broker, verified, and from saved evidence.
+
+    Without REQUEST_ID, list the requests whose evidence is saved in the state or admin dir.
+
+    Example: hdus-edge receipts 3f2a9c... --state-dir ./dev-2 --json
+    """
+    from hdus_edge.forget import list_requests, receipts_report, source_of
+
+    check_broker(broker)
+    state = open_state(state_dir) if state_dir is not None and admin_dir is None else None
+    admin = open_admin(admin_dir) if admin_dir is not None else None
+    source = source_of(state, admin, broker or None)
+    if request_id is None:
+        rows = list_requests(source)
+        if json_out:
+            print_json({"requests": rows})
+            return
+        for r in rows:
+            done = "complete" if r["complete"] else f"missing {', '.join(r['missing'])}"
+            console.print(f"{r['request_id']}  forget {r['target']} by {r['issuer']}: {len(r['receipts'])} receipts, {done}",
+                          markup=False)
+        if not rows:
+            console.print("no saved unlearn requests here", markup=False)
+        return
+    report = receipts_report(source, request_id, wait_s=wait, use_broker=not offline)
+    if json_out:
+        print_json(report)
+        return
+    _print_receipts(report)
+
+
+def _finish(outcome: UnlearnOutcome, path: Path, json_out: bool) -> None:
+    from hdus_edge.errors import UnlearnIncompleteError
+
+    ev = outcome.evidence()
+    if json_out:
+        print_json({**{k: v for k, v in ev.items() if k not in ("order", "certificates")},
+                    "receipts": [{k: v for k, v in r.items() if k != "signed"} for r in ev["receipts"]],
+                    "evidence_file": str(path)})
+    else:
+        console.print(f"Request {outcome.order.request_id}: forget {outcome.order.target} (signed by {outcome.order.issuer})",
+                      markup=False)
+        for r in ev["receipts"]:
+            what = f"deleted seed {r['removed_sha256'][:16]}..." if r["held"] else "held no seed"
+            console.print(f"  {r['device_id']}: {what}; members now {', '.join(r['members_after']) or 'none'}", markup=False)
+        if not outcome.holders:
+            console.print("  no device listed it as a neighbour: nothing to delete", markup=False)
+        console.print(f"Evidence: {path} ({outcome.seconds:.1f} s)", markup=False)
+    if not outcome.complete:
+        raise UnlearnIncompleteError(
+            f"no receipt within the wait from {', '.join(outcome.missing)}",
+            hint=f"they apply the order when they reconnect; check with 'hdus-edge receipts {outcome.order.request_id}'",
+        )
+
+
+def _print_receipts(report: dict[str, Any]) -> None:
+    title = f"Request {report['request_id']}"
+    if report["target"]:
+        title += f": forget {report['target']} (by {report['issuer']})"
+    table = Table(title=title)
+    for col in ("device", "removed seed", "members after", "at", "found in"):
+        table.add_column(col)
+    for r in report["receipts"]:
+        table.add_row(r["device_id"], (r["removed_sha256"] or "held none")[:16], ", ".join(r["members_after"]) or "-",
+                      dt.datetime.fromtimestamp(r["at"]).strftime("%H:%M:%S"), ", ".join(r["sources"]))
+    console.print(table)
+    if report["missing"]:
+        console.print(f"missing: {', '.join(report['missing'])}", markup=False)
+    verdict = "every signature verifies" if report["verified"] else "PROBLEMS: " + "; ".join(report["problems"])
+    console.print(verdict, markup=False)

@@ -1,0 +1,150 @@
+"""Forgetting from the command line: ``leave`` (a device), ``unlearn`` (the admin), ``receipts`` (no torch).
+
+Thin over ``hdus_edge.requester``: these pick the signer, the broker and the epoch from a state dir
+or an admin dir, refuse targets the fleet never provisioned, and keep every request's evidence as
+``<dir>/evidence/<request_id>.json``. ``receipts_report`` merges the receipts the broker still holds
+(verified against the fleet admin's key) with those in saved evidence (verified offline).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hdus_edge.crypto import VerifyKey
+from hdus_edge.errors import ConfigError, StateDirError
+from hdus_edge.fleet_setup import user_device_id
+from hdus_edge.protocol.fields import check_request_id
+from hdus_edge.requester import UnlearnOutcome, collect_receipts, request_unlearn, save_evidence, verify_evidence
+from hdus_edge.state import AdminDir, StateDir, read_json, write_json
+
+logger = logging.getLogger(__name__)
+
+
+def leave(state: StateDir, *, broker_url: str | None = None, wait_s: float = 30.0,
+          reason: str = "device asked to be forgotten") -> tuple[UnlearnOutcome, Path]:
+    """The device asks to be forgotten: an order signed with its own key; evidence in its state dir."""
+    device = state.device()
+    fleet = state.fleet()
+    cert = state.certificate()
+    outcome = request_unlearn(
+        broker_url=broker_url or device.device.broker or fleet.fleet.broker, fleet=fleet.fleet.name,
+        admin_key=state.admin_key(), signer=state.key(), issuer=device.device.id, target=device.device.id,
+        epoch=cert.epoch, reason=reason, wait_s=wait_s, own_certificate=cert,
+    )
+    path = save_evidence(outcome, state.evidence_dir / f"{outcome.order.request_id}.json")
+    return outcome, path
+
+
+def unlearn(admin: AdminDir, target: str, *, broker_url: str | None = None, wait_s: float = 30.0,
+            reason: str = "ordered by the fleet admin") -> tuple[UnlearnOutcome, Path]:
+    """The admin orders ``target`` forgotten (it must be in ``devices.json``); evidence in the admin dir."""
+    fleet = admin.fleet()
+    user_device_id(target, "target device id")
+    registry = admin.registry()
+    if target not in registry:
+        known = ", ".join(sorted(registry)) or "none yet"
+        raise ConfigError(f"device {target!r} is not provisioned in fleet '{fleet.fleet.name}'",
+                          hint=f"provisioned devices: {known}")
+    key = admin.key()
+    outcome = request_unlearn(
+        broker_url=broker_url or fleet.fleet.broker, fleet=fleet.fleet.name, admin_key=key.public_key, signer=key,
+        issuer="admin", target=target, epoch=int(registry[target].get("epoch", 0)), reason=reason, wait_s=wait_s,
+    )
+    path = save_evidence(outcome, admin.evidence_dir / f"{outcome.order.request_id}.json")
+    registry = admin.registry()
+    registry[target] = {**registry[target], "unlearned": outcome.order.request_id}
+    write_json(admin.registry_file, registry)
+    return outcome, path
+
+
+@dataclass(frozen=True)
+class ReceiptSource:
+    """Where ``receipts`` looks: the fleet, its admin key, a broker and folders of evidence files."""
+
+    fleet: str
+    admin_key: VerifyKey
+    broker_url: str
+    evidence_dirs: tuple[Path, ...]
+
+
+def source_of(state: StateDir | None, admin: AdminDir | None, broker_url: str | None) -> ReceiptSource:
+    """The receipt source of a device (its state dir) or of the admin (the admin dir)."""
+    if admin is not None:
+        fleet = admin.fleet()
+        return ReceiptSource(fleet.fleet.name, admin.key().public_key, broker_url or fleet.fleet.broker, (admin.evidence_dir,))
+    if state is None:
+        raise ConfigError("receipts needs --state-dir or --admin-dir", hint="or set HDUS_STATE_DIR / HDUS_ADMIN_DIR")
+    device = state.device()
+    fleet = state.fleet()
+    return ReceiptSource(fleet.fleet.name, state.admin_key(), broker_url or device.device.broker or fleet.fleet.broker,
+                         (state.evidence_dir,))
+
+
+def receipts_report(source: ReceiptSource, request_id: str, *, wait_s: float = 2.0, use_broker: bool = True) -> dict[str, Any]:
+    """Every receipt known for ``request_id``: from the broker (retained) and from saved evidence.
+
+    Each receipt row says where it was found and that its signature verified (rows that do not
+    verify are listed under ``problems``, never as receipts).
+    """
+    try:
+        check_request_id(request_id)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid request id {request_id!r}: {exc}") from None
+    evidence, ev_path = _find_evidence(source, request_id)
+    rows: dict[str, dict[str, Any]] = {}
+    problems: list[str] = []
+    if evidence is not None:
+        problems += verify_evidence(evidence, source.admin_key, source.fleet)
+        bad = {p.split("'")[1] for p in problems if p.startswith("receipt of '")}
+        for r in evidence.get("receipts", []):
+            if r["device_id"] not in bad:
+                rows[r["device_id"]] = {"device_id": r["device_id"], "removed_sha256": r["removed_sha256"],
+                                        "held": r["removed_sha256"] is not None, "members_after": r["members_after"],
+                                        "at": r["at"], "sources": ["evidence"]}
+    target = evidence.get("target") if evidence else None
+    if use_broker:
+        for device_id, rec in collect_receipts(broker_url=source.broker_url, fleet=source.fleet,
+                                               admin_key=source.admin_key, request_id=request_id, wait_s=wait_s).items():
+            row = rows.setdefault(device_id, {**_row(rec.to_json()), "sources": []})
+            row["sources"].append("broker")
+            target = target or rec.receipt.target  # every receipt names what it answers
+    holders = list(evidence.get("holders", [])) if evidence else []
+    return {
+        "request_id": request_id,
+        "target": target,
+        "issuer": evidence.get("issuer") if evidence else None,
+        "evidence_file": str(ev_path) if ev_path else None,
+        "holders": holders,
+        "receipts": [rows[d] for d in sorted(rows)],
+        "missing": [h for h in holders if h not in rows],
+        "problems": problems,
+        "verified": not problems,
+    }
+
+
+def list_requests(source: ReceiptSource) -> list[dict[str, Any]]:
+    """The requests with saved evidence (newest last)."""
+    from hdus_edge.device_view import evidence_summaries
+
+    out: list[dict[str, Any]] = []
+    for folder in source.evidence_dirs:
+        out += evidence_summaries(folder)
+    return sorted(out, key=lambda e: e["issued_at"])
+
+
+def _row(rec: dict[str, Any]) -> dict[str, Any]:
+    return {k: rec[k] for k in ("device_id", "removed_sha256", "held", "members_after", "at")}
+
+
+def _find_evidence(source: ReceiptSource, request_id: str) -> tuple[dict[str, Any] | None, Path | None]:
+    for folder in source.evidence_dirs:
+        path = folder / f"{request_id}.json"
+        if path.exists():
+            data = read_json(path, "evidence")
+            if not isinstance(data, dict):
+                raise StateDirError(f"evidence {path} is corrupt: not an object")
+            return data, path
+    return None, None

@@ -1,0 +1,135 @@
+"""A fleet of real agents in one process: one state dir, key pair and MQTT connection per device.
+
+The simulator and the benchmarks use it to run HDUS exactly as devices do (signed seeds over a real
+broker, safe loading, the store, receipts); only the process is shared.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hdus_edge.agent import AgentSettings, DeviceAgent
+from hdus_edge.config import FleetConfig
+from hdus_edge.requester import UnlearnOutcome, request_unlearn
+from hdus_edge.state import AdminDir, StateDir, init_fleet, provision_device, write_json
+from hdus_edge.topology import Graph
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeviceModels:
+    """What one simulated device runs: its exported ONNX main model and seed."""
+
+    main_onnx: bytes
+    seed_onnx: bytes
+    profile: str = "generic-x86_64"
+
+
+class AgentFleet:
+    """Provision, start, forget and stop N agents on one broker."""
+
+    def __init__(
+        self,
+        root: Path,
+        broker_url: str,
+        fleet: FleetConfig,
+        models: Mapping[str, DeviceModels],
+        graph: Graph,
+        settings: AgentSettings,
+    ) -> None:
+        self.root = Path(root)
+        self.broker_url = broker_url
+        self.fleet = fleet
+        self.graph = graph
+        self.settings = settings
+        self.admin: AdminDir = init_fleet(self.root / "admin", fleet)
+        self.states: dict[str, StateDir] = {}
+        for device_id in sorted(models):
+            m = models[device_id]
+            state = provision_device(self.admin, self.root / "devices" / device_id, device_id, m.profile,
+                                     neighbors=tuple(sorted(graph.get(device_id, ()))))
+            (state.models / "main.onnx").write_bytes(m.main_onnx)
+            (state.models / "seed.onnx").write_bytes(m.seed_onnx)
+            write_json(state.seed_info_file, {"version": 1})
+            self.states[device_id] = state
+        self.agents: dict[str, DeviceAgent] = {}
+
+    def start(self, timeout: float = 120.0) -> float:
+        """Start every agent (in parallel) and wait until each holds all its neighbours' seeds.
+
+        Returns the seconds from the first start to convergence (seed propagation).
+        """
+        begin = time.monotonic()
+
+        def start_one(device_id: str) -> DeviceAgent:
+            return DeviceAgent.from_state_dir(self.states[device_id], broker_url=self.broker_url,
+                                              settings=self.settings).start()
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            futures = [pool.submit(start_one, i) for i in sorted(self.states)]
+            errors = []
+            for fut in futures:
+                try:
+                    agent = fut.result()
+                    self.agents[agent.device_id] = agent
+                except Exception as exc:  # keep going so every started agent is tracked and stopped
+                    errors.append(exc)
+        if errors:
+            self.stop()
+            raise errors[0]
+        self.wait_converged(timeout)
+        return time.monotonic() - begin
+
+    def expected_members(self) -> dict[str, tuple[str, ...]]:
+        """What each running agent should hold: its neighbours that are still in the fleet."""
+        alive = set(self.agents)
+        return {i: tuple(sorted(set(self.graph.get(i, ())) & alive)) for i in self.agents}
+
+    def wait_converged(self, timeout: float) -> None:
+        """Block until every agent's ensemble holds exactly its live neighbours' seeds."""
+        expected = self.expected_members()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(self.agents[i].members() == expected[i] for i in expected):
+                return
+            time.sleep(0.01)
+        bad = {i: self.agents[i].members() for i in expected if self.agents[i].members() != expected[i]}
+        raise TimeoutError(f"fleet did not converge in {timeout:g} s: {len(bad)} devices differ, e.g. {list(bad.items())[:2]}")
+
+    def unlearn(self, target: str, wait_s: float = 30.0) -> UnlearnOutcome:
+        """The admin orders ``target`` forgotten; returns the collected receipts."""
+        key = self.admin.key()
+        outcome = request_unlearn(broker_url=self.broker_url, fleet=self.fleet.fleet.name, admin_key=key.public_key,
+                                  signer=key, issuer="admin", target=target, epoch=0, wait_s=wait_s, settle_s=0.2)
+        agent = self.agents.pop(target, None)
+        if agent is not None:
+            agent.stop()
+        self.graph = {i: frozenset(n - {target}) for i, n in self.graph.items() if i != target}
+        return outcome
+
+    def predict(self, device_id: str, x: np.ndarray) -> np.ndarray:
+        """Device ``device_id``'s ensemble output."""
+        return self.agents[device_id].predict(x)
+
+    def stop(self) -> None:
+        """Stop every agent."""
+        for agent in self.agents.values():
+            try:
+                agent.stop()
+            except Exception:  # stopping is best effort; one failure must not leak the others
+                logger.exception("stopping agent %s failed", agent.device_id)
+        self.agents.clear()
+
+    def __enter__(self) -> AgentFleet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
