@@ -141,8 +141,9 @@ def _inject(broker: str, topic: str, payload: bytes, retain: bool = False) -> No
 
 
 def _assert_unchanged(agent, members_before, x, out_before):
+    # Same members, same outputs (the background fuse may swap sessions for the fused graph: 1e-6).
     assert agent.members() == members_before
-    assert np.array_equal(agent.predict(x), out_before)
+    assert fk.max_diff(agent.predict(x), out_before) <= 1e-6
 
 
 def test_forged_replayed_and_misattributed_messages_change_nothing(fleet):

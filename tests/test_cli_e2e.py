@@ -30,16 +30,8 @@ HD = [sys.executable, "-m", "hdus_edge"]
 ENV = {**os.environ, "COLUMNS": "200"}
 
 
-def hd(*argv: object, timeout: float = 120) -> subprocess.CompletedProcess:
+def hd(*argv: object, timeout: float = 180) -> subprocess.CompletedProcess:
     """Run one hdus-edge command; fail with its stderr when it does not exit 0."""
-    t0 = time.monotonic()
-    try:
-        return _hd(*argv, timeout=timeout)
-    finally:
-        print(f"TIMING {time.monotonic() - t0:6.2f}s {argv[0]} {argv[1] if len(argv) > 1 else ''}", flush=True)
-
-
-def _hd(*argv: object, timeout: float = 120) -> subprocess.CompletedProcess:
     done = subprocess.run([*HD, *map(str, argv)], capture_output=True, text=True, timeout=timeout, env=ENV)
     assert done.returncode == 0, f"hdus-edge {' '.join(map(str, argv))} exited {done.returncode}:\n{done.stderr[-3000:]}"
     return done
@@ -141,7 +133,7 @@ def test_device_lifecycle_end_to_end_through_the_cli(tmp_path):
             probs = np.array([p["probabilities"] for p in out["predictions"]])
             assert probs.shape == (150, 10) and np.allclose(probs.sum(1), 1.0, atol=1e-4)
             accuracy = float((probs.argmax(1) == data.test.y).mean())
-            print('ACC', i, accuracy)  # trained, and the ensemble covers each device's missing class
+            assert accuracy > 0.3, (i, accuracy)  # trained (chance is 0.1); the seeds cover the missing class
         image = hd("predict", "--state-dir", states["d1"], tmp_path / "digit.pgm")
         assert "digit.pgm" in image.stdout and "main + 2 seeds (d2, d3)" in image.stdout
         # --- device 2 leaves ---------------------------------------------------------------------------------
