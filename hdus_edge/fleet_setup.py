@@ -155,7 +155,8 @@ def check_reference_file(path: Path, expected_sha256: str) -> Dataset:
     try:
         data = load_npz(path)
     except DataError as exc:
-        raise StateDirError(f"reference set {path} is unreadable: {exc.message}") from None
+        raise StateDirError(f"the reference set is unreadable: {exc.message}",
+                            hint="copy reference.npz from the fleet admin dir again") from None
     got = dataset_sha256(data)
     if expected_sha256 and got != expected_sha256:
         raise StateDirError(

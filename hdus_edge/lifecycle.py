@@ -236,9 +236,9 @@ def distill_step(
     device = state.device()
     fleet = state.fleet()
     profile = state.profile()
+    reference = load_reference(state)  # before the costly checkpoint: a bad copy fails at once
     teacher = load_checkpoint(state.main_checkpoint, "main")
     _check_contract(teacher, state)
-    reference = load_reference(state)
     cfg = DistillConfig(epochs=epochs or profile.train.distill_epochs, seed=seed)
     arch = profile.model.seed_arch
     student = build_model(arch, teacher.input_shape, teacher.num_classes, seed=seed + 1)

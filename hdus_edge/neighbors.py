@@ -2,8 +2,8 @@
 
 ``device.toml`` is the source of truth. Without a running agent the change is complete here: a
 removed neighbour's seed also leaves the store, and the next agent start subscribes to the new
-neighbours and announces the new list. A running agent holds the store's lock and its own copy of
-the list; it picks the new list up from ``device.toml`` (the agent watches the file).
+neighbours, drops what it no longer wants and announces the new list. A running agent holds the
+store's lock and its own copy of the list, read at start: it applies the change when restarted.
 """
 
 from __future__ import annotations

@@ -105,3 +105,9 @@ def digits_folder(folder: Path, n: int = 120, offset: int = 0, hw: int | None = 
         x = np.pad(x, ((0, 0), (0, 0), (pad, hw - 8 - pad), (pad, hw - 8 - pad)))
     save_npz(Dataset(x=np.ascontiguousarray(x), y=ds.y, num_classes=10, name=folder.name), folder / "part-0.npz")
     return folder
+
+
+def resolve_reference_bytes(tmp: Path) -> bytes:
+    """The bytes of a valid reference.npz that is not the kit fleet's (another noise seed)."""
+    ref = resolve_reference("noise", size=16, input_shape=(1, 8, 8), num_classes=10, seed=77)
+    return save_npz(ref.data, tmp / "other-reference.npz").read_bytes()

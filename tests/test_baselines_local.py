@@ -3,10 +3,14 @@
 import pytest
 
 from hdus_edge.data import load_digits, split_fleet
+from hdus_edge.distill import DistillConfig
 from hdus_edge.errors import ConfigError
+from hdus_edge.fleet import DeviceSpec, LearningConfig, train_devices
 from hdus_edge.sim.baselines import (
-    ISGD, BaselineBudget, FleetSetup, SisaA, compare_runs, exact_check, message_bytes, train_local_models,
+    ISGD, BaselineBudget, FleetSetup, LocalModels, SisaA, compare_runs, device_seed, exact_check, message_bytes,
+    train_local_models,
 )
+from hdus_edge.sim.baselines.local import local_train_config
 from hdus_edge.topology import complete, ring
 
 IDS = ["a", "b", "c", "d"]
@@ -108,3 +112,18 @@ def test_reusing_local_models_is_checked(data, local):
         ISGD(local_models=local).fit(data, IDS, ARCHS, complete(IDS), BaselineBudget(epochs=5))
     with pytest.raises(ConfigError, match="arch"):
         SisaA(local_models=local).fit(data, IDS, "seed-cnn", complete(IDS), BUDGET)
+
+
+def test_isgd_models_are_the_hdus_main_models(data, local):
+    # Prepare: an HDUS fleet whose devices use the baselines' per-device seeds and the same training.
+    specs = [DeviceSpec(d, arch, seed=device_seed(BUDGET.seed, d)) for d, arch in zip(IDS, ARCHS)]
+    cfg = LearningConfig(train=local_train_config(BUDGET, "unused"), distill=DistillConfig(epochs=1))
+    devices = train_devices(specs, {d: data.clients[k] for k, d in enumerate(IDS)}, data.reference, cfg, workers=1)
+    # Execute: ISGD on the fleet's main models, and ISGD trained by the baselines.
+    from_fleet = ISGD(local_models=LocalModels.from_fleet(devices, seconds=1.5))
+    result = from_fleet.fit(data, IDS, ARCHS, complete(IDS), BUDGET)
+    trained = ISGD(local_models=local)
+    trained.fit(data, IDS, ARCHS, complete(IDS), BUDGET)
+    # Assert: the same models bit for bit, so ISGD is exactly "HDUS with lam = 0".
+    assert result.train_seconds == 1.5
+    assert compare_runs(from_fleet, trained).weights_identical

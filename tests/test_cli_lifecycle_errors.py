@@ -121,13 +121,20 @@ def test_corrupt_store_index_and_status(capsys, tmp_path):
 def test_corrupt_reference_set(capsys, fleet, tmp_path):
     _, states = fleet
     st = states["d1"]
-    ref = kit.digits_folder(tmp_path / "data", n=40)
-    code, _, _ = kit.cli(capsys, "train", "--state-dir", st.root, "--data", ref, "--epochs", "1")
-    assert code == 0
-    st.reference_file.write_bytes(st.reference_file.read_bytes()[:100])
+    good = st.reference_file.read_bytes()
+    st.reference_file.write_bytes(good[:100])
     code, _, err = kit.cli(capsys, "distill", "--state-dir", st.root, "--epochs", "1")
     assert code == 2
-    kit.assert_one_error(err, "reference.npz is unreadable")
+    kit.assert_one_error(err, "reference set is unreadable", "reference.npz: not a readable .npz", "copy reference.npz from the fleet admin dir")
+    other = kit.resolve_reference_bytes(tmp_path)
+    st.reference_file.write_bytes(other)
+    code, _, err = kit.cli(capsys, "distill", "--state-dir", st.root, "--epochs", "1")
+    assert code == 2
+    kit.assert_one_error(err, "reference.npz has sha256", "but the fleet's is")
+    st.reference_file.unlink()
+    code, _, err = kit.cli(capsys, "distill", "--state-dir", st.root, "--epochs", "1")
+    assert code == 2
+    kit.assert_one_error(err, "reference.npz is missing")
 
 
 def test_data_folder_missing(capsys, fleet, tmp_path):

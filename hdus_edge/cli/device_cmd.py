@@ -99,10 +99,11 @@ def _report(change: dict[str, Any], json_out: bool) -> None:
     console.print(f"neighbours of {change['device_id']}: {', '.join(change['neighbors']) or 'none'}", markup=False)
     if change["seeds_removed"]:
         console.print(f"  removed the seeds of {', '.join(change['seeds_removed'])} from the store", markup=False)
-    if change["agent_running"]:
-        console.print("  the running agent picks the new list up from device.toml", markup=False)
+    if change["agent_running"] and (change["added"] or change["removed"]):
+        console.print("  an agent runs for this device: restart it to apply the new list (it reads device.toml at start)",
+                      markup=False)
     elif change["added"] or change["removed"]:
-        console.print("  takes effect on the broker when the agent starts", markup=False)
+        console.print("  the broker learns the new list when the agent starts", markup=False)
 
 
 def _when(ts: Any) -> str:

@@ -36,7 +36,10 @@ def predict(
     fleet = state.fleet()
     x, sources = read_inputs(inputs, tuple(fleet.data.input_shape), resize=resize, invert=invert)  # type: ignore[arg-type]
     runtime, members = load_runtime(state)
-    out = runtime.predict(x)
+    try:
+        out = runtime.predict(x)
+    finally:
+        runtime.close()
     probs = out if runtime.space == "probs" else softmax(out)
     classes = probs.argmax(axis=1)
     rows = [{"source": src, "index": idx, "class": int(c), "probability": float(p[c]),

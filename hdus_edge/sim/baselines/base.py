@@ -203,8 +203,9 @@ class FleetSetup:
 class Baseline(ABC):
     """One run of one method (a fresh instance per run).
 
-    Subclasses implement ``_fit``, ``forget``, ``outputs``, ``model_states`` and ``fresh``; this class
-    keeps the setup, evaluates, and holds the recovery curve.
+    Subclasses implement ``_fit``, ``_forget``, ``outputs``, ``model_states`` and ``fresh``; this class
+    keeps the setup, times forgetting, evaluates, and holds the recovery curve. Training and
+    forgetting run with torch on one thread per device and deterministic kernels.
     """
 
     name: ClassVar[str]
@@ -234,9 +235,9 @@ class Baseline(ABC):
         if self._setup is not None:
             raise ValueError(f"{self.name}: this instance was fitted already; use fresh() for another run")
         setup = FleetSetup.build(data, device_ids, archs, graph)
-        self._setup, self._budget = setup, budget
         with torch_threads(1), deterministic_torch():
             self._train_seconds, self._train_bytes = self._fit(setup, budget, progress)
+        self._setup, self._budget = setup, budget
         logger.info("%s: fitted %d devices in %.1fs, %d bytes sent", self.name, len(setup.device_ids),
                     self._train_seconds, self._train_bytes)
         return self.evaluate()
@@ -327,6 +328,3 @@ class Baseline(ABC):
         """Remove ``device_id`` from the setup (validating it) and return the new setup."""
         self._setup = self.setup.without(device_id)
         return self._setup
-
-    def _mean_local(self) -> float:
-        return self.evaluate().mean_local

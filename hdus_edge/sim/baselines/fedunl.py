@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from hdus_edge.ensemble.combine import softmax
+from hdus_edge.fleet import default_workers
 from hdus_edge.models import build_model, resolve_arch
 from hdus_edge.sim.baselines.base import (
     Baseline, BaselineBudget, BaselineProgress, FleetSetup, ForgetCost, device_seed,
@@ -48,7 +49,6 @@ from hdus_edge.sim.baselines.base import (
 from hdus_edge.sim.baselines.sgd import (
     cosine_lr, load_state_vector, local_pass, message_bytes, parallel_map, round_seed, state_vector,
 )
-from hdus_edge.fleet import default_workers
 from hdus_edge.train import accuracy, predict_logits
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,221 @@
+"""HDUS in the simulator: train and distil (torch, worker processes), export to ONNX, then run every
+device as a real agent on a real broker, forget devices with signed orders, and check exactness
+against a fleet that never had them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hdus_edge.agent import AgentSettings
+from hdus_edge.config import DataSection, EnsembleSection, FleetConfig, FleetSection
+from hdus_edge.data import FleetData
+from hdus_edge.fleet import DeviceSpec, FleetProgress, LearningConfig, TrainedDevice, train_devices
+from hdus_edge.protocol.topics import Topics
+from hdus_edge.requester import UnlearnOutcome, verify_evidence
+from hdus_edge.sim.mqtt_fleet import AgentFleet, DeviceModels
+from hdus_edge.topology import Graph, without
+from hdus_edge.train import accuracy
+from hdus_edge.transport.mqtt import MqttTransport
+
+logger = logging.getLogger(__name__)
+CREATED_AT = "2026-01-01T00:00:00Z"  # fixed, so exported bytes are reproducible run to run
+
+
+class TrafficMeter:
+    """Counts every message and byte that crosses the broker under a fleet's topic root."""
+
+    def __init__(self, broker_url: str, fleet: str) -> None:
+        self.topics = Topics(fleet)
+        self.messages: Counter[str] = Counter()
+        self.bytes: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._transport = MqttTransport(broker_url, f"{fleet}.traffic-meter", handler=self._count)
+        self._transport.subscribe([f"{self.topics.root}/#"])
+
+    def _count(self, topic: str, payload: bytes, retained: bool) -> None:
+        kind = topic[len(self.topics.root) + 1 :].split("/", 1)[0]
+        with self._lock:
+            self.messages[kind] += 1
+            self.bytes[kind] += len(payload)
+
+    def start(self) -> TrafficMeter:
+        self._transport.connect()
+        return self
+
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        """Messages and bytes so far, by topic kind (seeds, unlearn, receipts, ...)."""
+        with self._lock:
+            return {"messages": dict(self.messages), "bytes": dict(self.bytes)}
+
+    def close(self) -> None:
+        self._transport.close()
+
+
+@dataclass
+class HdusPhaseTimes:
+    """Wall seconds per phase."""
+
+    train_distill: float = 0.0
+    export: float = 0.0
+    publish: float = 0.0
+    forget: list[float] = field(default_factory=list)
+
+
+def export_models(devices: Sequence[TrainedDevice], input_shape: tuple[int, int, int], classes: int,
+                  reference_sha256: str) -> dict[str, DeviceModels]:
+    """Every device's main model and seed as ONNX with provenance."""
+    from hdus_edge.onnx.export import export_onnx
+    from hdus_edge.onnx.metadata import Provenance
+
+    out = {}
+    for d in devices:
+        i = d.spec.device_id
+        main = export_onnx(d.main, Provenance(i, "main", d.spec.main_arch, 1, input_shape, classes, CREATED_AT))
+        seed = export_onnx(d.seed_model, Provenance(i, "seed", d.spec.seed_arch, 1, input_shape, classes, CREATED_AT,
+                                                    reference_sha256))
+        out[i] = DeviceModels(main, seed)
+    return out
+
+
+def probs(fleet: AgentFleet, device_id: str, x: np.ndarray) -> np.ndarray:
+    """A device's ensemble output as probabilities (whatever the combine space)."""
+    from hdus_edge.ensemble.combine import softmax
+
+    out = fleet.predict(device_id, x)
+    return out if fleet.fleet.ensemble.space == "probs" else softmax(out)
+
+
+def evaluate_agents(fleet: AgentFleet, data: FleetData, index: dict[str, int]) -> dict[str, dict[str, float]]:
+    """Local-test and global-test accuracy of every running agent's ensemble."""
+    out = {}
+    for i in sorted(fleet.agents):
+        local = data.clients[index[i]].test
+        out[i] = {"local": accuracy(fleet.predict(i, local.x), local.y),
+                  "global": accuracy(fleet.predict(i, data.test.x), data.test.y)}
+    return out
+
+
+def fleet_config(name: str, broker_url: str, data: FleetData, learning: LearningConfig) -> FleetConfig:
+    """The fleet config the simulated devices share."""
+    return FleetConfig(FleetSection(name, broker_url),
+                       DataSection(data.input_shape, data.num_classes, data.reference_kind if data.reference_kind in ("public", "noise") else "public",
+                                   data.reference_sha256),
+                       EnsembleSection(learning.lam, learning.space))
+
+
+@dataclass
+class HdusSim:
+    """Everything the HDUS part of a simulation produced."""
+
+    devices: list[TrainedDevice]
+    models: dict[str, DeviceModels]
+    before: dict[str, dict[str, float]]
+    after: dict[str, dict[str, float]]
+    outcomes: list[UnlearnOutcome]
+    evidence_problems: list[str]
+    max_abs_diff: float
+    argmax_identical: bool
+    traffic: dict[str, Any]
+    times: HdusPhaseTimes
+    mia: dict[str, Any]
+    unlearn_latency_s: list[float]
+
+
+def run_hdus(
+    *,
+    data: FleetData,
+    specs: Sequence[DeviceSpec],
+    graph: Graph,
+    learning: LearningConfig,
+    broker_url: str,
+    root: Path,
+    forget: Sequence[str],
+    progress: FleetProgress | None = None,
+    workers: int | None = None,
+    name: str = "sim",
+    mia_seed: int = 0,
+) -> HdusSim:
+    """Train, export, run agents, forget ``forget`` one after another, compare with never-joined."""
+    from hdus_edge.sim.privacy import loss_attack
+
+    times = HdusPhaseTimes()
+    index = {s.device_id: k for k, s in enumerate(specs)}
+    clients = {s.device_id: data.clients[k] for k, s in enumerate(specs)}
+    t0 = time.perf_counter()
+    devices = train_devices(specs, clients, data.reference, learning, progress, workers)
+    times.train_distill = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    models = export_models(devices, data.input_shape, data.num_classes, data.reference_sha256)
+    times.export = time.perf_counter() - t0
+    cfg = fleet_config(name, broker_url, data, learning)
+    settings = AgentSettings(lam=learning.lam, space=learning.space, probe_in_subprocess=False, digest_interval_s=30.0)
+    meter = TrafficMeter(broker_url, name).start()
+    outcomes: list[UnlearnOutcome] = []
+    try:
+        with AgentFleet(root / "hdus", broker_url, cfg, models, graph, settings) as fleet:
+            times.publish = fleet.start()
+            before = evaluate_agents(fleet, data, index)
+            holders_before = {t: [i for i in graph if t in graph[i]] for t in forget}
+            probs_before = {t: {i: (probs(fleet, i, clients[t].train.x), probs(fleet, i, data.test.x))
+                                for i in holders_before[t]} for t in forget}
+            for target in forget:
+                t0 = time.perf_counter()
+                outcomes.append(fleet.unlearn(target))
+                fleet.wait_converged(60)
+                times.forget.append(time.perf_counter() - t0)
+            after = evaluate_agents(fleet, data, index)
+            traffic = meter.snapshot()
+            remaining = sorted(fleet.agents)
+            never_graph = graph
+            for target in forget:
+                never_graph = without(never_graph, target)
+            never_cfg = fleet_config(f"{name}-never", broker_url, data, learning)
+            with AgentFleet(root / "never", broker_url, never_cfg, {i: models[i] for i in remaining}, never_graph,
+                            settings) as never:
+                never.start()
+                worst, same = 0.0, True
+                for i in remaining:
+                    a, b = fleet.predict(i, data.test.x), never.predict(i, data.test.x)
+                    worst = max(worst, float(np.abs(a - b).max()))
+                    same = same and bool(np.array_equal(a.argmax(1), b.argmax(1)))
+                mia = _mia(fleet, never, clients, data, forget, probs_before, loss_attack, mia_seed)
+    finally:
+        meter.close()
+    admin_pub = fleet.admin.key().public_key
+    problems = [p for o in outcomes for p in verify_evidence(o.evidence(), admin_pub, name)]
+    latencies = [o.latency_s for o in outcomes if o.latency_s is not None]
+    return HdusSim(devices, models, before, after, outcomes, problems, worst, same, traffic, times, mia, latencies)
+
+
+def _mia(fleet, never, clients, data, forget, probs_before, loss_attack, seed) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """Attack AUC on each forgotten device's training data, mean over its former neighbours."""
+    results: dict[str, Any] = {}
+    for target in forget:
+        members = clients[target].train
+        n = min(len(members), len(data.test))
+        nonmembers = data.test.subset(np.arange(n))
+        rows = {"before": [], "after": [], "never_joined": []}
+        for i, (p_member, p_test) in probs_before[target].items():
+            if i not in fleet.agents:
+                continue
+            rows["before"].append(loss_attack(p_member, members.y, p_test[:n], nonmembers.y, seed=seed))
+            rows["after"].append(loss_attack(probs(fleet, i, members.x), members.y, probs(fleet, i, nonmembers.x),
+                                             nonmembers.y, seed=seed))
+            rows["never_joined"].append(loss_attack(probs(never, i, members.x), members.y,
+                                                    probs(never, i, nonmembers.x), nonmembers.y, seed=seed))
+        results[target] = {
+            k: {"auc": float(np.mean([r.auc for r in v])), "ci_low": float(np.mean([r.ci_low for r in v])),
+                "ci_high": float(np.mean([r.ci_high for r in v])), "per_neighbour": [r.auc for r in v]}
+            for k, v in rows.items()
+        }
+    return results

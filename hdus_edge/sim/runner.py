@@ -1,0 +1,201 @@
+"""The fleet simulator: HDUS on real agents and a real broker, then the paper's baselines on the
+same data, partitions and graph; one report comparing accuracy, cost of forgetting and exactness.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from hdus_edge.data import FleetData, load_dataset, split_fleet
+from hdus_edge.distill import DistillConfig
+from hdus_edge.fleet import DeviceSpec, FleetProgress, LearningConfig
+from hdus_edge.models import resolve_arch
+from hdus_edge.sim.config import SimConfig
+from hdus_edge.sim.hdus_run import HdusSim, run_hdus
+from hdus_edge.topology import Graph, build_graph
+from hdus_edge.train import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+# phase(name) announces a phase; FleetProgress reports steps inside training.
+PhaseCallback = Callable[[str], None]
+
+
+def build_data(cfg: SimConfig) -> FleetData:
+    """The pool carved into client partitions, a reference set and a held-out test set."""
+    pool = load_dataset(cfg.dataset)
+    return split_fleet(
+        pool, len(cfg.archs), scheme=cfg.partition, client_size=cfg.client_size or None,
+        reference=cfg.reference, reference_size=cfg.reference_size, test_size=cfg.test_size, seed=cfg.seed,
+        alpha=cfg.alpha, shards_per_client=cfg.shards_per_client,
+    )
+
+
+def learning_config(cfg: SimConfig) -> LearningConfig:
+    """Training, distillation and ensemble settings from the simulation config."""
+    return LearningConfig(
+        train=TrainConfig(epochs=cfg.train_epochs, seed=cfg.seed),
+        distill=DistillConfig(epochs=cfg.distill_epochs, temperature=cfg.temperature, seed=cfg.seed),
+        lam=cfg.lam, space=cfg.space,  # type: ignore[arg-type]
+    )
+
+
+def device_specs(cfg: SimConfig) -> list[DeviceSpec]:
+    """One spec per device: id, resolved main architecture, seed architecture and random seed."""
+    return [DeviceSpec(i, resolve_arch(a), cfg.seed_arch, seed=cfg.seed * 1000 + k)
+            for k, (i, a) in enumerate(zip(cfg.device_ids, cfg.archs))]
+
+
+def build_topology(cfg: SimConfig) -> Graph:
+    """The neighbour graph over the device ids."""
+    return build_graph(cfg.topology, list(cfg.device_ids), degree=cfg.degree, seed=cfg.seed)
+
+
+@contextlib.contextmanager
+def broker_for(cfg: SimConfig) -> Iterator[str]:
+    """The configured broker URL, or an embedded amqtt broker for the duration."""
+    if cfg.broker:
+        yield cfg.broker
+        return
+    from hdus_edge.transport.broker import EmbeddedBroker
+
+    with EmbeddedBroker() as broker:
+        yield broker.url
+
+
+def run_sim(
+    cfg: SimConfig,
+    out_dir: Path | None = None,
+    *,
+    phase: PhaseCallback | None = None,
+    progress: FleetProgress | None = None,
+) -> dict[str, Any]:
+    """Run the whole comparison; write the report under ``out_dir`` when given; return report.json's dict."""
+    cfg.validate()
+    announce = phase or (lambda name: None)
+    start = time.perf_counter()
+    announce("data")
+    data = build_data(cfg)
+    specs = device_specs(cfg)
+    graph = build_topology(cfg)
+    learning = learning_config(cfg)
+    workers = cfg.workers or None
+    with tempfile.TemporaryDirectory(prefix="hdus-sim-") as tmp, broker_for(cfg) as broker_url:
+        announce("HDUS: train, distill, export, publish, forget")
+        hdus = run_hdus(data=data, specs=specs, graph=graph, learning=learning, broker_url=broker_url,
+                        root=Path(tmp), forget=cfg.forget, progress=progress, workers=workers,
+                        name=f"sim{cfg.seed}", mia_seed=cfg.seed)
+    methods = {"hdus": _hdus_method(hdus, cfg, data)}
+    for name in cfg.methods:
+        announce(f"baseline {name}")
+        methods[name] = _run_baseline(name, cfg, data, graph, workers)
+    report = _report(cfg, data, hdus, methods, time.perf_counter() - start)
+    if out_dir is not None:
+        from hdus_edge.sim.report import write_report
+
+        announce("report")
+        write_report(report, out_dir)
+    return report
+
+
+def _mean(values: list[float]) -> float:
+    return float(sum(values) / len(values)) if values else float("nan")
+
+
+def _hdus_method(hdus: HdusSim, cfg: SimConfig, data: FleetData) -> dict[str, Any]:
+    remaining = sorted(hdus.after)
+    seed_bytes = sum(len(m.seed_onnx) for m in hdus.models.values())
+    return {
+        "acc_before": _mean([hdus.before[i]["local"] for i in remaining]),
+        "acc_after": _mean([hdus.after[i]["local"] for i in remaining]),
+        "acc_before_global": _mean([hdus.before[i]["global"] for i in remaining]),
+        "acc_after_global": _mean([hdus.after[i]["global"] for i in remaining]),
+        "per_device": {i: {"before": hdus.before[i], "after": hdus.after.get(i)} for i in hdus.before},
+        "forget_seconds": _mean(hdus.unlearn_latency_s) if hdus.unlearn_latency_s else _mean(hdus.times.forget),
+        "forget_wall_seconds": hdus.times.forget,
+        "forget_epochs": 0.0,
+        "forget_bytes": sum(len(o.order_raw) + sum(len(r.raw) for r in o.receipts) for o in hdus.outcomes),
+        "train_seconds": hdus.times.train_distill,
+        "train_bytes": hdus.traffic["bytes"].get("seeds", 0),
+        "seed_bytes_mean": seed_bytes / max(1, len(hdus.models)),
+        "exact": hdus.argmax_identical and hdus.max_abs_diff <= 1e-6,
+        "recovery": [(0.0, _mean([hdus.after[i]["local"] for i in remaining]))],
+    }
+
+
+def _run_baseline(name: str, cfg: SimConfig, data: FleetData, graph: Graph, workers: int | None) -> dict[str, Any]:
+    from hdus_edge.sim.baselines import BaselineBudget, exact_check, make_baseline
+
+    options: dict[str, Any] = {}
+    if name in ("dsgd", "fedunl", "fedunl-retrain"):
+        options["arch"] = cfg.baseline_arch
+    if name != "isgd" and name != "sisa-a":
+        options["workers"] = workers
+    budget = BaselineBudget.reduced(cfg.seed) if cfg.budget == "reduced" else BaselineBudget.full(cfg.seed)
+    method = make_baseline(name, **options)
+    before = method.fit(data, cfg.device_ids, tuple(resolve_arch(a) for a in cfg.archs), graph, budget)
+    costs = [method.forget(t) for t in cfg.forget]
+    after = method.evaluate()
+    check = exact_check(method) if cfg.budget == "reduced" or name in ("sisa-a", "isgd") else None
+    remaining = sorted(after.acc_local)
+    return {
+        "acc_before": _mean([before.acc_local[i] for i in remaining]),
+        "acc_after": after.mean_local,
+        "acc_before_global": _mean([before.acc_global[i] for i in remaining]),
+        "acc_after_global": after.mean_global,
+        "per_device": {i: {"before": {"local": before.acc_local[i], "global": before.acc_global[i]},
+                           "after": ({"local": after.acc_local[i], "global": after.acc_global[i]}
+                                     if i in after.acc_local else None)} for i in before.acc_local},
+        "forget_seconds": _mean([c.seconds for c in costs]),
+        "forget_epochs": _mean([c.epochs_redone for c in costs]),
+        "forget_bytes": int(_mean([c.bytes_sent for c in costs])),
+        "train_seconds": before.train_seconds,
+        "train_bytes": before.train_bytes_sent,
+        "exact": bool(all(c.exact for c in costs) and (check is None or check.exact)),
+        "exact_check": None if check is None else {"max_output_diff": check.max_output_diff,
+                                                   "weights_identical": check.weights_identical},
+        "recovery": [list(p) for p in method.recovery_curve()],
+        "notes": "; ".join(sorted({c.notes for c in costs if c.notes})),
+    }
+
+
+def _report(cfg: SimConfig, data: FleetData, hdus: HdusSim, methods: dict[str, Any], seconds: float) -> dict[str, Any]:
+    receipts = [{"request_id": o.order.request_id, "target": o.order.target, "holders": list(o.holders),
+                 "received": sorted(r.receipt.device_id for r in o.receipts), "complete": o.complete,
+                 "latency_s": o.latency_s} for o in hdus.outcomes]
+    mia = hdus.mia
+    first = mia[cfg.forget[0]] if cfg.forget else {}
+    return {
+        "settings": asdict(cfg) | {"n_devices": len(cfg.archs), "reference_sha256": data.reference_sha256,
+                                   "pool_name": data.test.name},
+        "methods": methods,
+        "hdus": {
+            "max_abs_diff": hdus.max_abs_diff,
+            "argmax_identical": hdus.argmax_identical,
+            "receipts": receipts,
+            "receipts_complete": all(r["complete"] for r in receipts),
+            "evidence_problems": hdus.evidence_problems,
+            "mia_auc_before": first.get("before", {}).get("auc"),
+            "mia_auc_after": first.get("after", {}).get("auc"),
+            "mia_auc_never_joined": first.get("never_joined", {}).get("auc"),
+            "mia": mia,
+            "traffic": hdus.traffic,
+            "phase_seconds": {"train_distill": hdus.times.train_distill, "export": hdus.times.export,
+                              "publish": hdus.times.publish, "forget": hdus.times.forget},
+            "unlearn_latency_s": hdus.unlearn_latency_s,
+            "seed_agreement": {d.spec.device_id: d.distill_report.agreement for d in hdus.devices},
+        },
+        "seconds": seconds,
+    }
+
+
+def with_overrides(cfg: SimConfig, **changes: Any) -> SimConfig:
+    """A copy of ``cfg`` with ``changes`` applied, validated."""
+    return replace(cfg, **changes).validate()
