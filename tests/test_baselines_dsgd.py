@@ -15,7 +15,9 @@ CHANCE = 0.1
 
 @pytest.fixture(scope="module")
 def data():
-    return split_fleet(load_digits(), 4, scheme="missing-class", client_size=150, reference_size=300, test_size=300, seed=3)
+    return split_fleet(
+        load_digits(), 4, scheme="missing-class", client_size=150, reference_size=300, test_size=300, seed=3
+    )
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from hdus_edge.cli.options import BrokerOpt, JsonOpt, StateDirOpt, check_broker, open_state, progress_callback
+from hdus_edge.cli.options import BrokerOpt, JsonOpt, StateDirOpt, check_broker, open_state, progress_callback, waiting
 from hdus_edge.cli.output import console, fleet_progress, pct, print_json
 
 EpochsOpt = Annotated[int | None, typer.Option(min=1, help="Epochs (default: the profile's).")]
@@ -120,7 +120,8 @@ def publish(
 
     check_broker(broker)
     state = open_state(state_dir)
-    out = publish_seed(state, broker_url=broker or None, connect_timeout=connect_timeout)
+    with waiting("reading the fleet's neighbour lists and publishing", enabled=not json_out):
+        out = publish_seed(state, broker_url=broker or None, connect_timeout=connect_timeout)
     if json_out:
         print_json(out.to_json())
         return

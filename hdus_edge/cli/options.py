@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -69,8 +71,22 @@ def split_ids(values: list[str] | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
-def progress_callback(update: object, device_id: str, phase: str):  # type: ignore[no-untyped-def]
-    """Bind a ``fleet_progress`` updater to one (device, phase), or None without a bar."""
+def progress_callback(
+    update: Callable[[str, str, int, int], None] | None, device_id: str, phase: str
+) -> Callable[[int, int], None] | None:
+    """Bind a ``fleet_progress`` updater to one (device, phase); None when there is no bar."""
     if update is None:
         return None
-    return lambda done, total: update(device_id, phase, done, total)  # type: ignore[operator]
+    return lambda done, total: update(device_id, phase, done, total)
+
+
+@contextmanager
+def waiting(message: str, enabled: bool = True) -> Iterator[None]:
+    """A spinner on stderr while the command waits on the network (none with --json)."""
+    if not enabled:
+        yield
+        return
+    from hdus_edge.cli.output import err_console
+
+    with err_console.status(message):
+        yield

@@ -18,6 +18,7 @@ from hdus_edge.cli.options import (
     check_broker,
     open_admin,
     open_state,
+    waiting,
 )
 from hdus_edge.cli.output import console, print_json
 
@@ -49,7 +50,8 @@ def leave(
 
     check_broker(broker)
     state = open_state(state_dir)
-    outcome, path = leave_fleet(state, broker_url=broker or None, wait_s=wait, reason=reason)
+    with waiting("asking the fleet to forget this device; waiting for receipts", enabled=not json_out):
+        outcome, path = leave_fleet(state, broker_url=broker or None, wait_s=wait, reason=reason)
     _finish(outcome, path, json_out)
 
 
@@ -72,7 +74,8 @@ def unlearn(
 
     check_broker(broker)
     admin = open_admin(admin_dir)
-    outcome, path = unlearn_device(admin, device, broker_url=broker or None, wait_s=wait, reason=reason)
+    with waiting(f"ordering the fleet to forget {device}; waiting for receipts", enabled=not json_out):
+        outcome, path = unlearn_device(admin, device, broker_url=broker or None, wait_s=wait, reason=reason)
     _finish(outcome, path, json_out)
 
 

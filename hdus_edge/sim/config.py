@@ -40,6 +40,7 @@ class SimConfig:
     methods: tuple[str, ...] = ALL_METHODS
     budget: str = "reduced"  # baselines' budget: "reduced" (demo) or "full" (benchmark)
     baseline_arch: str = "resnet-8"  # DSGD/FedUnl need one architecture for all devices
+    verify_baselines: bool = False  # refit each baseline without the forgotten device and compare
     broker: str = ""  # empty: an embedded amqtt broker
     seed: int = 0
     workers: int = 0  # training processes; 0: one per core

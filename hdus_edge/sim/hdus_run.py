@@ -129,6 +129,7 @@ class HdusSim:
     times: HdusPhaseTimes
     mia: dict[str, Any]
     unlearn_latency_s: list[float]
+    main_acc: dict[str, dict[str, float]]
 
 
 def run_hdus(
@@ -154,6 +155,7 @@ def run_hdus(
     t0 = time.perf_counter()
     devices = train_devices(specs, clients, data.reference, learning, progress, workers)
     times.train_distill = time.perf_counter() - t0
+    main_acc = {d.spec.device_id: _main_accuracy(d, clients[d.spec.device_id].test, data) for d in devices}
     t0 = time.perf_counter()
     models = export_models(devices, data.input_shape, data.num_classes, data.reference_sha256)
     times.export = time.perf_counter() - t0
@@ -194,7 +196,16 @@ def run_hdus(
     admin_pub = fleet.admin.key().public_key
     problems = [p for o in outcomes for p in verify_evidence(o.evidence(), admin_pub, name)]
     latencies = [o.latency_s for o in outcomes if o.latency_s is not None]
-    return HdusSim(devices, models, before, after, outcomes, problems, worst, same, traffic, times, mia, latencies)
+    return HdusSim(devices, models, before, after, outcomes, problems, worst, same, traffic, times, mia, latencies,
+                   main_acc)
+
+
+def _main_accuracy(device: TrainedDevice, local: Any, data: FleetData) -> dict[str, float]:
+    """The main model alone (= ISGD), on the local and the global test set."""
+    from hdus_edge.train import predict_logits
+
+    return {"local": accuracy(predict_logits(device.main, local.x), local.y),
+            "global": accuracy(predict_logits(device.main, data.test.x), data.test.y)}
 
 
 def _mia(fleet, never, clients, data, forget, probs_before, loss_attack, seed) -> dict[str, Any]:  # type: ignore[no-untyped-def]

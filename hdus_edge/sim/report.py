@@ -43,14 +43,14 @@ def comparison_rows(report: dict[str, Any]) -> list[list[str]]:
         m = report["methods"][name]
         rows.append([
             name, _pct(m["acc_before"]), _pct(m["acc_after"]), _pct(m["acc_before_global"]), _pct(m["acc_after_global"]),
-            _secs(m["forget_seconds"]), f"{m['forget_epochs']:g}", f"{m['train_bytes'] / 1024:.0f} KiB",
+            _secs(m["forget_seconds"]), f"{m['forget_epochs']:g}", f"{m['train_bytes'] / 2**20:.2f}",
             "yes" if m["exact"] else "no",
         ])
     return rows
 
 
 COLUMNS = ["method", "local before", "local after", "global before", "global after", "forget time",
-           "epochs redone", "bytes to train", "exact"]
+           "epochs redone", "MiB sent", "exact"]
 
 
 def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:

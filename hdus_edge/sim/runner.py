@@ -93,9 +93,7 @@ def run_sim(
                         root=Path(tmp), forget=cfg.forget, progress=progress, workers=workers,
                         name=f"sim{cfg.seed}", mia_seed=cfg.seed)
     methods = {"hdus": _hdus_method(hdus, cfg, data)}
-    for name in cfg.methods:
-        announce(f"baseline {name}")
-        methods[name] = _run_baseline(name, cfg, data, graph, workers)
+    methods |= _run_baselines(cfg, data, graph, hdus, workers, announce)
     report = _report(cfg, data, hdus, methods, time.perf_counter() - start)
     if out_dir is not None:
         from hdus_edge.sim.report import write_report
@@ -117,7 +115,9 @@ def _hdus_method(hdus: HdusSim, cfg: SimConfig, data: FleetData) -> dict[str, An
         "acc_after": _mean([hdus.after[i]["local"] for i in remaining]),
         "acc_before_global": _mean([hdus.before[i]["global"] for i in remaining]),
         "acc_after_global": _mean([hdus.after[i]["global"] for i in remaining]),
-        "per_device": {i: {"before": hdus.before[i], "after": hdus.after.get(i)} for i in hdus.before},
+        "per_device": {i: {"before": hdus.before[i], "after": hdus.after.get(i), "main": hdus.main_acc[i],
+                           "arch": next(d.spec.main_arch for d in hdus.devices if d.spec.device_id == i)}
+                       for i in hdus.before},
         "forget_seconds": _mean(hdus.unlearn_latency_s) if hdus.unlearn_latency_s else _mean(hdus.times.forget),
         "forget_wall_seconds": hdus.times.forget,
         "forget_epochs": 0.0,
@@ -130,20 +130,37 @@ def _hdus_method(hdus: HdusSim, cfg: SimConfig, data: FleetData) -> dict[str, An
     }
 
 
-def _run_baseline(name: str, cfg: SimConfig, data: FleetData, graph: Graph, workers: int | None) -> dict[str, Any]:
-    from hdus_edge.sim.baselines import BaselineBudget, exact_check, make_baseline
+def _run_baselines(cfg: SimConfig, data: FleetData, graph: Graph, hdus: HdusSim, workers: int | None,
+                   announce: PhaseCallback) -> dict[str, Any]:
+    """Every requested baseline on the same fleet. ISGD and SISA-A hold exactly the HDUS main
+    models (local training only), so they reuse them; FedUnl's two variants share one FedAvg run."""
+    from hdus_edge.sim.baselines import BaselineBudget, LocalModels, exact_check, make_baseline
 
-    options: dict[str, Any] = {}
-    if name in ("dsgd", "fedunl", "fedunl-retrain"):
-        options["arch"] = cfg.baseline_arch
-    if name != "isgd" and name != "sisa-a":
-        options["workers"] = workers
     budget = BaselineBudget.reduced(cfg.seed) if cfg.budget == "reduced" else BaselineBudget.full(cfg.seed)
-    method = make_baseline(name, **options)
-    before = method.fit(data, cfg.device_ids, tuple(resolve_arch(a) for a in cfg.archs), graph, budget)
-    costs = [method.forget(t) for t in cfg.forget]
-    after = method.evaluate()
-    check = exact_check(method) if cfg.budget == "reduced" or name in ("sisa-a", "isgd") else None
+    archs = tuple(resolve_arch(a) for a in cfg.archs)
+    local = LocalModels.from_fleet(hdus.devices, hdus.times.train_distill)
+    results: dict[str, Any] = {}
+    fedunl_twin: Any = None
+    fedunl_before: Any = None
+    for name in cfg.methods:
+        announce(f"baseline {name}")
+        if name in ("isgd", "sisa-a"):
+            method = make_baseline(name, local_models=local)
+        elif name == "fedunl-retrain" and fedunl_twin is not None:
+            method = fedunl_twin
+        else:
+            method = make_baseline(name, arch=cfg.baseline_arch, workers=workers)
+        before = method.fit(data, cfg.device_ids, archs, graph, budget) if method is not fedunl_twin else fedunl_before
+        if name == "fedunl" and "fedunl-retrain" in cfg.methods:
+            fedunl_twin, fedunl_before = method.retrain_twin(), before  # type: ignore[attr-defined]
+        costs = [method.forget(t) for t in cfg.forget]
+        after = method.evaluate()
+        check = exact_check(method) if cfg.verify_baselines else None
+        results[name] = _baseline_summary(before, after, costs, check, method.recovery_curve())
+    return results
+
+
+def _baseline_summary(before: Any, after: Any, costs: list[Any], check: Any, recovery: list[Any]) -> dict[str, Any]:
     remaining = sorted(after.acc_local)
     return {
         "acc_before": _mean([before.acc_local[i] for i in remaining]),
@@ -158,10 +175,11 @@ def _run_baseline(name: str, cfg: SimConfig, data: FleetData, graph: Graph, work
         "forget_bytes": int(_mean([c.bytes_sent for c in costs])),
         "train_seconds": before.train_seconds,
         "train_bytes": before.train_bytes_sent,
+        # By construction (and proved by tests/test_baselines_*); --verify-baselines re-checks it here.
         "exact": bool(all(c.exact for c in costs) and (check is None or check.exact)),
         "exact_check": None if check is None else {"max_output_diff": check.max_output_diff,
                                                    "weights_identical": check.weights_identical},
-        "recovery": [list(p) for p in method.recovery_curve()],
+        "recovery": [list(p) for p in recovery],
         "notes": "; ".join(sorted({c.notes for c in costs if c.notes})),
     }
 

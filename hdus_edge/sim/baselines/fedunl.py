@@ -121,6 +121,8 @@ class _FedAvg(Baseline):
     def _round(self, setup: FleetSetup, budget: BaselineBudget, lr: float) -> int:
         """One FedAvg round over every device of ``setup``; returns bytes sent."""
         assert self._global is not None
+        if not setup.device_ids:  # every client forgotten: nothing to train, nothing sent
+            return 0
         index, self._next_round = self._next_round, self._next_round + 1
         start_state = state_vector(self._global)
         samples = {c: len(setup.client(c).train) for c in setup.device_ids}

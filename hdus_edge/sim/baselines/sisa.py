@@ -68,7 +68,8 @@ class SisaA(LocallyTrained):
         return np.mean([softmax(self._member_logits(m, x)) for m in members], axis=0).astype(np.float32)
 
     def _member_logits(self, owner: str, x: np.ndarray) -> np.ndarray:
-        key = (owner, hashlib.blake2b(np.ascontiguousarray(x).data, digest_size=16).digest() + str(x.shape).encode())
+        digest = hashlib.blake2b(np.ascontiguousarray(x).data, digest_size=16).digest()
+        key = (owner, digest + f"{x.shape}{x.dtype}".encode())
         if key not in self._logits:
             self._logits[key] = predict_logits(self._models[owner], x)
         return self._logits[key]
