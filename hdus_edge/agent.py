@@ -62,6 +62,7 @@ from hdus_edge.transport.mqtt import MqttTransport
 logger = logging.getLogger(__name__)
 
 _MAX_PARKED_PER_SENDER = 16  # messages that arrived before their sender's hello
+_WATCH_INTERVAL_S = 1.0  # how often the state dir is checked for neighbour and seed changes
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,7 @@ class DeviceAgent:
         status_file: Path | None = None,
         profile: str = "generic-x86_64",
         settings: AgentSettings = AgentSettings(),
+        watch: StateDir | None = None,
     ) -> None:
         self.device_id = device_id
         self.fleet = fleet
@@ -132,6 +134,10 @@ class DeviceAgent:
         self._models = models
         self._profile = profile
         self._status_file = status_file
+        # With a state dir, the agent follows `neighbors add/remove` (device.toml) and a new
+        # `export` (models/seed.json) while it runs.
+        self._watch = watch
+        self._watched: dict[Path, int] = {}
         self.contract = ModelContract(
             height=fleet.data.input_shape[1], width=fleet.data.input_shape[2],
             num_classes=fleet.data.num_classes, channels=fleet.data.input_shape[0],
@@ -154,8 +160,8 @@ class DeviceAgent:
                 models.main_onnx, settings.lam, settings.space, settings.strategy,  # type: ignore[arg-type]
                 providers=settings.providers, intra_op_threads=settings.intra_op_threads,
                 background_fuse=True,  # membership changes take effect in ms; the fused graph follows
+                seeds=self._seeds_from_store(),
             )
-            self._load_seeds_from_store()
         except BaseException:
             self.store.close()
             raise
@@ -199,7 +205,7 @@ class DeviceAgent:
             admin_key=state.admin_key(), models=models, neighbors=device.neighbors,
             broker_url=broker_url or device.device.broker or fleet.fleet.broker, store_dir=state.store_dir,
             outbox_dir=state.outbox_dir, status_file=state.status_file, profile=device.device.profile,
-            settings=settings,
+            settings=settings, watch=state,
         )
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -528,17 +534,47 @@ class DeviceAgent:
                                retain=True, wait=False)
 
     def _digest_loop(self) -> None:
-        while not self._stop.wait(self.settings.digest_interval_s):
+        """Housekeeping: follow the state dir every second; gossip the tombstone digest periodically."""
+        self._changed(self._watch.device_file) if self._watch else None
+        self._changed(self._watch.seed_info_file) if self._watch else None
+        next_digest = time.monotonic() + self.settings.digest_interval_s
+        while not self._stop.wait(min(_WATCH_INTERVAL_S, self.settings.digest_interval_s)):
             try:
-                with self._lock:
-                    self._publish_digest()
-                    self._write_status()
-            except Exception:
-                logger.exception("agent %s: digest publish failed", self.device_id)
+                self._follow_state_dir()
+                if time.monotonic() >= next_digest:
+                    next_digest = time.monotonic() + self.settings.digest_interval_s
+                    with self._lock:
+                        self._publish_digest()
+                        self._write_status()
+            except Exception:  # housekeeping must go on; the next tick retries
+                logger.exception("agent %s: housekeeping failed", self.device_id)
+
+    def _changed(self, path: Path) -> bool:
+        try:
+            stamp = path.stat().st_mtime_ns
+        except FileNotFoundError:
+            return False
+        before = self._watched.get(path)
+        self._watched[path] = stamp
+        return before is not None and stamp != before
+
+    def _follow_state_dir(self) -> None:
+        if self._watch is None:
+            return
+        if self._changed(self._watch.device_file):
+            neighbors = self._watch.device().neighbors
+            if tuple(sorted(neighbors)) != self._neighbors:
+                logger.info("agent %s: neighbours changed on disk: %s", self.device_id, ", ".join(neighbors))
+                self.set_neighbors(neighbors)
+        if self._changed(self._watch.seed_info_file):
+            version = self._watch.seed_version()
+            if version > self._models.seed_version:
+                logger.info("agent %s: new seed v%d exported; publishing it", self.device_id, version)
+                self.publish_seed(self._watch.model_bytes("seed.onnx"), version)
 
     # --- bookkeeping ---------------------------------------------------------------------------
 
-    def _load_seeds_from_store(self) -> None:
+    def _seeds_from_store(self) -> dict[str, bytes]:
         seeds: dict[str, bytes] = {}
         for info in self.store.list_seeds():
             if info.owner not in self._neighbors:
@@ -548,8 +584,7 @@ class DeviceAgent:
             data = self.store.get_seed(info.owner)
             if data is not None:
                 seeds[info.owner] = data
-        if seeds:
-            self.runtime.replace_all(seeds)
+        return seeds
 
     def _park(self, topic: str, payload: bytes, exc: HdusError) -> None:
         try:

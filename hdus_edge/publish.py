@@ -156,7 +156,7 @@ def publish_seed(
     running = state.agent_running()
     url = broker_url or device.device.broker or fleet.fleet.broker
     filters = [f"{topics.root}/devices/+/hello", f"{topics.root}/membership/+", f"{topics.root}/unlearn/+"]
-    transport = MqttTransport(url, f"{fleet.fleet.name}.{me}.publish", handler=listener.handle)
+    transport = MqttTransport(url, f"{fleet.fleet.name}.{me}.publish", handler=listener.handle, clean_session=True)
     sent: list[str] = []
     unconfirmed: list[str] = []
     skipped: dict[str, str] = {}

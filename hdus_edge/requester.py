@@ -203,7 +203,8 @@ def request_unlearn(
         trust.certify(own_certificate)
     order = UnlearnOrder(target, issuer, uuid.uuid4().hex, time.time(), reason, epoch)
     collector = _Collector(trust, topics, order.request_id)
-    transport = MqttTransport(broker_url, f"{issuer}-req-{order.request_id[:12]}", handler=collector.handle)
+    transport = MqttTransport(broker_url, f"{issuer}-req-{order.request_id[:12]}", handler=collector.handle,
+                              clean_session=True)
     start = time.monotonic()
     try:
         transport.subscribe([f"{topics.root}/devices/+/hello", f"{topics.root}/membership/+",
@@ -235,7 +236,8 @@ def collect_receipts(
     """The receipts the broker holds (retained) for ``request_id``, verified, by device id."""
     topics = Topics(fleet)
     collector = _Collector(TrustStore(fleet, admin_key), topics, request_id)
-    transport = MqttTransport(broker_url, f"receipts-{uuid.uuid4().hex[:12]}", handler=collector.handle)
+    transport = MqttTransport(broker_url, f"receipts-{uuid.uuid4().hex[:12]}", handler=collector.handle,
+                              clean_session=True)
     try:
         transport.subscribe([f"{topics.root}/devices/+/hello", topics.receipts_filter(request_id)])
         transport.connect(timeout=10.0)

@@ -39,7 +39,7 @@ class TrafficMeter:
         self.messages: Counter[str] = Counter()
         self.bytes: Counter[str] = Counter()
         self._lock = threading.Lock()
-        self._transport = MqttTransport(broker_url, f"{fleet}.traffic-meter", handler=self._count)
+        self._transport = MqttTransport(broker_url, f"{fleet}.traffic-meter", handler=self._count, clean_session=True)
         self._transport.subscribe([f"{self.topics.root}/#"])
 
     def _count(self, topic: str, payload: bytes, retained: bool) -> None:

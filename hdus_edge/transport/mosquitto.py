@@ -148,11 +148,13 @@ def acl_rules(fleet: str, admins: Sequence[str] = ("admin",)) -> str:
         f"pattern write {root}/membership/%u",
         f"pattern write {root}/unlearn/%u",
         f"pattern write {root}/receipts/+/%u",
+        f"pattern write {root}/tombstones/%u",
         f"pattern read {root}/devices/#",
         f"pattern read {root}/seeds/%u/+",
         f"pattern read {root}/membership/+",
         f"pattern read {root}/unlearn/+",
         f"pattern read {root}/receipts/#",
+        f"pattern read {root}/tombstones/+",
     ]
     return "\n".join(lines) + "\n"
 

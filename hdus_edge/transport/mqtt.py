@@ -100,6 +100,7 @@ class MqttTransport:
         reconnect_min_delay: float = 0.5,
         reconnect_max_delay: float = 30.0,
         tcp_nodelay: bool = True,
+        clean_session: bool = False,
     ) -> None:
         """Prepare a client; nothing touches the network until ``connect()``.
 
@@ -119,7 +120,7 @@ class MqttTransport:
         self._client = paho.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id,
-            clean_session=False,
+            clean_session=clean_session,  # one-shot clients (requesters) leave no session behind
             protocol=MQTTProtocolVersion.MQTTv311,
             manual_ack=True,  # PUBACK only after our handler ran (see module docstring)
         )
