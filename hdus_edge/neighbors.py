@@ -3,7 +3,7 @@
 ``device.toml`` is the source of truth. Without a running agent the change is complete here: a
 removed neighbour's seed also leaves the store, and the next agent start subscribes to the new
 neighbours, drops what it no longer wants and announces the new list. A running agent holds the
-store's lock and its own copy of the list, read at start: it applies the change when restarted.
+store's lock; it watches ``device.toml`` and applies the change itself within a second.
 """
 
 from __future__ import annotations

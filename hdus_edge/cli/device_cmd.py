@@ -100,7 +100,7 @@ def _report(change: dict[str, Any], json_out: bool) -> None:
     if change["seeds_removed"]:
         console.print(f"  removed the seeds of {', '.join(change['seeds_removed'])} from the store", markup=False)
     if change["agent_running"] and (change["added"] or change["removed"]):
-        console.print("  an agent runs for this device: restart it to apply the new list (it reads device.toml at start)",
+        console.print("  the running agent applies the new list within a second (it watches device.toml)",
                       markup=False)
     elif change["added"] or change["removed"]:
         console.print("  the broker learns the new list when the agent starts", markup=False)

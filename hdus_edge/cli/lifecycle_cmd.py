@@ -97,7 +97,8 @@ def export(
     console.print(f"Exported {report.main_arch} ({report.main_bytes:,} bytes) and seed v{report.seed_version} "
                   f"{report.seed_arch} ({report.seed_bytes:,} bytes, sha256 {report.seed_sha256[:16]}...)", markup=False)
     if state.agent_running():
-        console.print("An agent runs for this device: restart it to use the new models.", markup=False)
+        console.print("The running agent publishes the new seed within a second; a new main model needs an agent "
+                      "restart.", markup=False)
     else:
         console.print(f"Next: hdus-edge agent --state-dir {state.root} (or hdus-edge publish to send the seed now)", markup=False)
 
@@ -135,4 +136,4 @@ def publish(
     if out.unconfirmed:
         console.print(f"  not confirmed by the broker yet: {', '.join(out.unconfirmed)}", markup=False)
     if out.agent_running:
-        console.print("  an agent runs for this device: restart it so that it serves this seed version too", markup=False)
+        console.print("  the running agent serves this seed version too (it watches models/seed.json)", markup=False)

@@ -13,6 +13,7 @@ from hdus_edge.topology import TOPOLOGIES
 
 DEMO_ARCHS = ("mobilenet-s", "resnet-8", "mobilenet-m", "resnet-20", "mobilenet-l", "resnet-8")
 ALL_METHODS = ("isgd", "dsgd", "fedunl", "fedunl-retrain", "sisa-a")
+BUDGETS = ("tiny", "reduced", "full")
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ class SimConfig:
     distill_epochs: int = 30
     forget: tuple[str, ...] = ("dev-5",)
     methods: tuple[str, ...] = ALL_METHODS
-    budget: str = "reduced"  # baselines' budget: "reduced" (demo) or "full" (benchmark)
+    budget: str = "reduced"  # baselines' budget: "tiny" (smoke tests), "reduced" (demo), "full" (benchmark)
     baseline_arch: str = "resnet-8"  # DSGD/FedUnl need one architecture for all devices
     verify_baselines: bool = False  # refit each baseline without the forgotten device and compare
     broker: str = ""  # empty: an embedded amqtt broker
@@ -72,8 +73,8 @@ class SimConfig:
             raise ConfigError(f"cannot forget {missing[0]!r}: devices are {', '.join(self.device_ids)}")
         if len(set(self.forget)) >= len(self.archs) - 1:
             raise ConfigError("forgetting must leave at least 2 devices")
-        if self.budget not in ("reduced", "full"):
-            raise ConfigError(f"budget must be 'reduced' or 'full', got {self.budget!r}")
+        if self.budget not in BUDGETS:
+            raise ConfigError(f"budget must be one of {', '.join(BUDGETS)}, got {self.budget!r}")
         if min(self.train_epochs, self.distill_epochs, self.reference_size, self.test_size) < 1:
             raise ConfigError("epochs and set sizes must be positive")
         return self

@@ -136,7 +136,11 @@ def _run_baselines(cfg: SimConfig, data: FleetData, graph: Graph, hdus: HdusSim,
     models (local training only), so they reuse them; FedUnl's two variants share one FedAvg run."""
     from hdus_edge.sim.baselines import BaselineBudget, LocalModels, exact_check, make_baseline
 
-    budget = BaselineBudget.reduced(cfg.seed) if cfg.budget == "reduced" else BaselineBudget.full(cfg.seed)
+    budget = {
+        "tiny": BaselineBudget(epochs=2, rounds=2, local_epochs=1, batch_size=16, lr=1e-2, seed=cfg.seed),
+        "reduced": BaselineBudget.reduced(cfg.seed),
+        "full": BaselineBudget.full(cfg.seed),
+    }[cfg.budget]
     archs = tuple(resolve_arch(a) for a in cfg.archs)
     local = LocalModels.from_fleet(hdus.devices, hdus.times.train_distill)
     results: dict[str, Any] = {}
@@ -155,7 +159,9 @@ def _run_baselines(cfg: SimConfig, data: FleetData, graph: Graph, hdus: HdusSim,
             fedunl_twin, fedunl_before = method.retrain_twin(), before  # type: ignore[attr-defined]
         costs = [method.forget(t) for t in cfg.forget]
         after = method.evaluate()
-        check = exact_check(method) if cfg.verify_baselines else None
+        # ISGD/SISA-A hold the HDUS main models here, which a refit under the baseline budget would
+        # not reproduce; their exactness is structural (drop one per-device model) and tested apart.
+        check = exact_check(method) if cfg.verify_baselines and name not in ("isgd", "sisa-a") else None
         results[name] = _baseline_summary(before, after, costs, check, method.recovery_curve())
     return results
 
