@@ -32,8 +32,12 @@ def demo(
     from hdus_edge.errors import ConfigError
     from hdus_edge.sim.config import SimConfig
 
+    from hdus_edge.ensemble.combine import COMBINE_SPACES
+
     base = SimConfig()
     check_lam(lam)
+    if space not in COMBINE_SPACES:
+        raise ConfigError(f"--space must be one of {', '.join(COMBINE_SPACES)}, got {space!r}")
     if not 0 <= forget < len(base.archs):
         raise ConfigError(f"--forget must be a device index in 0..{len(base.archs) - 1}, got {forget}")
     cfg = SimConfig(seed=seed, lam=lam, space=space, forget=(base.device_ids[forget],)).validate()
