@@ -43,7 +43,7 @@ def _root(
 def _register() -> None:
     # Imported here so a command module's import error names that module, and to keep the
     # wiring in one readable list.
-    from hdus_edge.cli import agent_cmd, bench_cmd, broker_cmd, demo_cmd, inspect_cmd, models_cmd, sim_cmd
+    from hdus_edge.cli import agent_cmd, bench_cmd, broker_cmd, data_cmd, demo_cmd, inspect_cmd, models_cmd, sim_cmd
 
     app.command("demo")(demo_cmd.demo)
     app.command("agent")(agent_cmd.agent)
@@ -52,6 +52,7 @@ def _register() -> None:
     app.add_typer(bench_cmd.bench_app, name="bench")
     app.add_typer(models_cmd.models_app, name="models")
     app.add_typer(sim_cmd.sim_app, name="sim")
+    app.add_typer(data_cmd.data_app, name="data")
     _register_lifecycle()
 
 
