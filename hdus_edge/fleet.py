@@ -13,9 +13,8 @@ import logging
 import multiprocessing
 import os
 import queue
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -28,7 +27,7 @@ from hdus_edge.ensemble.combine import CombineSpace, check_lam, combine
 from hdus_edge.errors import ConfigError
 from hdus_edge.models import build_model
 from hdus_edge.topology import Graph
-from hdus_edge.train import TrainConfig, TrainReport, check_input_shape, predict_logits, train
+from hdus_edge.train import TrainConfig, TrainReport, check_input_shape, predict_logits, torch_threads, train
 
 logger = logging.getLogger(__name__)
 
@@ -175,7 +174,7 @@ def train_devices(
         raise ConfigError(f"no client data for devices {missing}")
     workers = default_workers() if workers is None else workers
     if workers <= 1 or len(specs) <= 1:
-        with _torch_threads(1):
+        with torch_threads(1):
             return [train_device(s, clients[s.device_id], reference, cfg, progress) for s in specs]
     ctx = multiprocessing.get_context("spawn")  # fork after torch's thread pools started can hang
     updates = ctx.Queue()
@@ -244,14 +243,3 @@ def _drain(updates: "multiprocessing.Queue", progress: FleetProgress | None) -> 
             return
         if progress is not None:
             progress(*item)
-
-
-@contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    """Run a block with torch on ``n`` threads, so in-process training matches the workers."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

@@ -65,6 +65,17 @@ def deterministic_torch() -> Iterator[None]:
         torch.use_deterministic_algorithms(previous)
 
 
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run a block with torch on ``n`` threads: a fixed count keeps float results identical run to run."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def check_input_shape(model_input_shape: tuple[int, ...], data: Dataset) -> None:
     """Raise ``DataShapeError`` when ``data`` does not have the shape a model was built for."""
     if tuple(data.input_shape) != tuple(model_input_shape):

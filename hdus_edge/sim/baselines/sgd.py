@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from contextlib import contextmanager
 from typing import TypeVar
 
 import numpy as np
@@ -20,7 +19,7 @@ import torch
 from torch import nn
 
 from hdus_edge.data import Dataset
-from hdus_edge.train import shift_augment
+from hdus_edge.train import shift_augment, torch_threads  # noqa: F401  (re-exported for the baselines)
 
 logger = logging.getLogger(__name__)
 
@@ -144,12 +143,3 @@ def parallel_map(
         return [f.result() for f in futures]
 
 
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run a block with torch on ``n`` threads: a fixed count keeps float results identical run to run."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
