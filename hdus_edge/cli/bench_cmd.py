@@ -58,6 +58,24 @@ def accuracy(
     console.print(f"Finished in {result['seconds']:.0f} s.")
 
 
+@bench_app.command("inference")
+def inference(
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="Fewer calls and repeats (about a minute).")] = False,
+) -> None:
+    """torch eager vs onnxruntime; main alone vs per-member sessions vs fused (K = 1..16 seeds); fp32 vs int8.
+
+    Example: hdus-edge bench inference --quick
+    """
+    from hdus_edge.bench.inference import print_report, run_inference_bench
+
+    result = run_inference_bench(quick=quick)
+    if json_out:
+        print_json(result)
+    else:
+        print_report(result)
+
+
 @bench_app.command("unlearn")
 def unlearn(
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
