@@ -232,6 +232,8 @@ class DeviceAgent:
         self._stop.set()
         if self._digest_thread is not None:
             self._digest_thread.join(timeout=5)
+        with self._lock:  # let a handler in flight finish before the transport goes
+            pass
         self.transport.close()
         self.runtime.close()
         self.store.close()
@@ -321,6 +323,8 @@ class DeviceAgent:
 
     def _dispatch(self, kind: str, topic: str, signed: codec.SignedMessage, raw: bytes) -> None:
         with self._lock:
+            if self._stop.is_set():  # checked under the lock: stop() waits for this handler, then closes
+                return
             if kind == topic_kinds.HELLO:
                 self._on_hello(topic, signed)
             elif kind == topic_kinds.SEED:

@@ -1,0 +1,236 @@
+"""``TcpProxy``: a loopback TCP proxy between MQTT clients and a broker, under the test's control.
+
+Faults it makes, each on demand and undone by ``restore()``:
+
+- ``cut()``: close every open connection (both sides): the client sees the link drop at once.
+- ``cut_one(rng)``: close one connection picked by ``rng`` (random disconnects in a soak).
+- ``down()``: cut, and refuse new connections (accepted, then closed at once) until ``restore()``.
+- ``stall()``: keep connections open but forward nothing (a black hole: only keepalives notice).
+
+Two threads per connection pump bytes each way (blocking sockets: simple, and a few hundred
+connections is all a test needs); one thread accepts. Every byte counted, every fault counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import threading
+from dataclasses import dataclass
+from types import TracebackType
+
+from hdus_edge.transport.ports import free_port
+
+logger = logging.getLogger(__name__)
+
+_CHUNK = 65536
+
+
+@dataclass
+class ProxyStats:
+    """What went through the proxy and what it did to it."""
+
+    connections: int = 0  # accepted and forwarded
+    refused: int = 0  # accepted and closed at once while down
+    cuts: int = 0  # connections closed by a fault
+    bytes_up: int = 0  # client -> upstream
+    bytes_down: int = 0  # upstream -> client
+
+
+class _Pair:
+    """One proxied connection: the client's socket and ours to the upstream."""
+
+    def __init__(self, client: socket.socket, upstream: socket.socket) -> None:
+        self.client = client
+        self.upstream = upstream
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def close(self) -> bool:
+        """Close both sides; True the first time."""
+        with self._lock:
+            if self._closed:
+                return False
+            self._closed = True
+        for sock in (self.client, self.upstream):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+        return True
+
+
+class TcpProxy:
+    """Forward ``host:port`` to ``upstream_host:upstream_port``; cut, stall and restore on demand."""
+
+    def __init__(self, upstream_host: str, upstream_port: int, *, host: str = "127.0.0.1", port: int | None = None) -> None:
+        """Prepare (not start) a proxy; ``port=None`` picks a free loopback port."""
+        self.upstream = (upstream_host, upstream_port)
+        self.host = host
+        self.port = port if port is not None else free_port(host)
+        self.stats = ProxyStats()
+        self._pairs: set[_Pair] = set()
+        self._lock = threading.Lock()
+        self._flowing = threading.Event()
+        self._flowing.set()
+        self._refusing = False
+        self._listener: socket.socket | None = None
+        self._acceptor: threading.Thread | None = None
+        self._stopped = threading.Event()
+
+    @classmethod
+    def to_url(cls, broker_url: str) -> TcpProxy:
+        """A proxy in front of the broker at ``mqtt://host:port``."""
+        from hdus_edge.transport.url import parse_broker_url
+
+        url = parse_broker_url(broker_url)
+        return cls(url.host, url.port)
+
+    @property
+    def url(self) -> str:
+        """``mqtt://host:port`` of the proxy (what clients connect to)."""
+        return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def open_connections(self) -> int:
+        """Connections currently forwarded."""
+        with self._lock:
+            return len(self._pairs)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> TcpProxy:
+        """Listen, and forward every accepted connection; returns at once."""
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((self.host, self.port))
+        listener.listen(128)
+        self._listener = listener
+        self._acceptor = threading.Thread(target=self._accept_loop, name=f"hdus-proxy-{self.port}", daemon=True)
+        self._acceptor.start()
+        logger.info("proxy %s -> %s:%d", self.url, *self.upstream)
+        return self
+
+    def stop(self) -> None:
+        """Close the listener and every connection. Idempotent."""
+        self._stopped.set()
+        self._flowing.set()  # release stalled pumps so they can exit
+        if self._listener is not None:
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._listener.close()
+            self._listener = None
+        self._close_all(count=False)
+        if self._acceptor is not None:
+            self._acceptor.join(timeout=5)
+            self._acceptor = None
+
+    def __enter__(self) -> TcpProxy:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+    # --- faults ------------------------------------------------------------------------------
+
+    def cut(self) -> int:
+        """Close every open connection now (clients reconnect); return how many were cut."""
+        return self._close_all(count=True)
+
+    def cut_one(self, rng: random.Random) -> bool:
+        """Close one open connection chosen by ``rng``; False when none is open."""
+        with self._lock:
+            pairs = sorted(self._pairs, key=id)
+        if not pairs:
+            return False
+        pair = rng.choice(pairs)
+        if pair.close():
+            with self._lock:
+                self._pairs.discard(pair)
+                self.stats.cuts += 1
+        return True
+
+    def down(self) -> int:
+        """Cut every connection and refuse new ones until ``restore()``; return how many were cut."""
+        self._refusing = True
+        return self.cut()
+
+    def stall(self) -> None:
+        """Stop forwarding bytes (connections stay open) until ``restore()``."""
+        self._flowing.clear()
+
+    def restore(self) -> None:
+        """Accept and forward again (undo ``down()`` and ``stall()``)."""
+        self._refusing = False
+        self._flowing.set()
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _close_all(self, count: bool) -> int:
+        with self._lock:
+            pairs = list(self._pairs)
+            self._pairs.clear()
+        closed = sum(1 for p in pairs if p.close())
+        if count:
+            with self._lock:
+                self.stats.cuts += closed
+        return closed
+
+    def _accept_loop(self) -> None:
+        listener = self._listener
+        assert listener is not None
+        while not self._stopped.is_set():
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # the listener was closed
+            if self._refusing:
+                client.close()
+                with self._lock:
+                    self.stats.refused += 1
+                continue
+            try:
+                upstream = socket.create_connection(self.upstream, timeout=5)
+                upstream.settimeout(None)
+            except OSError as exc:
+                logger.debug("proxy %d: upstream %s:%d unreachable: %s", self.port, *self.upstream, exc)
+                client.close()
+                with self._lock:
+                    self.stats.refused += 1
+                continue
+            for sock in (client, upstream):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            pair = _Pair(client, upstream)
+            with self._lock:
+                self._pairs.add(pair)
+                self.stats.connections += 1
+            for src, dst, up in ((client, upstream, True), (upstream, client, False)):
+                threading.Thread(target=self._pump, args=(pair, src, dst, up), daemon=True,
+                                 name=f"hdus-proxy-pump-{self.port}").start()
+
+    def _pump(self, pair: _Pair, src: socket.socket, dst: socket.socket, up: bool) -> None:
+        try:
+            while True:
+                data = src.recv(_CHUNK)
+                if not data:
+                    break
+                # A stall holds what was read; it goes out (or is dropped with the link) on restore.
+                while not self._flowing.wait(0.1):
+                    if self._stopped.is_set():
+                        return
+                dst.sendall(data)
+                with self._lock:
+                    if up:
+                        self.stats.bytes_up += len(data)
+                    else:
+                        self.stats.bytes_down += len(data)
+        except OSError:
+            pass
+        finally:
+            pair.close()
+            with self._lock:
+                self._pairs.discard(pair)
