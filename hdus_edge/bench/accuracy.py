@@ -92,6 +92,7 @@ def run_accuracy_bench(cfg: AccuracyBenchConfig = AccuracyBenchConfig(), progres
         figures = _fleet_figures(fleet, data, {i: k for k, i in enumerate(ids)})
         figures["archs"] = [s.main_arch for s in specs]
         figures["seed_agreement"] = mean([d.distill_report.agreement for d in fleet.devices.values()])
+        figures["int8"] = quantization_figures(fleet, data)
         figures["seconds"] = time.perf_counter() - t0
         out[name] = figures
     out["centralised"] = _centralised(data, cfg, progress)
@@ -109,3 +110,31 @@ def _centralised(data: FleetData, cfg: AccuracyBenchConfig, progress: FleetProgr
     local = [accuracy(predict_logits(model, c.test.x), c.test.y) for c in data.clients]
     return {"local": mean(local), "global": accuracy(predict_logits(model, data.test.x), data.test.y)}
 
+
+
+def quantization_figures(fleet: InProcessFleet, data: FleetData) -> list[dict[str, Any]]:
+    """Each device's main model and seed: fp32 vs int8 (static, calibrated on the reference set) on
+    the held-out test set: accuracy change and size ratio, measured with onnxruntime."""
+    from hdus_edge.onnx.export import export_onnx
+    from hdus_edge.onnx.metadata import Provenance
+    from hdus_edge.onnx.quantize import quantize_int8
+    from hdus_edge.onnx.session import make_session
+
+    def acc(model_bytes: bytes) -> float:
+        session = make_session(model_bytes, intra_op_threads=1)
+        logits = session.run(None, {session.get_inputs()[0].name: data.test.x})[0]
+        return accuracy(logits, data.test.y)
+
+    rows = []
+    calibration = data.reference.x[:256]
+    for device_id, device in sorted(fleet.devices.items()):
+        for role, model, arch in (("main", device.main, device.spec.main_arch),
+                                  ("seed", device.seed_model, device.spec.seed_arch)):
+            prov = Provenance(device_id, role, arch, 1, data.input_shape, data.num_classes, "2026-01-01T00:00:00Z",
+                              data.reference_sha256 if role == "seed" else None)
+            fp32 = export_onnx(model, prov)
+            int8 = quantize_int8(fp32, calibration=calibration)
+            a32, a8 = acc(fp32), acc(int8.data)
+            rows.append({"device": device_id, "role": role, "arch": arch, "acc_fp32": a32, "acc_int8": a8,
+                         "acc_change": a8 - a32, "size_ratio": int8.report.size_ratio})
+    return rows

@@ -151,8 +151,9 @@ class Puppet:
         return codec.encode(env, key or self.key(signer), signer)
 
     def order(self, target: str, *, issuer: str = ADMIN_ID, epoch: int = 0, request_id: str | None = None,
-              key: SigningKey | None = None, signer: str | None = None) -> bytes:
-        msg = UnlearnOrder(target, issuer, request_id or uuid.uuid4().hex, time.time(), "reliability", epoch)
+              key: SigningKey | None = None, signer: str | None = None, issued_at: float | None = None) -> bytes:
+        msg = UnlearnOrder(target, issuer, request_id or uuid.uuid4().hex,
+                           time.time() if issued_at is None else issued_at, "reliability", epoch)
         signer = signer or issuer
         return codec.encode(msg, key or self.key(signer), signer)
 
