@@ -26,6 +26,8 @@ def run(
     partition: Annotated[str, typer.Option(help="missing-class, dirichlet, shards or iid.")] = "",
     reference: Annotated[str, typer.Option(help="'public' or 'noise'.")] = "",
     reference_size: Annotated[int, typer.Option(help="Reference samples (0: keep).")] = 0,
+    client_size: Annotated[int, typer.Option(help="Samples per device, train + local test (0: keep).")] = 0,
+    test_size: Annotated[int, typer.Option(help="Held-out test samples (0: keep).")] = 0,
     topology: Annotated[str, typer.Option(help="complete, ring, random-regular or small-world.")] = "",
     forget: Annotated[str, typer.Option(help="Devices to forget, comma-separated (e.g. dev-5).")] = "",
     methods: Annotated[str, typer.Option(help="Baselines, comma-separated; 'none' for HDUS only.")] = "",
@@ -49,8 +51,9 @@ def run(
                        ("topology", topology), ("budget", budget), ("broker", broker)):
         if value:
             changes[key] = value
-    if reference_size:
-        changes["reference_size"] = reference_size
+    for key, number in (("reference_size", reference_size), ("client_size", client_size), ("test_size", test_size)):
+        if number:
+            changes[key] = number
     if forget:
         changes["forget"] = _split(forget)
     if methods:

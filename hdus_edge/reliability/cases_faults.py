@@ -146,7 +146,8 @@ def broker_crash_during_unlearn(root: Path, kind: str, *, n: int = 5, seed: int 
                     "applied_before_crash": applied_before, "time_to_recover_s": recover,
                     "order_to_all_forgotten_s": latency, "losses": len(missed), "loss_examples": missed[:3],
                     "forgotten_came_back": len(watch.violations),
-                    "receipts_on_broker_after": len(receipts), "receipts_lost_by_broker": len(holders) - len(receipts),
+                    # Receipts a requester can still collect and verify (it needs the senders' hellos).
+                    "receipts_collectable_after": len(receipts), "receipts_not_collectable": len(holders) - len(receipts),
                     "duplicates_seen": _duplicates(fleet), "store_violations": violations}
         finally:
             fleet.stop()
