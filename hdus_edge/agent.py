@@ -150,9 +150,11 @@ class DeviceAgent:
         self._wanted_by: dict[str, frozenset[str]] = {}  # device -> its neighbour list
         self._membership_versions: dict[str, int] = {}
         self._published: dict[str, int] = {}  # recipient -> seed version published to it
-        self._parked: dict[str, list[tuple[str, bytes]]] = defaultdict(list)
+        # Parked per sender and topic (latest wins), so periodic digests cannot evict a parked seed.
+        self._parked: dict[str, dict[str, bytes]] = defaultdict(dict)
         self._hellos: dict[str, Hello] = {}
         self._forgotten = False
+        self._connects_seen = 0
         self.counters = AgentCounters()
         self.store = SeedStore(store_dir)
         try:
@@ -212,6 +214,10 @@ class DeviceAgent:
 
     def start(self) -> DeviceAgent:
         """Connect, subscribe, announce, re-send what a crash left unsent; returns when ready."""
+        if self._watch is not None:  # temp files of writes a crash interrupted (status.json, ...)
+            for stray in [*self._watch.root.glob(".tmp-*"), *self._watch.models.glob(".tmp-*")]:
+                stray.unlink(missing_ok=True)
+                logger.warning("agent %s: removed stray temp file %s", self.device_id, stray)
         root = self.topics.root
         filters = [f"{root}/devices/+/hello", f"{root}/membership/+", f"{root}/unlearn/+", f"{root}/tombstones/+"]
         filters += [self.topics.seed(self.device_id, j) for j in self._neighbors]
@@ -350,7 +356,7 @@ class DeviceAgent:
         self._hellos[msg.device_id] = msg
         if changed:
             logger.info("agent %s: certified %s (epoch %d)", self.device_id, msg.device_id, msg.certificate.epoch)
-        for parked_topic, parked in self._parked.pop(msg.device_id, []):
+        for parked_topic, parked in self._parked.pop(msg.device_id, {}).items():
             self._on_message(parked_topic, parked, True)
 
     def _on_seed(self, topic: str, signed: codec.SignedMessage) -> None:
@@ -545,6 +551,7 @@ class DeviceAgent:
         while not self._stop.wait(min(_WATCH_INTERVAL_S, self.settings.digest_interval_s)):
             try:
                 self._follow_state_dir()
+                self._reannounce_after_reconnect()
                 if time.monotonic() >= next_digest:
                     next_digest = time.monotonic() + self.settings.digest_interval_s
                     with self._lock:
@@ -552,6 +559,21 @@ class DeviceAgent:
                         self._write_status()
             except Exception:  # housekeeping must go on; the next tick retries
                 logger.exception("agent %s: housekeeping failed", self.device_id)
+
+    def _reannounce_after_reconnect(self) -> None:
+        # A broker that restarted without persistence lost every retained hello, list and seed:
+        # announce again, and let the neighbours' lists (they re-announce too) pull our seed again.
+        count = self.transport.connect_count
+        if count <= self._connects_seen:
+            return
+        first = self._connects_seen == 0
+        self._connects_seen = count
+        if first:
+            return
+        with self._lock:
+            logger.info("agent %s: reconnected (%d); announcing again", self.device_id, count)
+            self._published.clear()
+            self._announce()
 
     def _changed(self, path: Path) -> bool:
         try:
@@ -600,8 +622,10 @@ class DeviceAgent:
             self._reject(topic, exc)
             return
         parked = self._parked[sender]
-        parked.append((topic, payload))
-        del parked[:-_MAX_PARKED_PER_SENDER]
+        parked.pop(topic, None)
+        parked[topic] = payload
+        while len(parked) > _MAX_PARKED_PER_SENDER:
+            parked.pop(next(iter(parked)))
         logger.info("agent %s: %s from not-yet-certified %s parked until its hello", self.device_id, topic, sender)
 
     def _reject(self, topic: str, exc: HdusError) -> None:

@@ -289,8 +289,8 @@ class SeedStore:
             ) from None
 
     def _recover(self) -> None:
-        for directory in (self.root, self._seeds_dir):
-            for stray in directory.glob(f"{TMP_PREFIX}*"):
+        for directory in (self.root, self._seeds_dir, self.root / ORDERS_DIR):
+            for stray in directory.glob(f"{TMP_PREFIX}*"):  # (a missing orders/ globs to nothing)
                 stray.unlink()
                 logger.warning("recovery: removed stray temp file %s", stray)
         state = self._state.copy()

@@ -89,6 +89,9 @@ class LoadPolicy:
     min_opset: int = 17
     max_opset: int = 23  # onnxruntime 1.18 (our floor) runs opset 21; newer ones more
     allowed_ops: frozenset[str] = ALLOWED_OPS
+    # Every node runs at every prediction: a tiny payload of thousands of cheap nodes would slow the
+    # device by orders of magnitude. The largest zoo model has 180 nodes.
+    max_nodes: int = 1024
 
 
 DEFAULT_POLICY = LoadPolicy()
@@ -257,6 +260,16 @@ def check_domains(model: onnx.ModelProto) -> None:
         )
 
 
+def check_node_count(model: onnx.ModelProto, policy: LoadPolicy = DEFAULT_POLICY) -> None:
+    """Raise ``OnnxCheckError`` when the model (subgraphs included) has more nodes than allowed."""
+    count = sum(1 for _ in _iter_nodes(model))
+    if count > policy.max_nodes:
+        raise OnnxCheckError(
+            f"model has {count} nodes, more than the limit of {policy.max_nodes}",
+            hint="seeds are tiny models of a few dozen nodes; raise LoadPolicy.max_nodes only for trusted models",
+        )
+
+
 def check_operators(model: onnx.ModelProto, policy: LoadPolicy = DEFAULT_POLICY) -> None:
     """Reject operators outside the allowlist (derived from what the zoo exports)."""
     bad = sorted({n.op_type for _, n in _iter_nodes(model) if n.op_type not in policy.allowed_ops})
@@ -363,13 +376,18 @@ def check_onnx(data: bytes, contract: ModelContract, policy: LoadPolicy = DEFAUL
     rejection nothing of the caller's has changed. Does not run the model (see ``probe``).
     """
     model = parse_onnx(data, max_bytes=policy.max_bytes)
-    check_external_data(model)
-    check_versions(model, policy)
-    check_domains(model)
-    check_operators(model, policy)
-    inferred = check_structure(model)
-    check_contract(inferred, contract)
-    provenance = check_provenance(model, contract)
+    try:
+        check_external_data(model)
+        check_versions(model, policy)
+        check_domains(model)
+        check_node_count(model, policy)
+        check_operators(model, policy)
+        inferred = check_structure(model)
+        check_contract(inferred, contract)
+        provenance = check_provenance(model, contract)
+    except (TypeError, UnicodeDecodeError, AttributeError) as exc:
+        # The protobuf binding hands non-UTF-8 strings back as bytes: a malformed model, not a bug.
+        raise NotOnnxError(f"malformed ONNX model (a field has the wrong type, e.g. a non-UTF-8 string): {exc}") from None
     return CheckedModel(
         data=bytes(data),
         model=model,
@@ -401,6 +419,7 @@ def find_problems(
     self_contained = attempt(lambda: check_external_data(model))
     attempt(lambda: check_versions(model, policy))
     standard = attempt(lambda: check_domains(model))
+    attempt(lambda: check_node_count(model, policy))
     attempt(lambda: check_operators(model, policy))
     inferred: list[onnx.ModelProto] = []
     if self_contained and standard:

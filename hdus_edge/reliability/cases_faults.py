@@ -166,7 +166,8 @@ def link_cut_during_flows(root: Path, broker_url: str, *, n: int = 4, cuts: int 
         try:
             start_agents(fleet, ids[1:])
             start_agents(fleet, [victim], broker_url=proxy.url)
-            for _ in range(cuts):  # cut while retained seeds and hellos flow in
+            for _ in range(cuts):  # cut while retained seeds and hellos flow in, each time it is back
+                wait_until(lambda: proxy.open_connections > 0, 10, 0.005)
                 time.sleep(rng.uniform(0.0, 0.1))
                 proxy.cut()
             converged = wait_until(lambda: not missing_pairs(fleet), timeout, 0.02)
@@ -174,6 +175,7 @@ def link_cut_during_flows(root: Path, broker_url: str, *, n: int = 4, cuts: int 
             peer = ids[1]
             new = lab_models(n)[ids[2]].seed_onnx  # another device's bytes: a visibly new version
             fleet.agents[peer].publish_seed(new, 2)
+            wait_until(lambda: proxy.open_connections > 0, 10, 0.005)
             proxy.cut()
             got_v2 = wait_until(lambda: (info := fleet.agents[victim].store.seed_info(peer)) is not None
                                 and info.version == 2, timeout, 0.02)

@@ -1,0 +1,251 @@
+"""Load and soak: figures, not pass/fail times.
+
+- ``propagation_load``: N agents (this process) x d neighbours on one Mosquitto; per-pair seed
+  propagation p50/p95/p99, memory of this process and of Mosquitto, messages dropped.
+- ``simultaneous_unlearns``: k orders at once on a converged fleet while devices keep predicting:
+  time to all receipts, inference errors during the ensemble swaps, inference latency p95.
+- ``soak``: a bounded run with random link cuts, clean broker restarts, unlearns and new seed
+  versions; memory growth per hour, file descriptors and threads over time, invariant violations.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+
+from hdus_edge.reliability.brokers import Broker
+from hdus_edge.reliability.cases_faults import _Sampler, mark_forgotten, missing_pairs
+from hdus_edge.reliability.harness import Puppet, lab_fleet, lab_models, probe_batch, start_agents, wait_until
+from hdus_edge.reliability.invariants import ResurrectionWatch, store_violations
+from hdus_edge.reliability.proxy import TcpProxy
+from hdus_edge.requester import request_unlearn
+from hdus_edge.sim.mqtt_fleet import AgentFleet
+
+logger = logging.getLogger(__name__)
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+def _rss() -> int:
+    return int(psutil.Process(os.getpid()).memory_info().rss)
+
+
+def _dropped_in_log(broker: Broker) -> int:
+    # Mosquitto logs one line each time it starts dropping a client's messages (queue full).
+    return sum(1 for line in broker.log_text().splitlines() if "dropped" in line.lower())
+
+
+class _InstallClock:
+    """Samples members of every agent; records when each (holder, neighbour) seed first appeared."""
+
+    def __init__(self, fleet: AgentFleet, interval: float = 0.005) -> None:
+        self.fleet = fleet
+        self.interval = interval
+        self.first: dict[tuple[str, str], float] = {}
+        self.started: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hdus-rel-clock", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            now = time.monotonic()
+            for i, agent in list(self.fleet.agents.items()):
+                for j in agent.members():
+                    self.first.setdefault((i, j), now)
+
+    def __enter__(self) -> _InstallClock:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def latencies(self) -> list[float]:
+        """Per pair: install time minus the moment both ends were up (when the exchange could start)."""
+        out = []
+        for (i, j), at in self.first.items():
+            if i in self.started and j in self.started:
+                out.append(max(0.0, at - max(self.started[i], self.started[j])))
+        return out
+
+
+def propagation_load(root: Path, broker: Broker, n: int, degree: int, *, timeout: float = 300.0,
+                     seed: int = 0) -> tuple[dict[str, Any], AgentFleet]:
+    """Start ``n`` agents with ``degree`` neighbours each on ``broker``; return figures and the running fleet."""
+    rss0 = _rss()
+    fleet = lab_fleet(root, broker.url, n, degree=degree, name=f"load{n}x{degree}", seed=seed)
+    ids = sorted(fleet.states)
+    began = time.monotonic()
+    with _InstallClock(fleet) as clock:
+        for device_id in ids:
+            start_agents(fleet, [device_id])
+            clock.started[device_id] = time.monotonic()
+        converged = wait_until(lambda: not missing_pairs(fleet), timeout, 0.05)
+        time.sleep(0.05)
+    lat = clock.latencies()
+    missing = missing_pairs(fleet)
+    figures = {
+        "devices": n, "neighbours": degree, "pairs": n * degree,
+        "propagation_p50_s": _pct(lat, 50), "propagation_p95_s": _pct(lat, 95), "propagation_p99_s": _pct(lat, 99),
+        "time_to_converge_s": time.monotonic() - began if converged else None,
+        "messages_dropped": len(missing) + _dropped_in_log(broker), "seeds_missing": len(missing),
+        "agents_rss_mb": (_rss() - rss0) / 2**20, "process_rss_mb": _rss() / 2**20,
+        "mosquitto_rss_mb": (broker.rss_bytes() or 0) / 2**20, "threads": threading.active_count(),
+    }
+    return figures, fleet
+
+
+def simultaneous_unlearns(fleet: AgentFleet, count: int = 10, *, predictors: int = 4, seed: int = 0,
+                          wait_s: float = 60.0) -> dict[str, Any]:
+    """``count`` admin orders published at once while ``predictors`` holders predict in a loop."""
+    rng = random.Random(seed)
+    ids = sorted(fleet.agents)
+    targets = rng.sample(ids, count)
+    watchers = [i for i in ids if i not in targets]
+    predicting = rng.sample(watchers, min(predictors, len(watchers)))
+    x = probe_batch(1)
+    stop = threading.Event()
+    errors: list[str] = []
+    before_ms: list[float] = []
+    during_ms: list[float] = []
+    phase = {"during": False}
+
+    def predict_loop(device_id: str) -> None:
+        agent = fleet.agents[device_id]
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                y = agent.predict(x)
+                if y.shape != (1, 10) or not np.isfinite(y).all():
+                    errors.append(f"{device_id}: bad output {y.shape}")
+            except Exception as exc:  # noqa: BLE001  # every failure is a figure
+                errors.append(f"{device_id}: {type(exc).__name__}: {exc}")
+            (during_ms if phase["during"] else before_ms).append(1e3 * (time.perf_counter() - t0))
+            time.sleep(0.001)
+
+    threads = [threading.Thread(target=predict_loop, args=(d,), daemon=True) for d in predicting]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    phase["during"] = True
+    key = fleet.admin.key()
+    watch = ResurrectionWatch()
+    began = time.monotonic()
+    with _Sampler(fleet, watch), ThreadPoolExecutor(max_workers=count) as pool:
+        outcomes = list(pool.map(lambda target: request_unlearn(
+            broker_url=fleet.broker_url, fleet=fleet.fleet.fleet.name, admin_key=key.public_key, signer=key,
+            issuer="admin", target=target, epoch=0, wait_s=wait_s, settle_s=0.3), targets))
+        all_receipts = time.monotonic() - began
+        for o in outcomes:
+            mark_forgotten(fleet, list(o.holders), o.order.target, o.order.request_id, watch)
+        time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join(timeout=5)
+    incomplete = sum(1 for o in outcomes if not o.complete)
+    latencies = [o.latency_s for o in outcomes if o.latency_s is not None]
+    return {
+        "orders": count, "incomplete_orders": incomplete, "missing_receipts": sum(len(o.missing) for o in outcomes),
+        "time_to_all_receipts_s": all_receipts, "order_latency_max_s": max(latencies) if latencies else None,
+        "inference_errors": len(errors), "inference_error_examples": errors[:3],
+        "inference_p95_ms_before": _pct(before_ms, 95), "inference_p95_ms_during": _pct(during_ms, 95),
+        "inferences_during": len(during_ms), "forgotten_came_back": len(watch.violations),
+    }
+
+
+def soak(root: Path, duration_s: float, *, n: int = 12, seed: int = 0,
+         progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run a fleet for ``duration_s`` with faults every few seconds (see module docstring)."""
+    rng = random.Random(seed)
+    models = lab_models(n)
+    pool = [m.seed_onnx for m in models.values()]
+    with Broker("mosquitto-persistent", root / "broker") as broker, TcpProxy("127.0.0.1", broker.port) as proxy:
+        fleet = lab_fleet(root / "fleet", proxy.url, n, degree=min(4, n - 1), name="soak", seed=seed)
+        ids = sorted(fleet.states)
+        watch = ResurrectionWatch()
+        samples: list[tuple[float, int, int, int]] = []  # (t, rss, fds, threads)
+        events = {"link_cuts": 0, "broker_restarts": 0, "unlearns": 0, "seed_versions": 0}
+        forgotten: list[tuple[str, str, list[str]]] = []
+        versions = {i: 1 for i in ids}
+        me = psutil.Process(os.getpid())
+        try:
+            start_agents(fleet, ids)
+            fleet.wait_converged(120)
+            began = time.monotonic()
+            next_sample = began
+            with _Sampler(fleet, watch, interval=0.02), Puppet(broker.url, fleet.admin, fleet.states) as puppet:
+                while time.monotonic() - began < duration_s:
+                    now = time.monotonic()
+                    if now >= next_sample:
+                        samples.append((now - began, int(me.memory_info().rss), me.num_fds(), threading.active_count()))
+                        next_sample = now + 2.0
+                    roll = rng.random()
+                    alive = sorted(fleet.agents)
+                    if roll < 0.45:
+                        proxy.cut_one(rng)
+                        events["link_cuts"] += 1
+                    elif roll < 0.75:
+                        device = rng.choice(alive)
+                        versions[device] += 1
+                        fleet.agents[device].publish_seed(pool[versions[device] % len(pool)], versions[device])
+                        events["seed_versions"] += 1
+                    elif roll < 0.85 and len(alive) > max(4, n - n // 3):
+                        target = rng.choice(alive)
+                        holders = [i for i in alive if target in fleet.agents[i].neighbors and i != target]
+                        rid = f"soak{events['unlearns']:04d}" + "a" * 16
+                        puppet.publish(puppet.topics.unlearn(target), puppet.order(target, request_id=rid), retain=True)
+                        forgotten.append((target, rid, holders))
+                        events["unlearns"] += 1
+                        fleet.agents.pop(target).stop()
+                        fleet.graph = {i: frozenset(nb - {target}) for i, nb in fleet.graph.items() if i != target}
+                    elif roll < 0.90:
+                        broker.stop()  # a clean restart (maintenance); crashes are their own case
+                        time.sleep(0.2)
+                        broker.start()
+                        events["broker_restarts"] += 1
+                    for target, rid, holders in forgotten:
+                        mark_forgotten(fleet, [h for h in holders if h in fleet.agents], target, rid, watch)
+                    if progress and rng.random() < 0.05:
+                        progress(f"soak {time.monotonic() - began:.0f}/{duration_s:.0f} s")
+                    time.sleep(rng.uniform(0.5, 1.5))
+                settled = wait_until(lambda: not missing_pairs(fleet), 60, 0.1)
+                not_forgotten = 0
+                for target, rid, holders in forgotten:
+                    live = [h for h in holders if h in fleet.agents]
+                    wait_until(lambda: mark_forgotten(fleet, live, target, rid, watch) == len(live), 30, 0.05)
+                    not_forgotten += len(live) - mark_forgotten(fleet, live, target, rid, watch)
+            violations = sum(len(store_violations(fleet.states[i].store_dir)) for i in fleet.agents)
+        finally:
+            fleet.stop()
+    t = np.array([s[0] for s in samples], float)
+    rss = np.array([s[1] for s in samples], float)
+    tail = t >= t.max() / 3 if len(t) else t  # skip warm-up
+    growth = float(np.polyfit(t[tail], rss[tail], 1)[0] * 3600 / 2**20) if tail.sum() >= 3 else None
+    fds = [s[2] for s in samples]
+    threads = [s[3] for s in samples]
+    return {
+        "duration_s": duration_s, "devices": n, **events,
+        "memory_growth_mb_per_hour": growth, "rss_mb_start": rss[0] / 2**20 if len(rss) else None,
+        "rss_mb_end": rss[-1] / 2**20 if len(rss) else None,
+        "open_fds_min": min(fds) if fds else None, "open_fds_max": max(fds) if fds else None,
+        "open_fds_end_minus_start": fds[-1] - fds[0] if fds else None,
+        "threads_min": min(threads) if threads else None, "threads_max": max(threads) if threads else None,
+        "threads_end_minus_start": threads[-1] - threads[0] if threads else None,
+        "converged_at_end": settled, "seeds_missing_at_end": 0 if settled else None,
+        "forgotten_came_back": len(watch.violations), "not_forgotten_at_end": not_forgotten,
+        "store_violations": violations,
+        "invariant_violations": len(watch.violations) + not_forgotten + violations + (0 if settled else 1),
+    }

@@ -1,0 +1,181 @@
+"""``run_reliability``: every long case of the reliability suite, one dict of figures.
+
+Two profiles. ``quick`` (``hdus-edge bench reliability --quick``, under 15 minutes on a small
+machine) runs every case at reduced size: 300 ONNX mutations, 200 SIGKILLs, 50 and 100 devices,
+a 2.5-minute soak. The full profile runs 1,000 mutations, 300 SIGKILLs and a 10-minute soak.
+Every loss, violation, crash and false accept is a named count; ``totals`` adds them up (all must
+be 0) and ``failed_checks`` lists which are not.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hdus_edge.reliability.brokers import BROKER_KINDS, Broker
+from hdus_edge.reliability.cases_crash import sigkill_campaign
+from hdus_edge.reliability.cases_faults import (
+    broker_crash_during_seeds,
+    broker_crash_during_unlearn,
+    duplicates_and_reordering,
+    link_cut_during_flows,
+    offline_past_queue_limit,
+)
+from hdus_edge.reliability.cases_hostile import authority_matrix, envelope_campaign, onnx_campaign
+from hdus_edge.reliability.cases_load import propagation_load, simultaneous_unlearns, soak
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes of one run (defaults: the full profile)."""
+
+    name: str = "full"
+    mutations: int = 1000
+    envelope_flips_per_region: int = 16
+    kills: int = 300
+    load_sizes: tuple[int, ...] = (50, 100)
+    load_degrees: tuple[int, ...] = (4, 8)
+    simultaneous_unlearns: int = 10
+    soak_s: float = 600.0
+    seed: int = 0
+
+
+QUICK = Profile(name="quick", mutations=300, envelope_flips_per_region=8, kills=200, soak_s=150.0)
+FULL = Profile()
+
+# Every figure whose value must be 0, by (section, key). ``totals`` sums them per kind.
+_MUST_BE_ZERO = {
+    "false_accepts": [("hostile_onnx", "false_accepts"), ("envelopes", "false_accepts")],
+    "parent_crashes": [("hostile_onnx", "parent_crashes")],
+    "unhandled": [("hostile_onnx", "unhandled_no_reject_logged")],
+    "violations": [("authority", "violations"), ("duplicates", "invariant_violations"),
+                   ("sigkill", "invariant_violations"), ("sigkill", "orphan_temp_files"),
+                   ("soak", "invariant_violations")],
+    "losses": [("broker_crash_seeds", "losses"), ("broker_crash_unlearn", "losses"), ("link_cut", "losses"),
+               ("offline_past_queue", "losses"), ("sigkill", "missing_receipts_at_end"),
+               ("sigkill", "forgotten_seeds_still_held_at_end")],
+    "forgotten_came_back": [("broker_crash_unlearn", "forgotten_came_back"), ("link_cut", "forgotten_came_back"),
+                            ("unlearn_load", "forgotten_came_back")],
+    "messages_dropped": [("load", "messages_dropped")],
+    "inference_errors": [("unlearn_load", "inference_errors")],
+}
+
+
+def _rows(section: Any) -> list[dict[str, Any]]:
+    return section if isinstance(section, list) else [section]
+
+
+def run_reliability(profile: Profile = QUICK, progress: Progress | None = None,
+                    workdir: Path | None = None) -> dict[str, Any]:
+    """Run every case of ``profile``; return ``{"profile", "seconds", sections..., "totals", "failed_checks"}``."""
+    say = progress or (lambda _: None)
+    began = time.monotonic()
+    result: dict[str, Any] = {"profile": profile.name}
+    timings: dict[str, float] = {}
+
+    def timed(name: str, fn: Callable[[], Any]) -> None:
+        say(name)
+        t0 = time.monotonic()
+        try:
+            result[name] = fn()
+        except Exception as exc:  # noqa: BLE001  # one broken case must not hide the others' figures
+            logger.exception("case %s failed", name)
+            result[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        timings[name] = time.monotonic() - t0
+
+    with tempfile.TemporaryDirectory(prefix="hdus-reliability-") as tmp:
+        root = Path(workdir or tmp)
+        seed = profile.seed
+
+        def on_mosquitto(sub: str, fn: Callable[[Broker], Any], kind: str = "mosquitto-memory", **options: object) -> Any:
+            with Broker(kind, root / sub / "broker", **options) as broker:
+                return fn(broker)
+
+        timed("hostile_onnx", lambda: on_mosquitto("onnx", lambda b: onnx_campaign(
+            root / "onnx", b.url, mutation_count=profile.mutations, seed=seed, progress=say)))
+        timed("envelopes", lambda: on_mosquitto("env", lambda b: envelope_campaign(
+            root / "env", b.url, flips_per_region=profile.envelope_flips_per_region, seed=seed)))
+        timed("authority", lambda: _both_brokers(root / "auth", lambda url, sub: authority_matrix(sub, url)))
+        timed("broker_crash_seeds", lambda: [broker_crash_during_seeds(root / "bseeds" / k, k, seed=seed, timeout=10)
+                                             for k in BROKER_KINDS])
+        timed("broker_crash_unlearn", lambda: [broker_crash_during_unlearn(root / "bunl" / k, k, seed=seed, timeout=20)
+                                               for k in BROKER_KINDS])
+        timed("link_cut", lambda: _both_brokers(root / "cut", lambda url, sub: link_cut_during_flows(
+            sub, url, cuts=5, seed=seed)))
+        timed("offline_past_queue", lambda: [
+            on_mosquitto("away-m", lambda b: offline_past_queue_limit(root / "away-m", b.url, flood=40),
+                         max_queued_messages=10),
+            _amqtt(lambda url: offline_past_queue_limit(root / "away-a", url, flood=40))])
+        timed("duplicates", lambda: _merge(_both_brokers(root / "dups", lambda url, sub: duplicates_and_reordering(sub, url))))
+        timed("sigkill", lambda: on_mosquitto("kill", lambda b: sigkill_campaign(
+            root / "kill", b.url, kills=profile.kills, seed=seed, progress=say).summary()))
+        load_rows: list[dict[str, Any]] = []
+        unlearn_rows: list[dict[str, Any]] = []
+
+        def load_case() -> list[dict[str, Any]]:
+            for n in profile.load_sizes:
+                for d in profile.load_degrees:
+                    say(f"load {n} devices x {d} neighbours")
+                    with Broker("mosquitto-memory", root / f"load{n}x{d}" / "broker") as broker:
+                        figures, fleet = propagation_load(root / f"load{n}x{d}", broker, n, d, seed=seed)
+                        try:
+                            if d == max(profile.load_degrees):
+                                say(f"{profile.simultaneous_unlearns} simultaneous unlearns, {n} devices")
+                                u = simultaneous_unlearns(fleet, profile.simultaneous_unlearns, seed=seed)
+                                unlearn_rows.append({"devices": n, "neighbours": d, **u})
+                        finally:
+                            fleet.stop()
+                        figures["mosquitto_rss_mb_end"] = (broker.rss_bytes() or 0) / 2**20
+                    load_rows.append(figures)
+            return load_rows
+
+        timed("load", load_case)
+        result["unlearn_load"] = unlearn_rows
+        timed("soak", lambda: soak(root / "soak", profile.soak_s, seed=seed, progress=say))
+    result["seconds"] = time.monotonic() - began
+    result["case_seconds"] = timings
+    totals: dict[str, int] = {}
+    failed: list[str] = []
+    for kind, places in _MUST_BE_ZERO.items():
+        total = 0
+        for section, key in places:
+            for row in _rows(result.get(section, {})):
+                if "error" in row:
+                    failed.append(f"{section}: {row['error']}")
+                    continue
+                value = row.get(key) or 0
+                total += int(value)
+                if value:
+                    failed.append(f"{section}.{key} = {value}" + (f" ({row['broker']})" if "broker" in row else ""))
+        totals[kind] = total
+    result["totals"] = totals
+    result["failed_checks"] = sorted(set(failed))
+    return result
+
+
+def _amqtt(fn: Callable[[str], Any]) -> Any:
+    from hdus_edge.transport.broker import EmbeddedBroker
+
+    with EmbeddedBroker() as broker:
+        return fn(broker.url)
+
+
+def _both_brokers(root: Path, fn: Callable[[str, Path], dict[str, Any]]) -> list[dict[str, Any]]:
+    """``fn(url, workdir)`` on a fresh amqtt broker and a fresh Mosquitto; rows tagged with the broker."""
+    rows = [{"broker": "amqtt", **_amqtt(lambda url: fn(url, root / "amqtt"))}]
+    with Broker("mosquitto-memory", root / "mosquitto" / "broker") as broker:
+        rows.append({"broker": "mosquitto", **fn(broker.url, root / "mosquitto")})
+    return rows
+
+
+def _merge(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return rows
