@@ -1,5 +1,5 @@
-"""Bugs the reliability suite found in code outside its area. Each test FAILS until the bug is fixed
-(they are kept apart so the lead can see them at a glance; fixes proposed in each docstring).
+"""Bugs the reliability suite found in code outside its area, fixed in 631cd6d; these tests keep them
+fixed (each failed before the fix; the fix is described in each docstring).
 
 1. Non-UTF-8 string fields in an ONNX model make the safe-loading checks raise ``TypeError`` (not a
    rejection): the agent logs an "unexpected error", audits nothing, counts nothing.

@@ -33,7 +33,7 @@ def test_publisher_behind_a_cut_proxy_loses_nothing(broker_url, message_collecto
     sub = MqttTransport(broker_url, "rel-sub", handler=collector)
     sub.subscribe([TOPIC])
     sub.connect()
-    proxy = TcpProxy.to_url(broker_url).start()
+    proxy = TcpProxy.in_front_of(broker_url).start()
     pub = MqttTransport(proxy.url, "rel-pub", outbox_dir=tmp_path / "outbox", reconnect_min_delay=0.1, reconnect_max_delay=0.5)
     pub.connect()
     try:
@@ -42,6 +42,7 @@ def test_publisher_behind_a_cut_proxy_loses_nothing(broker_url, message_collecto
         for k in range(n):
             pub.publish(TOPIC, str(k).encode(), wait=False)
             if k in (50, 150, 250):
+                assert pub.wait_connected(10)  # back from the previous cut (messages kept flowing)
                 assert proxy.cut() >= 1
         # Assert: every message arrives; duplicates are allowed (at-least-once), losses are not.
         assert pub.flush(timeout=30)
@@ -58,7 +59,7 @@ def test_publisher_behind_a_cut_proxy_loses_nothing(broker_url, message_collecto
 def test_subscriber_behind_a_downed_proxy_gets_what_was_queued(broker_url, message_collector):
     # Prepare: the subscriber (persistent session) behind the proxy.
     collector = message_collector()
-    proxy = TcpProxy.to_url(broker_url).start()
+    proxy = TcpProxy.in_front_of(broker_url).start()
     sub = MqttTransport(proxy.url, "rel-sub2", handler=collector, reconnect_min_delay=0.1, reconnect_max_delay=0.5)
     sub.subscribe([TOPIC])
     sub.connect()
@@ -90,7 +91,7 @@ def test_stalled_link_is_noticed_by_keepalive_and_recovers(embedded_broker, mess
     sub = MqttTransport(embedded_broker, "rel-sub3", handler=collector)
     sub.subscribe([TOPIC])
     sub.connect()
-    proxy = TcpProxy.to_url(embedded_broker).start()
+    proxy = TcpProxy.in_front_of(embedded_broker).start()
     pub = MqttTransport(proxy.url, "rel-pub3", keepalive=1, reconnect_min_delay=0.1, reconnect_max_delay=0.5)
     pub.connect()
     try:
@@ -115,7 +116,7 @@ def test_cut_one_picks_deterministically_and_counts():
     from hdus_edge.transport.broker import EmbeddedBroker
 
     with EmbeddedBroker() as broker:
-        proxy = TcpProxy.to_url(broker.url).start()
+        proxy = TcpProxy.in_front_of(broker.url).start()
         clients = [MqttTransport(proxy.url, f"rel-c{k}", reconnect_min_delay=0.1) for k in range(3)]
         try:
             for c in clients:

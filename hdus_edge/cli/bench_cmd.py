@@ -127,3 +127,49 @@ def unlearn(
     console.print(table)
     console.print(f"Retraining one device (resnet-8 main + seed, digits) measured {result['retrain_one_device_s']:.1f} s; "
                   "the fleet estimate multiplies it by the remaining devices.")
+
+
+@bench_app.command("reliability")
+def reliability(
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="Every case at reduced size (under 15 minutes).")] = False,
+    seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 0,
+    only: Annotated[str, typer.Option(help="Comma-separated cases to run (default: all), e.g. 'sigkill,soak'.")] = "",
+) -> None:
+    """Faults, hostile input and load: one table of figures; every loss, violation, crash and false
+    accept is a named count that must be 0 (exit code 1 otherwise).
+
+    Example: hdus-edge bench reliability --quick --json > reliability.json
+    """
+    from dataclasses import replace
+
+    from hdus_edge.errors import ConfigError
+    from hdus_edge.reliability.runner import CASES, FULL, QUICK, run_reliability, table_rows
+
+    cases = tuple(c.strip() for c in only.split(",") if c.strip())
+    unknown = sorted(set(cases) - set(CASES))
+    if unknown:
+        raise ConfigError(f"--only names unknown cases {unknown}", hint=f"choose from {', '.join(CASES)}")
+    profile = replace(QUICK if quick else FULL, seed=seed, only=cases)
+    status = None if json_out else console.status("starting")
+    if status is not None:
+        status.start()
+    try:
+        result = run_reliability(profile, None if status is None else lambda what: status.update(f"running {what}"))
+    finally:
+        if status is not None:
+            status.stop()
+    if json_out:
+        print_json(result)
+    else:
+        table = Table(title=f"Reliability ({profile.name} profile, {result['seconds'] / 60:.1f} min)")
+        for col in ("case", "variant", "figures"):
+            table.add_column(col)
+        for case, variant, figures in table_rows(result):
+            table.add_row(case, variant, figures)
+        console.print(table)
+        console.print("Must-be-zero totals: " + ", ".join(f"{k} {v}" for k, v in result["totals"].items()))
+        for failed in result["failed_checks"]:
+            console.print(f"[red]not zero:[/red] {failed}")
+    if result["failed_checks"]:
+        raise typer.Exit(1)

@@ -162,7 +162,7 @@ def link_cut_during_flows(root: Path, broker_url: str, *, n: int = 4, cuts: int 
     ids = sorted(fleet.states)
     victim, target = ids[0], ids[-1]
     watch = ResurrectionWatch()
-    with TcpProxy.to_url(broker_url) as proxy:
+    with TcpProxy.in_front_of(broker_url) as proxy:
         try:
             start_agents(fleet, ids[1:])
             start_agents(fleet, [victim], broker_url=proxy.url)
@@ -215,8 +215,9 @@ def offline_past_queue_limit(root: Path, broker_url: str, *, flood: int = 40, cl
         rid = "away" + "d" * 28
         with Puppet(broker_url, fleet.admin, fleet.states) as puppet:
             topics = puppet.topics
-            for k in range(flood):  # fill (and overflow) the queue of the absent device's session
-                puppet.publish(f"{topics.root}/devices/flood{k:03d}/hello", b"junk-" + bytes([k % 256]))
+            neighbours = [i for i in ids if i != away]
+            for k in range(flood):  # fill (and overflow) the absent device's queue: only it reads its inbox
+                puppet.publish(topics.seed(away, neighbours[k % len(neighbours)]), b"junk-" + bytes([k % 256]))
             puppet.publish(topics.unlearn(target), puppet.order(target, request_id=rid), retain=True)
             others = [i for i in ids if i not in (away, target)]
             applied = wait_until(lambda: all(fleet.agents[i].store.is_request_seen(rid) for i in others), timeout)

@@ -93,7 +93,8 @@ def onnx_campaign(root: Path, broker_url: str, *, mutation_count: int = 1000, se
             return pid
 
         pid = spawn()
-        wait_until(lambda: (state.store_dir / "index.json").exists() and b"dev-001" in (state.store_dir / "index.json").read_bytes(), 30)
+        index = state.store_dir / "index.json"
+        wait_until(lambda: index.exists() and a.encode() in index.read_bytes(), 30)  # a's seed v1 installed
         tail = _AuditTail(state.store_dir)
         version = 1
         try:

@@ -81,7 +81,7 @@ class TcpProxy:
         self._stopped = threading.Event()
 
     @classmethod
-    def to_url(cls, broker_url: str) -> TcpProxy:
+    def in_front_of(cls, broker_url: str) -> TcpProxy:
         """A proxy in front of the broker at ``mqtt://host:port``."""
         from hdus_edge.transport.url import parse_broker_url
 

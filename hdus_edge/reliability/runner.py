@@ -1,8 +1,9 @@
 """``run_reliability``: every long case of the reliability suite, one dict of figures.
 
-Two profiles. ``quick`` (``hdus-edge bench reliability --quick``, under 15 minutes on a small
-machine) runs every case at reduced size: 300 ONNX mutations, 200 SIGKILLs, 50 and 100 devices,
-a 2.5-minute soak. The full profile runs 1,000 mutations, 300 SIGKILLs and a 10-minute soak.
+Two profiles. ``quick`` (``hdus-edge bench reliability --quick``, under 15 minutes on a 2-core
+machine) runs every case at reduced size: 300 ONNX mutations, 200 SIGKILLs, load at 50x4, 50x8
+and 100x8, a 2-minute soak. The full profile runs 1,000 mutations, 300 SIGKILLs, load at 50 and
+100 devices x 4 and 8 neighbours, and a 10-minute soak.
 Every loss, violation, crash and false accept is a named count; ``totals`` adds them up (all must
 be 0) and ``failed_checks`` lists which are not.
 """
@@ -27,7 +28,7 @@ from hdus_edge.reliability.cases_faults import (
     offline_past_queue_limit,
 )
 from hdus_edge.reliability.cases_hostile import authority_matrix, envelope_campaign, onnx_campaign
-from hdus_edge.reliability.cases_load import propagation_load, simultaneous_unlearns, soak
+from hdus_edge.reliability.cases_load import propagation_load, simultaneous_unlearns, soak, stop_fleet
 
 logger = logging.getLogger(__name__)
 
@@ -42,14 +43,18 @@ class Profile:
     mutations: int = 1000
     envelope_flips_per_region: int = 16
     kills: int = 300
-    load_sizes: tuple[int, ...] = (50, 100)
-    load_degrees: tuple[int, ...] = (4, 8)
+    load: tuple[tuple[int, int], ...] = ((50, 4), (50, 8), (100, 4), (100, 8))  # (devices, neighbours)
+    unlearn_fleet: tuple[int, int] = (50, 8)  # the load fleet that then takes the simultaneous unlearns
     simultaneous_unlearns: int = 10
     soak_s: float = 600.0
     seed: int = 0
+    only: tuple[str, ...] = ()  # run just these cases (names of CASES); empty: all
 
 
-QUICK = Profile(name="quick", mutations=300, envelope_flips_per_region=8, kills=200, soak_s=150.0)
+CASES = ("hostile_onnx", "envelopes", "authority", "broker_crash_seeds", "broker_crash_unlearn", "link_cut",
+         "offline_past_queue", "duplicates", "sigkill", "load", "soak")
+QUICK = Profile(name="quick", mutations=300, envelope_flips_per_region=8, kills=200,
+                load=((50, 4), (50, 8), (100, 8)), soak_s=120.0)
 FULL = Profile()
 
 # Every figure whose value must be 0, by (section, key). ``totals`` sums them per kind.
@@ -60,7 +65,8 @@ _MUST_BE_ZERO = {
     "violations": [("authority", "violations"), ("duplicates", "invariant_violations"),
                    ("sigkill", "invariant_violations"), ("sigkill", "orphan_temp_files"),
                    ("soak", "invariant_violations")],
-    "losses": [("broker_crash_seeds", "losses"), ("broker_crash_unlearn", "losses"), ("link_cut", "losses"),
+    "losses": [("unlearn_load", "not_applied"), ("unlearn_load", "missing_receipts"),
+               ("broker_crash_seeds", "losses"), ("broker_crash_unlearn", "losses"), ("link_cut", "losses"),
                ("offline_past_queue", "losses"), ("sigkill", "missing_receipts_at_end"),
                ("sigkill", "forgotten_seeds_still_held_at_end")],
     "forgotten_came_back": [("broker_crash_unlearn", "forgotten_came_back"), ("link_cut", "forgotten_came_back"),
@@ -83,6 +89,8 @@ def run_reliability(profile: Profile = QUICK, progress: Progress | None = None,
     timings: dict[str, float] = {}
 
     def timed(name: str, fn: Callable[[], Any]) -> None:
+        if profile.only and name not in profile.only:
+            return
         say(name)
         t0 = time.monotonic()
         try:
@@ -115,34 +123,39 @@ def run_reliability(profile: Profile = QUICK, progress: Progress | None = None,
             on_mosquitto("away-m", lambda b: offline_past_queue_limit(root / "away-m", b.url, flood=40),
                          max_queued_messages=10),
             _amqtt(lambda url: offline_past_queue_limit(root / "away-a", url, flood=40))])
-        timed("duplicates", lambda: _merge(_both_brokers(root / "dups", lambda url, sub: duplicates_and_reordering(sub, url))))
+        timed("duplicates", lambda: _both_brokers(root / "dups", lambda url, sub: duplicates_and_reordering(sub, url)))
         timed("sigkill", lambda: on_mosquitto("kill", lambda b: sigkill_campaign(
             root / "kill", b.url, kills=profile.kills, seed=seed, progress=say).summary()))
         load_rows: list[dict[str, Any]] = []
         unlearn_rows: list[dict[str, Any]] = []
 
         def load_case() -> list[dict[str, Any]]:
-            for n in profile.load_sizes:
-                for d in profile.load_degrees:
-                    say(f"load {n} devices x {d} neighbours")
-                    with Broker("mosquitto-memory", root / f"load{n}x{d}" / "broker") as broker:
-                        figures, fleet = propagation_load(root / f"load{n}x{d}", broker, n, d, seed=seed)
-                        try:
-                            if d == max(profile.load_degrees):
-                                say(f"{profile.simultaneous_unlearns} simultaneous unlearns, {n} devices")
-                                u = simultaneous_unlearns(fleet, profile.simultaneous_unlearns, seed=seed)
-                                unlearn_rows.append({"devices": n, "neighbours": d, **u})
-                        finally:
-                            fleet.stop()
-                        figures["mosquitto_rss_mb_end"] = (broker.rss_bytes() or 0) / 2**20
-                    load_rows.append(figures)
+            for n, d in profile.load:
+                say(f"load {n} devices x {d} neighbours")
+                with Broker("mosquitto-memory", root / f"load{n}x{d}" / "broker") as broker:
+                    figures, fleet = propagation_load(root / f"load{n}x{d}", broker, n, d, seed=seed)
+                    try:
+                        if (n, d) == profile.unlearn_fleet:
+                            say(f"{profile.simultaneous_unlearns} simultaneous unlearns, {n} devices")
+                            u = simultaneous_unlearns(fleet, profile.simultaneous_unlearns, seed=seed)
+                            unlearn_rows.append({"devices": n, "neighbours": d, **u})
+                    finally:
+                        figures["stop_all_s"] = stop_fleet(fleet)
+                    figures["mosquitto_rss_mb_end"] = (broker.rss_bytes() or 0) / 2**20
+                load_rows.append(figures)
             return load_rows
 
         timed("load", load_case)
-        result["unlearn_load"] = unlearn_rows
+        if "load" in result:
+            result["unlearn_load"] = unlearn_rows
         timed("soak", lambda: soak(root / "soak", profile.soak_s, seed=seed, progress=say))
     result["seconds"] = time.monotonic() - began
     result["case_seconds"] = timings
+    return summarize(result)
+
+
+def summarize(result: dict[str, Any]) -> dict[str, Any]:
+    """Add ``totals`` (each kind of must-be-zero count, summed) and ``failed_checks`` to ``result``."""
     totals: dict[str, int] = {}
     failed: list[str] = []
     for kind, places in _MUST_BE_ZERO.items():
@@ -177,5 +190,62 @@ def _both_brokers(root: Path, fn: Callable[[str, Path], dict[str, Any]]) -> list
     return rows
 
 
-def _merge(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+
+# --- the table ---------------------------------------------------------------------------------------
+
+_TABLE: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("hostile_onnx", "hostile ONNX at an agent process (probe in a child)",
+     ("payloads", "rejected", "accepted_valid_mutations", "false_accepts", "unhandled_no_reject_logged",
+      "parent_crashes", "time_to_reject_p50_ms", "time_to_reject_p95_ms", "time_to_reject_max_ms")),
+    ("envelopes", "hostile envelopes (fields, types, sizes, bit flips)",
+     ("mutants", "rejected", "parked_unknown_sender", "false_accepts", "state_changed")),
+    ("authority", "authority matrix (signer x order)", ("cells", "violations", "uncertified_signer_parked")),
+    ("broker_crash_seeds", "broker crashed during the seed exchange",
+     ("time_to_recover_s", "duplicates_seen", "losses")),
+    ("broker_crash_unlearn", "broker crashed during an unlearn (half the holders away)",
+     ("time_to_recover_s", "order_to_all_forgotten_s", "duplicates_seen", "losses", "forgotten_came_back",
+      "receipts_not_collectable")),
+    ("link_cut", "links cut during QoS 1 flows (proxy)", ("cuts", "reconnects", "duplicates_seen", "losses",
+                                                         "forgotten_came_back")),
+    ("offline_past_queue", "away past the queue limit, order only in digests",
+     ("flooded_messages", "return_to_forgotten_s", "losses")),
+    ("duplicates", "duplicates and reordering", ("invariant_violations",)),
+    ("sigkill", "agent SIGKILLed while writing seeds and unlearning",
+     ("kills", "kills_before_ready", "kills_during_unlearn", "invariant_violations", "orphan_temp_files",
+      "missing_receipts_at_end", "forgotten_seeds_still_held_at_end", "restart_to_ready_p50_s",
+      "restart_to_ready_p95_s")),
+    ("load", "seed propagation under load (one Mosquitto)",
+     ("propagation_p50_s", "propagation_p95_s", "propagation_p99_s", "time_to_converge_s", "messages_dropped",
+      "agents_rss_mb", "mosquitto_rss_mb")),
+    ("unlearn_load", "simultaneous unlearns while predicting",
+     ("orders", "holders", "not_applied", "time_to_all_applied_s", "missing_receipts", "time_to_all_receipts_s",
+      "inference_errors",
+      "inference_p95_ms_before", "inference_p95_ms_during", "forgotten_came_back")),
+    ("soak", "soak (cuts, broker restarts, unlearns, new seeds)",
+     ("duration_s", "link_cuts", "broker_restarts", "unlearns", "seed_versions", "memory_growth_mb_per_hour",
+      "open_fds_end_minus_start", "threads_end_minus_start", "invariant_violations")),
+)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def table_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(case, variant, "figure=value, ...") rows of a ``run_reliability`` result, for the CLI table."""
+    rows = []
+    for section, title, keys in _TABLE:
+        for row in _rows(result.get(section, {})):
+            if "error" in row:
+                rows.append((title, "", f"error: {row['error']}"))
+                continue
+            variant = " ".join(_fmt(row[k]) + (" devices" if k == "devices" else " nbrs" if k == "neighbours" else "")
+                               for k in ("broker", "devices", "neighbours") if k in row)
+            rows.append((title, variant, ", ".join(f"{k}={_fmt(row.get(k))}" for k in keys if k in row)))
     return rows

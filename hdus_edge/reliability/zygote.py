@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import psutil
 
@@ -74,16 +75,17 @@ class AgentZygote:
     def __init__(self, log_file: Path) -> None:
         self.log_file = Path(log_file)
         self._proc: subprocess.Popen[str] | None = None
+        self._log: Any = None
 
-    def start(self, timeout: float = 60.0) -> AgentZygote:
-        """Start the zygote and wait until its imports are done."""
+    def start(self) -> AgentZygote:
+        """Start the zygote and wait until its imports are done (``RuntimeError`` if it dies first)."""
         env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+        self._log = open(self.log_file, "ab")  # noqa: SIM115  # closed in close()
         self._proc = subprocess.Popen([sys.executable, "-c", _ZYGOTE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      stderr=open(self.log_file, "ab"), text=True, env=env)
+                                      stderr=self._log, text=True, env=env)
         assert self._proc.stdout is not None
-        deadline = time.monotonic() + timeout
         line = self._proc.stdout.readline()
-        if not line or time.monotonic() > deadline or not json.loads(line).get("ready"):
+        if not line or not json.loads(line).get("ready"):
             raise RuntimeError(f"agent zygote did not start; see {self.log_file}")
         return self
 
@@ -136,6 +138,9 @@ class AgentZygote:
             self._proc.kill()
             self._proc.wait()
         self._proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def __enter__(self) -> AgentZygote:
         return self.start()

@@ -1,0 +1,72 @@
+"""The runner (``hdus-edge bench reliability``): named must-be-zero counts, the CLI's one JSON object,
+and the load and soak cases at toy size (their figures are measured by the runner, not asserted here
+beyond "no loss, no violation")."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from hdus_edge.reliability.brokers import Broker
+from hdus_edge.reliability.cases_load import propagation_load, simultaneous_unlearns, soak
+from hdus_edge.reliability.runner import CASES, summarize, table_rows
+
+
+def test_summarize_names_every_count_that_is_not_zero():
+    # Prepare: a result with one false accept, one loss on one broker and one failed case.
+    result = {
+        "envelopes": {"false_accepts": 1, "mutants": 10},
+        "link_cut": [{"broker": "amqtt", "losses": 0}, {"broker": "mosquitto", "losses": 2}],
+        "soak": {"error": "RuntimeError: boom"},
+    }
+    # Execute
+    out = summarize(result)
+    # Assert
+    assert out["totals"]["false_accepts"] == 1 and out["totals"]["losses"] == 2
+    assert out["failed_checks"] == ["envelopes.false_accepts = 1", "link_cut.losses = 2 (mosquitto)",
+                                    "soak: RuntimeError: boom"]
+    rows = table_rows(out)
+    assert ("links cut during QoS 1 flows (proxy)", "mosquitto", "losses=2") in rows
+
+
+def test_cli_runs_the_named_cases_and_prints_one_json_object():
+    done = subprocess.run(
+        [sys.executable, "-m", "hdus_edge", "bench", "reliability", "--quick", "--json", "--only", "duplicates"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert result["profile"] == "quick" and set(result) >= {"duplicates", "totals", "failed_checks", "seconds"}
+    assert [row["broker"] for row in result["duplicates"]] == ["amqtt", "mosquitto"]
+    assert result["failed_checks"] == [] and set(result["totals"].values()) == {0}
+    assert not set(CASES) - {"duplicates"} & set(result)
+
+
+def test_cli_refuses_an_unknown_case():
+    done = subprocess.run([sys.executable, "-m", "hdus_edge", "bench", "reliability", "--only", "nope"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "unknown cases ['nope']" in done.stderr + done.stdout
+
+
+def test_load_and_simultaneous_unlearns_at_toy_size(tmp_path):
+    with Broker("mosquitto-memory", tmp_path / "broker") as broker:
+        figures, fleet = propagation_load(tmp_path / "load", broker, 8, 3, timeout=60)
+        try:
+            assert figures["messages_dropped"] == 0 and figures["seeds_missing"] == 0
+            assert 0 <= figures["propagation_p50_s"] <= figures["propagation_p99_s"]
+            assert figures["mosquitto_rss_mb"] > 0
+            unlearn = simultaneous_unlearns(fleet, 2, predictors=2, wait_s=30)
+        finally:
+            fleet.stop()
+    assert unlearn["not_applied"] == 0 and unlearn["missing_receipts"] == 0, unlearn
+    assert unlearn["inference_errors"] == 0 and unlearn["forgotten_came_back"] == 0
+    assert unlearn["inferences_during"] > 0
+
+
+def test_soak_at_toy_size(tmp_path):
+    figures = soak(tmp_path, 6.0, n=6, seed=1)
+    assert figures["invariant_violations"] == 0, figures
+    assert figures["link_cuts"] + figures["seed_versions"] + figures["broker_restarts"] + figures["unlearns"] >= 3
+    assert figures["open_fds_min"] is not None and figures["threads_max"] is not None
