@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 from dataclasses import replace
 
 import pytest
@@ -143,4 +142,3 @@ def test_the_unmutated_bases_would_have_been_acted_on(tmp_path, embedded_broker)
         topic, order, _ = bases["order"]
         assert deliver(lab.puppet, lab.agent, topic, order) == "unlearned"
         assert lab.agent.members() == (lab.b,)
-        time.sleep(0.1)

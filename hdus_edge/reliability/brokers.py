@@ -7,12 +7,15 @@ stop (it keeps nothing in any case). ``start()`` brings it back on the same port
 
 from __future__ import annotations
 
+import gc
 import logging
+import time
 from pathlib import Path
 from types import TracebackType
 
 import psutil
 
+from hdus_edge.errors import TransportError
 from hdus_edge.transport.broker import EmbeddedBroker
 from hdus_edge.transport.mosquitto import MosquittoConfig, MosquittoProcess
 from hdus_edge.transport.ports import free_port
@@ -69,11 +72,25 @@ class Broker:
 
     def start(self) -> Broker:
         if self._amqtt is not None:
-            self._amqtt.start()
+            self._start_amqtt()
         else:
             assert self._mosquitto is not None
             self._mosquitto.start()
         return self
+
+    def _start_amqtt(self, attempts: int = 20) -> None:
+        # amqtt 0.12 sometimes does not finish shutting down while clients storm back in, and its
+        # listening socket lingers until collected: collect, wait, and bind again on the same port.
+        for attempt in range(attempts):
+            try:
+                self._amqtt = EmbeddedBroker(port=self.port)
+                self._amqtt.start()
+                return
+            except TransportError:
+                if attempt == attempts - 1:
+                    raise
+                gc.collect()
+                time.sleep(0.5)
 
     def crash(self) -> None:
         """Lose the broker the hard way (see module docstring)."""

@@ -115,10 +115,15 @@ def sigkill_campaign(
     ghosts: int = 8,
     seed: int = 0,
     kill_window_s: tuple[float, float] = (0.02, 1.0),
+    running_window_s: tuple[float, float] = (0.0, 0.5),
     churn_interval_s: tuple[float, float] = (0.1, 0.3),
     progress: Callable[[str], None] | None = None,
 ) -> CrashFigures:
-    """Kill the victim ``kills`` times (see module docstring); ``ghosts`` orders spread over the run."""
+    """Kill the victim ``kills`` times (see module docstring); ``ghosts`` orders spread over the run.
+
+    Half the kills land during start-up (``kill_window_s`` after the fork, or at ready), half while
+    it runs (``running_window_s`` after ready); the kills of an unlearn land within 30 ms of the order.
+    """
     rng = random.Random(seed)
     figures = CrashFigures()
     began = time.monotonic()
@@ -184,12 +189,15 @@ def sigkill_campaign(
                     figures.unlearn_orders += 1
                     figures.kills_during_unlearn += 1
                     time.sleep(rng.uniform(0.0, 0.03))
-                else:
+                elif rng.random() < 0.5:
+                    # During start-up: store recovery, the retained seeds' installs, the hello.
                     deadline = time.monotonic() + rng.uniform(*kill_window_s)
                     while time.monotonic() < deadline and not ready.exists():
                         time.sleep(0.002)
-                    if ready.exists():
-                        time.sleep(max(0.0, deadline - time.monotonic()))
+                else:
+                    # Running: installing the new versions the neighbours keep publishing.
+                    wait_until(ready.exists, 30, 0.002)
+                    time.sleep(rng.uniform(*running_window_s))
                 if ready.exists():
                     figures.restart_to_ready_s.append(ready.stat().st_mtime - spawned_at)
                     orphans = orphan_temp_files(state.root, older_than=spawned_at - 0.001)

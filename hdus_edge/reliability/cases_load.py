@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import psutil
 
-from hdus_edge.agent import AgentSettings
+from hdus_edge.agent import AgentSettings, DeviceAgent
 from hdus_edge.reliability.brokers import Broker
 from hdus_edge.reliability.cases_faults import _Sampler, mark_forgotten, missing_pairs
 from hdus_edge.reliability.harness import Puppet, lab_fleet, lab_models, probe_batch, start_agents, wait_until
@@ -77,13 +77,19 @@ class _InstallClock:
         self.interval = interval
         self.first: dict[tuple[str, str], float] = {}
         self.started: dict[str, float] = {}
+        self._agents: dict[str, DeviceAgent] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hdus-rel-clock", daemon=True)
+
+    def watch(self, device_id: str, agent: DeviceAgent) -> None:
+        """Sample ``agent`` from now on; its start time is now."""
+        self.started[device_id] = time.monotonic()
+        self._agents[device_id] = agent
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             now = time.monotonic()
-            for i, agent in list(self.fleet.agents.items()):
+            for i, agent in list(self._agents.items()):
                 for j in agent.members():
                     self.first.setdefault((i, j), now)
 
@@ -96,7 +102,7 @@ class _InstallClock:
         self._thread.join(timeout=5)
 
     def latencies(self) -> list[float]:
-        """Per pair: install time minus the moment both ends were up (when the exchange could start)."""
+        """Per pair: install time minus the later of the two devices' start (when the exchange could begin)."""
         out = []
         for (i, j), at in self.first.items():
             if i in self.started and j in self.started:
@@ -114,8 +120,10 @@ def propagation_load(root: Path, broker: Broker, n: int, degree: int, *, timeout
     with _InstallClock(fleet) as clock:
 
         def start_one(device_id: str) -> None:
-            start_agents(fleet, [device_id])
-            clock.started[device_id] = time.monotonic()
+            agent = DeviceAgent.from_state_dir(fleet.states[device_id], broker_url=fleet.broker_url,
+                                               settings=fleet.settings)
+            clock.watch(device_id, agent)  # sampled from the start, not once start() returned
+            fleet.agents[device_id] = agent.start()
 
         # Eight at a time: devices of a real fleet boot together (Mosquitto takes concurrent subscribes).
         with ThreadPoolExecutor(max_workers=8) as pool:
@@ -129,7 +137,8 @@ def propagation_load(root: Path, broker: Broker, n: int, degree: int, *, timeout
         "propagation_p50_s": _pct(lat, 50), "propagation_p95_s": _pct(lat, 95), "propagation_p99_s": _pct(lat, 99),
         "time_to_converge_s": time.monotonic() - began if converged else None,
         "messages_dropped": len(missing) + _dropped_in_log(broker), "seeds_missing": len(missing),
-        "agents_rss_mb": (_rss() - rss0) / 2**20, "process_rss_mb": _rss() / 2**20,
+        # RSS growth is this fleet's cost only in a fresh process: earlier fleets' freed memory is reused.
+        "rss_growth_mb": (_rss() - rss0) / 2**20, "process_rss_mb": _rss() / 2**20,
         "mosquitto_rss_mb": (broker.rss_bytes() or 0) / 2**20, "threads": threading.active_count(),
     }
     return figures, fleet

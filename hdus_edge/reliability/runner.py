@@ -216,14 +216,14 @@ _TABLE: tuple[tuple[str, str, tuple[str, ...]], ...] = (
       "restart_to_ready_p95_s")),
     ("load", "seed propagation under load (one Mosquitto)",
      ("propagation_p50_s", "propagation_p95_s", "propagation_p99_s", "time_to_converge_s", "messages_dropped",
-      "agents_rss_mb", "mosquitto_rss_mb")),
+      "process_rss_mb", "rss_growth_mb", "mosquitto_rss_mb")),
     ("unlearn_load", "simultaneous unlearns while predicting",
      ("orders", "holders", "not_applied", "time_to_all_applied_s", "missing_receipts", "time_to_all_receipts_s",
       "inference_errors",
       "inference_p95_ms_before", "inference_p95_ms_during", "forgotten_came_back")),
     ("soak", "soak (cuts, broker restarts, unlearns, new seeds)",
      ("duration_s", "link_cuts", "broker_restarts", "unlearns", "seed_versions", "memory_growth_mb_per_hour",
-      "open_fds_end_minus_start", "threads_end_minus_start", "invariant_violations")),
+      "rss_mb_start", "rss_mb_end", "open_fds_end_minus_start", "threads_end_minus_start", "invariant_violations")),
 )
 
 
