@@ -1,21 +1,21 @@
 """One handle over the brokers the fault cases crash: Mosquitto with persistence on or off, and amqtt.
 
 ``crash()`` is what a power cut does to each: SIGKILL for Mosquitto (it keeps only what its last
-autosave wrote; the persistent kind autosaves every second), and for the embedded amqtt broker a
-stop (it keeps nothing in any case). ``start()`` brings it back on the same port.
+autosave wrote; the persistent kind autosaves every second); for the embedded amqtt broker (which
+keeps nothing in any case) every link drops at once and the next ``start()`` is a fresh broker.
+``start()`` brings it back on the same port.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
-import time
+import threading
 from pathlib import Path
 from types import TracebackType
 
 import psutil
 
-from hdus_edge.errors import TransportError
+from hdus_edge.reliability.proxy import TcpProxy
 from hdus_edge.transport.broker import EmbeddedBroker
 from hdus_edge.transport.mosquitto import MosquittoConfig, MosquittoProcess
 from hdus_edge.transport.ports import free_port
@@ -36,16 +36,19 @@ class Broker:
         self.workdir = Path(workdir)
         self.crashes = 0
         self._amqtt: EmbeddedBroker | None = None
+        self._front: TcpProxy | None = None
         self._mosquitto: MosquittoProcess | None = None
-        port = free_port()
         if kind == "amqtt":
-            self._amqtt = EmbeddedBroker(port=port)
+            # amqtt 0.12 may not finish shutting down while clients storm back, and keeps its port
+            # bound: clients talk to a stable proxy port, and each start is a fresh broker behind it.
+            self._front = TcpProxy("127.0.0.1", 0)  # the upstream is set by each start()
+            self.port = self._front.port
         else:
             persistent = kind == "mosquitto-persistent"
-            config = MosquittoConfig(port=port, persistence=persistent, autosave_interval=1 if persistent else 1800,
-                                     **mosquitto)  # type: ignore[arg-type]
+            self.port = free_port()
+            config = MosquittoConfig(port=self.port, persistence=persistent,
+                                     autosave_interval=1 if persistent else 1800, **mosquitto)  # type: ignore[arg-type]
             self._mosquitto = MosquittoProcess(self.workdir, config)
-        self.port = port
 
     @property
     def url(self) -> str:
@@ -71,44 +74,47 @@ class Broker:
         return self._mosquitto.log_text() if self._mosquitto is not None else ""
 
     def start(self) -> Broker:
-        if self._amqtt is not None:
-            self._start_amqtt()
+        if self._front is not None:
+            self._amqtt = EmbeddedBroker().start()
+            self._front.upstream = ("127.0.0.1", self._amqtt.port)
+            if self._front.listening:
+                self._front.restore()
+            else:
+                self._front.start()
         else:
             assert self._mosquitto is not None
             self._mosquitto.start()
         return self
 
-    def _start_amqtt(self, attempts: int = 20) -> None:
-        # amqtt 0.12 sometimes does not finish shutting down while clients storm back in, and its
-        # listening socket lingers until collected: collect, wait, and bind again on the same port.
-        for attempt in range(attempts):
-            try:
-                self._amqtt = EmbeddedBroker(port=self.port)
-                self._amqtt.start()
-                return
-            except TransportError:
-                if attempt == attempts - 1:
-                    raise
-                gc.collect()
-                time.sleep(0.5)
-
     def crash(self) -> None:
         """Lose the broker the hard way (see module docstring)."""
         self.crashes += 1
-        if self._amqtt is not None:
-            self._amqtt.stop()
+        if self._front is not None:
+            self._front.down()  # every client's link drops now, as when the process dies
+            old, self._amqtt = self._amqtt, None
+            if old is not None:  # its shutdown may take seconds; nobody waits for it
+                threading.Thread(target=old.stop, kwargs={"timeout": 5.0}, daemon=True).start()
         else:
             assert self._mosquitto is not None
             self._mosquitto.kill()
 
     def stop(self) -> None:
-        if self._amqtt is not None:
-            self._amqtt.stop()
+        if self._front is not None:
+            if self._amqtt is not None:
+                self._front.down()
+                self._amqtt.stop()
+                self._amqtt = None
         elif self._mosquitto is not None:
             self._mosquitto.stop()
+
+    def close(self) -> None:
+        """Stop the broker and release everything (the amqtt front proxy too)."""
+        self.stop()
+        if self._front is not None:
+            self._front.stop()
 
     def __enter__(self) -> Broker:
         return self.start()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.stop()
+        self.close()

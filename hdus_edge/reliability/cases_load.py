@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import random
@@ -267,6 +268,7 @@ def soak(root: Path, duration_s: float, *, n: int = 12, seed: int = 0,
         try:
             start_agents(fleet, ids)
             fleet.wait_converged(120)
+            gc.collect()  # a clean baseline: what earlier work left for the collector is not the soak's
             began = time.monotonic()
             next_sample = began
             with _Sampler(fleet, watch, interval=0.02), Puppet(broker.url, fleet.admin, fleet.states) as puppet:

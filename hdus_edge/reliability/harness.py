@@ -275,16 +275,19 @@ class SingleAgentLab:
     def __enter__(self) -> SingleAgentLab:
         p = self.puppet.__enter__()
         try:
-            topics = p.topics
-            for d in (self.a, self.b, self.c):
-                p.publish(topics.hello(d), p.hello(d), retain=True)
-            for d in (self.a, self.b):
-                p.publish(topics.membership(d), p.membership(d, [self.r]), retain=True)
-                p.publish(topics.seed(self.r, d), p.seed(d, self.r, 1, self.seeds[d]), retain=True)
+            self._announce_neighbours()
             self.agent = start_agents(self.fleet, [self.r])[self.r]
-            # Members change before the store commit and the counter: wait for both seeds' counts.
-            if not self.agent.wait_for(lambda ag: ag.members() == (self.a, self.b) and ag.counters.accepted >= 2, 30):
-                raise TimeoutError(f"{self.r} did not install its neighbours' seeds: {self.agent.members()}")
+
+            def ready(ag: DeviceAgent) -> bool:
+                # Members change before the store commit and the counter: wait for both seeds' counts.
+                return ag.members() == (self.a, self.b) and ag.counters.accepted >= 2
+
+            # amqtt 0.12 can drop a retained delivery when clients come and go at the same moment
+            # ("dictionary changed size during iteration"): announce once more, live, if needed.
+            if not self.agent.wait_for(ready, 10):
+                self._announce_neighbours()
+                if not self.agent.wait_for(ready, 20):
+                    raise TimeoutError(f"{self.r} did not install its neighbours' seeds: {self.agent.members()}")
             settle(self.agent)
         except BaseException:
             self.__exit__()
@@ -294,6 +297,14 @@ class SingleAgentLab:
     def __exit__(self, *exc: object) -> None:
         self.fleet.stop()
         self.puppet.__exit__()
+
+    def _announce_neighbours(self) -> None:
+        p, topics = self.puppet, self.puppet.topics
+        for d in (self.a, self.b, self.c):
+            p.publish(topics.hello(d), p.hello(d), retain=True)
+        for d in (self.a, self.b):
+            p.publish(topics.membership(d), p.membership(d, [self.r]), retain=True)
+            p.publish(topics.seed(self.r, d), p.seed(d, self.r, 1, self.seeds[d]), retain=True)
 
     def next_version(self, owner: str) -> int:
         """A seed version of ``owner`` above every one used so far."""

@@ -94,6 +94,11 @@ class TcpProxy:
         return f"mqtt://{self.host}:{self.port}"
 
     @property
+    def listening(self) -> bool:
+        """True between ``start()`` and ``stop()``."""
+        return self._listener is not None
+
+    @property
     def open_connections(self) -> int:
         """Connections currently forwarded."""
         with self._lock:

@@ -113,9 +113,11 @@ def run_reliability(profile: Profile = QUICK, progress: Progress | None = None,
         timed("envelopes", lambda: on_mosquitto("env", lambda b: envelope_campaign(
             root / "env", b.url, flips_per_region=profile.envelope_flips_per_region, seed=seed)))
         timed("authority", lambda: _both_brokers(root / "auth", lambda url, sub: authority_matrix(sub, url)))
-        timed("broker_crash_seeds", lambda: [broker_crash_during_seeds(root / "bseeds" / k, k, seed=seed, timeout=10)
+        # 60 s: amqtt 0.12 sometimes breaks a session in the reconnect storm after its restart; the
+        # client notices by keepalive (30 s) and reconnects, which shows in time_to_recover_s.
+        timed("broker_crash_seeds", lambda: [broker_crash_during_seeds(root / "bseeds" / k, k, seed=seed, timeout=60)
                                              for k in BROKER_KINDS])
-        timed("broker_crash_unlearn", lambda: [broker_crash_during_unlearn(root / "bunl" / k, k, seed=seed, timeout=20)
+        timed("broker_crash_unlearn", lambda: [broker_crash_during_unlearn(root / "bunl" / k, k, seed=seed, timeout=60)
                                                for k in BROKER_KINDS])
         timed("link_cut", lambda: _both_brokers(root / "cut", lambda url, sub: link_cut_during_flows(
             sub, url, cuts=5, seed=seed)))
@@ -145,10 +147,12 @@ def run_reliability(profile: Profile = QUICK, progress: Progress | None = None,
                 load_rows.append(figures)
             return load_rows
 
+        # The soak first: its memory, descriptor and thread figures need a process that is not still
+        # releasing a 100-device fleet.
+        timed("soak", lambda: soak(root / "soak", profile.soak_s, seed=seed, progress=say))
         timed("load", load_case)
         if "load" in result:
             result["unlearn_load"] = unlearn_rows
-        timed("soak", lambda: soak(root / "soak", profile.soak_s, seed=seed, progress=say))
     result["seconds"] = time.monotonic() - began
     result["case_seconds"] = timings
     return summarize(result)
