@@ -92,6 +92,25 @@ def train_device(
     return TrainedDevice(spec, main, seed_model, train_report, distill_report)
 
 
+def distill_device(
+    device: TrainedDevice,
+    client: ClientData,
+    reference: Dataset,
+    cfg: LearningConfig,
+    progress: FleetProgress | None = None,
+) -> TrainedDevice:
+    """The same device with a fresh seed distilled from its (unchanged) main model on ``reference``.
+
+    The new seed starts from the same initial weights as ``train_device`` would give it, so
+    distilling on the original reference reproduces the original seed.
+    """
+    spec = device.spec
+    seed_model = build_model(spec.seed_arch, client.train.input_shape, client.train.num_classes, seed=spec.seed + 1)
+    report = distill(device.main, seed_model, reference, replace(cfg.distill, seed=spec.seed), eval_data=client.test,
+                     progress=_bind(progress, spec.device_id, "distill"))
+    return replace(device, seed_model=seed_model, distill_report=report)
+
+
 class InProcessFleet:
     """Trained devices, a neighbour graph, and the seeds each device holds."""
 
@@ -176,21 +195,48 @@ def train_devices(
     if workers <= 1 or len(specs) <= 1:
         with torch_threads(1):
             return [train_device(s, clients[s.device_id], reference, cfg, progress) for s in specs]
+    return _in_workers(
+        [(s.device_id, _train_in_worker, (s, clients[s.device_id], reference, cfg, progress is not None)) for s in specs],
+        workers, progress)
+
+
+def _in_workers(jobs: Sequence[tuple[str, Callable[..., TrainedDevice], tuple]], workers: int,
+                progress: FleetProgress | None) -> list[TrainedDevice]:
+    """Run ``(device_id, function, args)`` jobs in spawned worker processes; results in job order."""
     ctx = multiprocessing.get_context("spawn")  # fork after torch's thread pools started can hang
     updates = ctx.Queue()
     results: dict[str, TrainedDevice] = {}
-    with ProcessPoolExecutor(min(workers, len(specs)), mp_context=ctx, initializer=_worker_init, initargs=(updates,)) as pool:
-        pending: dict[Future, str] = {
-            pool.submit(_train_in_worker, s, clients[s.device_id], reference, cfg, progress is not None): s.device_id
-            for s in specs
-        }
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_worker_init, initargs=(updates,)) as pool:
+        pending: dict[Future, str] = {pool.submit(fn, *args): device_id for device_id, fn, args in jobs}
         while pending:
             done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
             _drain(updates, progress)
             for fut in done:
                 results[pending.pop(fut)] = fut.result()
         _drain(updates, progress)
-    return [results[s.device_id] for s in specs]
+    return [results[device_id] for device_id, _, _ in jobs]
+
+
+def redistill_devices(
+    devices: Sequence[TrainedDevice],
+    clients: Mapping[str, ClientData],
+    reference: Dataset,
+    cfg: LearningConfig,
+    progress: FleetProgress | None = None,
+    workers: int | None = None,
+) -> list[TrainedDevice]:
+    """Distil every device's seed again on another reference set, keeping the main models.
+
+    What a fleet does when it changes its reference set; the studies use it to vary only the
+    reference. Runs in worker processes like ``train_devices``.
+    """
+    workers = default_workers() if workers is None else workers
+    if workers <= 1 or len(devices) <= 1:
+        with torch_threads(1):
+            return [distill_device(d, clients[d.spec.device_id], reference, cfg, progress) for d in devices]
+    return _in_workers(
+        [(d.spec.device_id, _distill_in_worker, (d, clients[d.spec.device_id], reference, cfg, progress is not None))
+         for d in devices], workers, progress)
 
 
 def build_fleet(
@@ -227,12 +273,19 @@ def _worker_init(updates: "multiprocessing.Queue") -> None:
 def _train_in_worker(
     spec: DeviceSpec, client: ClientData, reference: Dataset, cfg: LearningConfig, report: bool
 ) -> TrainedDevice:
-    def forward(device_id: str, phase: str, done: int, total: int) -> None:
-        # Every 5th step is plenty for a progress bar and keeps the queue quiet.
-        if _updates is not None and (done % 5 == 0 or done == total):
-            _updates.put((device_id, phase, done, total))
+    return train_device(spec, client, reference, cfg, _forward if report else None)
 
-    return train_device(spec, client, reference, cfg, forward if report else None)
+
+def _distill_in_worker(
+    device: TrainedDevice, client: ClientData, reference: Dataset, cfg: LearningConfig, report: bool
+) -> TrainedDevice:
+    return distill_device(device, client, reference, cfg, _forward if report else None)
+
+
+def _forward(device_id: str, phase: str, done: int, total: int) -> None:
+    # Every 5th step is plenty for a progress bar and keeps the queue quiet.
+    if _updates is not None and (done % 5 == 0 or done == total):
+        _updates.put((device_id, phase, done, total))
 
 
 def _drain(updates: "multiprocessing.Queue", progress: FleetProgress | None) -> None:

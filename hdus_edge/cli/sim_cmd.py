@@ -29,6 +29,10 @@ def run(
     client_size: Annotated[int, typer.Option(help="Samples per device, train + local test (0: keep).")] = 0,
     test_size: Annotated[int, typer.Option(help="Held-out test samples (0: keep).")] = 0,
     topology: Annotated[str, typer.Option(help="complete, ring, random-regular or small-world.")] = "",
+    degree: Annotated[int, typer.Option(help="Neighbours per device for random-regular and small-world (0: keep).")] = 0,
+    train_epochs: Annotated[int, typer.Option(help="Epochs to train each main model (0: keep).")] = 0,
+    distill_epochs: Annotated[int, typer.Option(help="Epochs to distill each seed (0: keep).")] = 0,
+    lam: Annotated[float | None, typer.Option(help="Weight of the device's own main model in [0, 1].")] = None,
     forget: Annotated[str, typer.Option(help="Devices to forget, comma-separated (e.g. dev-5).")] = "",
     methods: Annotated[str, typer.Option(help="Baselines, comma-separated; 'none' for HDUS only.")] = "",
     budget: Annotated[str, typer.Option(help="Baselines' budget: reduced or full.")] = "",
@@ -41,7 +45,7 @@ def run(
     Example: hdus-edge sim run --dataset mnist --archs S,M,L,L,L,L --budget full --out mnist-report
     """
     from hdus_edge.sim.config import SimConfig, load_sim_config
-    from hdus_edge.sim.runner import run_sim, with_overrides
+    from hdus_edge.sim.runner import with_overrides
 
     cfg = load_sim_config(config) if config else SimConfig()
     changes: dict[str, Any] = {}
@@ -51,7 +55,8 @@ def run(
                        ("topology", topology), ("budget", budget), ("broker", broker)):
         if value:
             changes[key] = value
-    for key, number in (("reference_size", reference_size), ("client_size", client_size), ("test_size", test_size)):
+    for key, number in (("reference_size", reference_size), ("client_size", client_size), ("test_size", test_size),
+                        ("degree", degree), ("train_epochs", train_epochs), ("distill_epochs", distill_epochs)):
         if number:
             changes[key] = number
     if forget:
@@ -60,6 +65,8 @@ def run(
         changes["methods"] = () if methods == "none" else _split(methods)
     if seed is not None:
         changes["seed"] = seed
+    if lam is not None:
+        changes["lam"] = lam
     cfg = with_overrides(cfg, **changes)
     report = run_report(cfg, out, quiet=json_out)
     if json_out:
@@ -102,3 +109,40 @@ def print_comparison(report: dict[str, Any]) -> None:
 
 def _f(v: Any) -> str:
     return "-" if v is None else f"{v:.3f}"
+
+
+@sim_app.command("study")
+def study(
+    name: Annotated[str, typer.Argument(help="scale, reference, poisoning, or all.")],
+    out: Annotated[Path, typer.Option(help="Report folder; the study becomes a section of report.md there.")] = Path("hdus-report"),
+    quick: Annotated[bool, typer.Option(help="Small settings (seconds to a minute): a smoke run, not figures.")] = False,
+    dataset: Annotated[str, typer.Option(help="'digits', 'mnist' or a data folder (default: the study's).")] = "",
+    broker: Annotated[str, typer.Option(help="Scale/poisoning: 'mosquitto', 'amqtt' or a URL (scale); a URL (poisoning).")] = "",
+    seed: Annotated[int | None, typer.Option(help="Seed for every random choice.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the study's figures as JSON.")] = False,
+) -> None:
+    """Studies beyond the paper: scale (10/30/100 devices), reference set (public sizes vs noise),
+    poisoning (a label-flipped device, then forgetting it).
+
+    Example: hdus-edge sim study reference --out mnist-report
+    """
+    from hdus_edge.sim.report import add_study
+    from hdus_edge.sim.studies import STUDIES, run_study, study_config
+
+    names = list(STUDIES) if name == "all" else [name]
+    results = {}
+    for n in names:
+        overrides: dict[str, Any] = {}
+        if dataset:
+            overrides["dataset"] = dataset
+        if broker:
+            overrides["broker"] = broker
+        if seed is not None:
+            overrides["seed"] = seed
+        cfg = study_config(n, quick=quick, **overrides)
+        results[n] = run_study(n, cfg, announce=(lambda m: None) if json_out else (lambda m: err_console.print(f"[dim]- {m}[/]")))
+        add_study(out, n, results[n])
+    if json_out:
+        print_json(results if name == "all" else results[name])
+    else:
+        console.print(f"Report: {out / 'report.md'} (sections: {', '.join(names)})")

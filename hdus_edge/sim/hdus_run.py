@@ -145,16 +145,22 @@ def run_hdus(
     workers: int | None = None,
     name: str = "sim",
     mia_seed: int = 0,
+    devices: Sequence[TrainedDevice] | None = None,
 ) -> HdusSim:
-    """Train, export, run agents, forget ``forget`` one after another, compare with never-joined."""
+    """Train, export, run agents, forget ``forget`` one after another, compare with never-joined.
+
+    ``devices``: already trained devices (in ``specs`` order) to use instead of training.
+    """
     from hdus_edge.sim.privacy import loss_attack
 
     times = HdusPhaseTimes()
     index = {s.device_id: k for k, s in enumerate(specs)}
     clients = {s.device_id: data.clients[k] for k, s in enumerate(specs)}
     t0 = time.perf_counter()
-    devices = train_devices(specs, clients, data.reference, learning, progress, workers)
-    times.train_distill = time.perf_counter() - t0
+    if devices is None:
+        devices = train_devices(specs, clients, data.reference, learning, progress, workers)
+        times.train_distill = time.perf_counter() - t0
+    devices = list(devices)
     main_acc = {d.spec.device_id: _main_accuracy(d, clients[d.spec.device_id].test, data) for d in devices}
     t0 = time.perf_counter()
     models = export_models(devices, data.input_shape, data.num_classes, data.reference_sha256)

@@ -7,6 +7,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from hdus_edge.sim.studies.report import render_sections
+from hdus_edge.sim.studies.report import write_plots as write_study_plots
+
 METHOD_ORDER = ("hdus", "isgd", "dsgd", "fedunl", "fedunl-retrain", "sisa-a")
 
 
@@ -58,9 +61,22 @@ def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "report.json", "md": out_dir / "report.md"}
     paths["json"].write_text(json.dumps(_clean(report), indent=2) + "\n")
-    paths |= write_plots(report, out_dir)
-    paths["md"].write_text(render_markdown(report, {k: v.name for k, v in paths.items() if v.suffix == ".png"}))
+    studies = report.get("studies") or {}
+    if "methods" in report:
+        paths |= write_plots(report, out_dir)
+    paths |= write_study_plots(studies, out_dir)
+    plots = {k: v.name for k, v in paths.items() if v.suffix == ".png"}
+    lines = render_markdown(report, plots).splitlines() if "methods" in report else ["# HDUS fleet simulation", ""]
+    paths["md"].write_text("\n".join(lines + [""] + render_sections(studies, plots)).rstrip() + "\n")
     return paths
+
+
+def add_study(out_dir: Path, name: str, result: dict[str, Any]) -> dict[str, Path]:
+    """Put one study's figures into the report in ``out_dir`` (created if absent) and rewrite it."""
+    path = out_dir / "report.json"
+    report = json.loads(path.read_text()) if path.exists() else {}
+    report.setdefault("studies", {})[name] = result
+    return write_report(report, out_dir)
 
 
 def render_markdown(report: dict[str, Any], plots: dict[str, str]) -> str:
