@@ -44,3 +44,11 @@ def test_small_simulation_reports_exact_hdus_and_forgetting_baselines(tmp_path, 
     if "fedunl" in report["methods"]:
         assert report["methods"]["fedunl"]["exact"] is False
     assert report["methods"]["hdus"]["forget_epochs"] == 0
+    # HDUS against each baseline: points, bytes and forgetting-cost ratios, in the report too.
+    versus = report["comparison"]
+    assert set(versus) == set(report["methods"]) - {"hdus"}
+    sisa, hdus = report["methods"]["sisa-a"], report["methods"]["hdus"]
+    assert versus["sisa-a"]["bytes_ratio"] == pytest.approx(sisa["train_bytes"] / hdus["train_bytes"])
+    assert versus["sisa-a"]["bytes_ratio"] > 1  # full main models cost more to ship than seeds
+    assert versus["dsgd"]["forget_speedup"] > 1
+    assert "## HDUS against each baseline" in (tmp_path / "report" / "report.md").read_text()

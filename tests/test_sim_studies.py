@@ -150,3 +150,13 @@ def test_reference_study_keeps_the_main_models_and_varies_only_the_seeds() -> No
             assert 0.0 <= v["mean"][key] <= 1.0
     seeds = [tuple(v["per_device"]["dev-0"].values()) for v in r["variants"].values()]
     assert len(set(seeds)) == 3  # every reference gives a different seed
+
+
+def test_a_simulation_run_keeps_the_studies_already_in_its_report_folder(tmp_path) -> None:
+    from hdus_edge.sim.report import existing_studies
+
+    assert existing_studies(tmp_path) == {}
+    (tmp_path / "report.json").write_text("{not json")
+    assert existing_studies(tmp_path) == {}
+    (tmp_path / "report.json").write_text(json.dumps({"studies": {"scale": {"rows": []}}}))
+    assert existing_studies(tmp_path) == {"scale": {"rows": []}}

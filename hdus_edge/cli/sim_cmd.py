@@ -105,6 +105,16 @@ def print_comparison(report: dict[str, Any]) -> None:
     console.print(f"HDUS after forgetting vs never-joined fleet: max |diff| = {h['max_abs_diff']:.2e} -> {verdict}; "
                   f"signed receipts complete: {h['receipts_complete']}; membership-inference AUC before / after / "
                   f"never-joined: {_f(h['mia_auc_before'])} / {_f(h['mia_auc_after'])} / {_f(h['mia_auc_never_joined'])}")
+    versus = report.get("comparison") or {}
+    if "sisa-a" in versus:
+        s = versus["sisa-a"]
+        ratio = "-" if s["bytes_ratio"] is None else f"{s['bytes_ratio']:.0f}x"
+        console.print(f"HDUS vs SISA-A: {s['points_local_after']:+.1f} pts local, {s['points_global_after']:+.1f} pts "
+                      f"global, with {ratio} fewer bytes sent to train.")
+    slower = {n: c["forget_speedup"] for n, c in versus.items() if c["forget_speedup"]}
+    if slower:
+        console.print("Forgetting one device, HDUS is faster than: "
+                      + ", ".join(f"{n} {v:.0f}x" for n, v in sorted(slower.items())) + ".")
 
 
 def _f(v: Any) -> str:

@@ -71,6 +71,14 @@ def write_report(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     return paths
 
 
+def existing_studies(out_dir: Path) -> dict[str, Any]:
+    """The studies in ``out_dir/report.json`` (empty when there is none or it is unreadable)."""
+    try:
+        return dict(json.loads((out_dir / "report.json").read_text()).get("studies") or {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
 def add_study(out_dir: Path, name: str, result: dict[str, Any]) -> dict[str, Path]:
     """Put one study's figures into the report in ``out_dir`` (created if absent) and rewrite it."""
     path = out_dir / "report.json"
@@ -102,6 +110,7 @@ def render_markdown(report: dict[str, Any], plots: dict[str, str]) -> str:
         "distribution) and on the fleet's held-out global test set. HDUS forget time is the latency from",
         "the signed order to the last signed receipt over the real broker; baselines' is their compute.",
         "",
+        *_versus(report.get("comparison") or {}),
         "## HDUS: exactness and evidence",
         "",
         f"- Ensemble outputs after forgetting vs a fleet that never had the device(s): max |diff| = "
@@ -121,6 +130,20 @@ def render_markdown(report: dict[str, Any], plots: dict[str, str]) -> str:
         if key in plots:
             lines += [f"## {title}", "", f"![{title}]({plots[key]})", ""]
     return "\n".join(lines)
+
+
+def _versus(comparison: dict[str, Any]) -> list[str]:
+    if not comparison:
+        return []
+    lines = ["## HDUS against each baseline", "",
+             "| baseline | HDUS minus it, local (pts) | global (pts) | its bytes to train / HDUS's | its forget time / HDUS's |",
+             "|---|---|---|---|---|"]
+    for name in sorted(comparison, key=lambda n: METHOD_ORDER.index(n) if n in METHOD_ORDER else 99):
+        c = comparison[name]
+        ratio = "-" if c["bytes_ratio"] is None else f"{c['bytes_ratio']:.1f}x"
+        speed = "- (free)" if c["forget_speedup"] is None else f"{c['forget_speedup']:.0f}x"
+        lines.append(f"| {name} | {c['points_local_after']:+.1f} | {c['points_global_after']:+.1f} | {ratio} | {speed} |")
+    return lines + [""]
 
 
 def _receipt_counts(receipts: list[dict[str, Any]]) -> str:

@@ -96,10 +96,11 @@ def run_sim(
     methods |= _run_baselines(cfg, data, graph, hdus, workers, announce)
     report = _report(cfg, data, hdus, methods, time.perf_counter() - start)
     if out_dir is not None:
-        from hdus_edge.sim.report import write_report
+        from hdus_edge.sim.report import existing_studies, write_report
 
         announce("report")
-        write_report(report, out_dir)
+        # Studies run earlier into the same folder stay sections of the report.
+        write_report(report | ({"studies": kept} if (kept := existing_studies(out_dir)) else {}), out_dir)
     return report
 
 
@@ -216,8 +217,30 @@ def _report(cfg: SimConfig, data: FleetData, hdus: HdusSim, methods: dict[str, A
             "unlearn_latency_s": hdus.unlearn_latency_s,
             "seed_agreement": {d.spec.device_id: d.distill_report.agreement for d in hdus.devices},
         },
+        "comparison": hdus_versus(methods),
         "seconds": seconds,
     }
+
+
+def hdus_versus(methods: dict[str, Any]) -> dict[str, Any]:
+    """HDUS against each baseline, in the terms of the paper's claims.
+
+    ``points_*``: HDUS mean accuracy minus the baseline's, in percentage points (positive: HDUS
+    better); ``bytes_ratio``: bytes the baseline sent to train over what HDUS sent (its seeds);
+    ``forget_speedup``: the baseline's seconds to forget over HDUS's (order to last receipt).
+    """
+    h = methods["hdus"]
+    out: dict[str, Any] = {}
+    for name, m in methods.items():
+        if name == "hdus":
+            continue
+        out[name] = {
+            "points_local_after": 100 * (h["acc_after"] - m["acc_after"]),
+            "points_global_after": 100 * (h["acc_after_global"] - m["acc_after_global"]),
+            "bytes_ratio": m["train_bytes"] / h["train_bytes"] if h["train_bytes"] else None,
+            "forget_speedup": m["forget_seconds"] / h["forget_seconds"] if h["forget_seconds"] and m["forget_seconds"] else None,
+        }
+    return out
 
 
 def with_overrides(cfg: SimConfig, **changes: Any) -> SimConfig:
