@@ -34,6 +34,7 @@ def run(
     distill_epochs: Annotated[int, typer.Option(help="Epochs to distill each seed (0: keep).")] = 0,
     lam: Annotated[float | None, typer.Option(help="Weight of the device's own main model in [0, 1].")] = None,
     forget: Annotated[str, typer.Option(help="Devices to forget, comma-separated (e.g. dev-5).")] = "",
+    forget_at_once: Annotated[bool, typer.Option(help="Send every unlearn order at the same moment.")] = False,
     methods: Annotated[str, typer.Option(help="Baselines, comma-separated; 'none' for HDUS only.")] = "",
     budget: Annotated[str, typer.Option(help="Baselines' budget: reduced or full.")] = "",
     broker: Annotated[str, typer.Option(help="Broker URL; default: an embedded broker.")] = "",
@@ -61,6 +62,8 @@ def run(
             changes[key] = number
     if forget:
         changes["forget"] = _split(forget)
+    if forget_at_once:
+        changes["forget_at_once"] = True
     if methods:
         changes["methods"] = () if methods == "none" else _split(methods)
     if seed is not None:

@@ -38,6 +38,7 @@ class SimConfig:
     train_epochs: int = 20
     distill_epochs: int = 30
     forget: tuple[str, ...] = ("dev-5",)
+    forget_at_once: bool = False  # all orders at the same moment, instead of one after another
     methods: tuple[str, ...] = ALL_METHODS
     budget: str = "reduced"  # baselines' budget: "tiny" (smoke tests), "reduced" (demo), "full" (benchmark)
     baseline_arch: str = "resnet-8"  # DSGD/FedUnl need one architecture for all devices

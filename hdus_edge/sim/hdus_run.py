@@ -146,10 +146,12 @@ def run_hdus(
     name: str = "sim",
     mia_seed: int = 0,
     devices: Sequence[TrainedDevice] | None = None,
+    forget_at_once: bool = False,
 ) -> HdusSim:
     """Train, export, run agents, forget ``forget`` one after another, compare with never-joined.
 
     ``devices``: already trained devices (in ``specs`` order) to use instead of training.
+    ``forget_at_once``: publish every order at the same moment instead of one after another.
     """
     from hdus_edge.sim.privacy import loss_attack
 
@@ -176,11 +178,17 @@ def run_hdus(
             holders_before = {t: [i for i in graph if t in graph[i]] for t in forget}
             probs_before = {t: {i: (probs(fleet, i, clients[t].train.x), probs(fleet, i, data.test.x))
                                 for i in holders_before[t]} for t in forget}
-            for target in forget:
+            if forget_at_once and len(forget) > 1:
                 t0 = time.perf_counter()
-                outcomes.append(fleet.unlearn(target))
+                outcomes.extend(fleet.unlearn_together(list(forget)))
                 fleet.wait_converged(60)
                 times.forget.append(time.perf_counter() - t0)
+            else:
+                for target in forget:
+                    t0 = time.perf_counter()
+                    outcomes.append(fleet.unlearn(target))
+                    fleet.wait_converged(60)
+                    times.forget.append(time.perf_counter() - t0)
             after = evaluate_agents(fleet, data, index)
             traffic = meter.snapshot()
             remaining = sorted(fleet.agents)

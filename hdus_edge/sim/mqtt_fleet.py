@@ -110,6 +110,27 @@ class AgentFleet:
         self.graph = {i: frozenset(n - {target}) for i, n in self.graph.items() if i != target}
         return outcome
 
+    def unlearn_together(self, targets: list[str], wait_s: float = 30.0) -> list[UnlearnOutcome]:
+        """The admin orders every one of ``targets`` forgotten at the same moment (one requester
+        thread each); returns their outcomes in ``targets`` order once all have their receipts."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        key = self.admin.key()
+
+        def order(target: str) -> UnlearnOutcome:
+            return request_unlearn(broker_url=self.broker_url, fleet=self.fleet.fleet.name, admin_key=key.public_key,
+                                   signer=key, issuer="admin", target=target, epoch=0, wait_s=wait_s, settle_s=0.2)
+
+        with ThreadPoolExecutor(len(targets)) as pool:
+            outcomes = list(pool.map(order, targets))
+        for target in targets:
+            agent = self.agents.pop(target, None)
+            if agent is not None:
+                agent.stop()
+        gone = set(targets)
+        self.graph = {i: frozenset(n - gone) for i, n in self.graph.items() if i not in gone}
+        return outcomes
+
     def predict(self, device_id: str, x: np.ndarray) -> np.ndarray:
         """Device ``device_id``'s ensemble output."""
         return self.agents[device_id].predict(x)

@@ -91,7 +91,7 @@ def run_sim(
         announce("HDUS: train, distill, export, publish, forget")
         hdus = run_hdus(data=data, specs=specs, graph=graph, learning=learning, broker_url=broker_url,
                         root=Path(tmp), forget=cfg.forget, progress=progress, workers=workers,
-                        name=f"sim{cfg.seed}", mia_seed=cfg.seed)
+                        name=f"sim{cfg.seed}", mia_seed=cfg.seed, forget_at_once=cfg.forget_at_once)
     methods = {"hdus": _hdus_method(hdus, cfg, data)}
     methods |= _run_baselines(cfg, data, graph, hdus, workers, announce)
     report = _report(cfg, data, hdus, methods, time.perf_counter() - start)
