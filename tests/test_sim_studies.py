@@ -121,6 +121,10 @@ def test_poisoning_study_measures_the_damage_and_forgetting_removes_it_exactly(e
     assert r["mean"]["poisoned"]["global"] == pytest.approx(at_half["poisoned"], abs=1e-9)
     assert r["mean"]["after_forget"]["global"] == pytest.approx(at_half["after_forget"], abs=1e-9)
     assert r["mean"]["clean"]["global"] == pytest.approx(at_half["clean"], abs=1e-9)
+    by_topology = {row["topology"]: row for row in r["topology_sweep"]}
+    assert set(by_topology) == {"complete", "random-regular", "ring"}
+    assert by_topology["ring"]["seeds_per_neighbour"] == 2 and by_topology["complete"]["seeds_per_neighbour"] == 3
+    assert by_topology["complete"]["poisoned"] == pytest.approx(at_half["poisoned"], abs=1e-12)
     assert r["drop_global"] == pytest.approx(r["mean"]["clean"]["global"] - r["mean"]["poisoned"]["global"])
 
 

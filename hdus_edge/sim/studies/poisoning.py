@@ -29,6 +29,7 @@ from hdus_edge.errors import ConfigError
 from hdus_edge.fleet import InProcessFleet, TrainedDevice, train_devices
 from hdus_edge.sim.config import DEMO_ARCHS, SimConfig
 from hdus_edge.sim.studies.common import Announce, ensemble_probs, mean, quiet
+from hdus_edge.topology import build_graph, without
 from hdus_edge.train import accuracy
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ class PoisoningConfig:
     poisoned: str = "dev-0"
     flip: str = "reverse"
     lam_sweep: tuple[float, ...] = (0.25, 0.5, 0.75)
+    # (topology, neighbours per device): the poisoned seed's weight is lam / neighbours.
+    topology_sweep: tuple[tuple[str, int], ...] = (("complete", 0), ("random-regular", 3), ("ring", 2))
     broker: str = ""  # empty: an embedded amqtt broker
     seed: int = 0
     workers: int = 0
@@ -116,7 +119,13 @@ def run_poisoning(cfg: PoisoningConfig, announce: Announce = quiet) -> dict[str,
     summary = {k: {"local": mean([r[k]["local"] for r in rows.values()]),
                    "global": mean([r[k]["global"] for r in rows.values()])}
                for k in ("clean", "poisoned", "after_forget")}
-    sweep = _lam_sweep(cfg, honest, poisoned_devices, graph, data, ids, neighbours)
+    sweep = [_neighbour_means(cfg, honest, poisoned_devices, graph, data, ids, lam) | {"lam": lam}
+             for lam in cfg.lam_sweep]
+    topologies = []
+    for kind, degree in cfg.topology_sweep:
+        g = build_graph(kind, ids, degree=min(degree, len(ids) - 1), seed=cfg.seed)
+        topologies.append(_neighbour_means(cfg, honest, poisoned_devices, g, data, ids, cfg.lam) | {
+            "topology": kind, "seeds_per_neighbour": mean([len(g[i]) for i in g if cfg.poisoned in g[i]])})
     return {
         "settings": {"archs": list(cfg.archs), "dataset": cfg.dataset, "topology": cfg.topology,
                      "poisoned": cfg.poisoned, "flip": cfg.flip, "lam": cfg.lam, "neighbours": neighbours,
@@ -139,6 +148,7 @@ def run_poisoning(cfg: PoisoningConfig, announce: Announce = quiet) -> dict[str,
                    "holders": sum(len(o.holders) for o in run.outcomes),
                    "latency_s": run.unlearn_latency_s, "evidence_problems": run.evidence_problems},
         "lam_sweep": sweep,
+        "topology_sweep": topologies,
     }
 
 
@@ -171,23 +181,18 @@ def _in_process(devices: list[TrainedDevice], graph: Any, lam: float, data: Flee
     return out
 
 
-def _lam_sweep(cfg: PoisoningConfig, honest: list[TrainedDevice], poisoned: list[TrainedDevice], graph: Any,
-               data: FleetData, ids: list[str], neighbours: list[str]) -> list[dict[str, float]]:
-    """Mean global accuracy of the neighbours, clean vs poisoned vs forgotten, per lam (in-process)."""
-    from hdus_edge.topology import without
-
-    rows = []
-    for lam in cfg.lam_sweep:
-        clean = _in_process(honest, graph, lam, data, ids)
-        bad = _in_process(poisoned, graph, lam, data, ids)
-        rest = [d for d in honest if d.spec.device_id != cfg.poisoned]
-        rest_ids = [i for i in ids if i != cfg.poisoned]
-        forgotten = _in_process(rest, without(graph, cfg.poisoned), lam, _drop_client(data, ids, cfg.poisoned), rest_ids)
-        rows.append({"lam": lam,
-                     "clean": mean([clean[i]["global"] for i in neighbours]),
-                     "poisoned": mean([bad[i]["global"] for i in neighbours]),
-                     "after_forget": mean([forgotten[i]["global"] for i in neighbours])})
-    return rows
+def _neighbour_means(cfg: PoisoningConfig, honest: list[TrainedDevice], poisoned: list[TrainedDevice], graph: Any,
+                     data: FleetData, ids: list[str], lam: float) -> dict[str, float]:
+    """Mean global accuracy of the poisoned device's neighbours in ``graph``: honest, poisoned, forgotten."""
+    neighbours = [i for i in ids if cfg.poisoned in graph[i]]
+    clean = _in_process(honest, graph, lam, data, ids)
+    bad = _in_process(poisoned, graph, lam, data, ids)
+    rest = [d for d in honest if d.spec.device_id != cfg.poisoned]
+    rest_ids = [i for i in ids if i != cfg.poisoned]
+    forgotten = _in_process(rest, without(graph, cfg.poisoned), lam, _drop_client(data, ids, cfg.poisoned), rest_ids)
+    return {"clean": mean([clean[i]["global"] for i in neighbours]),
+            "poisoned": mean([bad[i]["global"] for i in neighbours]),
+            "after_forget": mean([forgotten[i]["global"] for i in neighbours])}
 
 
 def _drop_client(data: FleetData, ids: list[str], device_id: str) -> FleetData:

@@ -121,9 +121,9 @@ def _poisoning(s: dict[str, Any]) -> list[str]:
         f"| {_pct(s['attack_success']['poisoned'])} |",
         f"| after forgetting it | {_pct(m['after_forget']['local'])} | {_pct(m['after_forget']['global'])} | - |",
         "",
-        f"Drop from the poisoned seed: {_pts(s['drop_local'])} local, {_pts(s['drop_global'])} global. Forgetting "
-        f"recovers {_pts(s['recovered_global'])} global; what stays lost ({_pts(s['residual_global'])}) is the honest "
-        f"contribution the device would have made. Forgetting was exact: max |diff| vs a never-joined fleet "
+        f"Change from the poisoned seed: {_pts(-s['drop_local'])} local, {_pts(-s['drop_global'])} global. Forgetting "
+        f"it: {_pts(s['recovered_global'])} global; the rest of the way back to the honest fleet "
+        f"({_pts(s['residual_global'])}) is the honest contribution the device would have made. Forgetting was exact: max |diff| vs a never-joined fleet "
         f"{f['max_abs_diff_vs_never_joined']:.1e}, identical predictions {f['argmax_identical']}; receipts "
         f"{f['receipts']}/{f['holders']}.",
         "",
@@ -134,6 +134,11 @@ def _poisoning(s: dict[str, Any]) -> list[str]:
     ]
     lines += [f"| {r['lam']} | {_pct(r['clean'])} | {_pct(r['poisoned'])} | {_pct(r['after_forget'])} |"
               for r in s["lam_sweep"]]
+    if s.get("topology_sweep"):
+        lines += ["", f"Topology (in-process, lam {st['lam']}; fewer neighbours give the poisoned seed more weight):", "",
+                  "| topology | seeds per neighbour | honest | poisoned | after forgetting |", "|---|---|---|---|---|"]
+        lines += [f"| {r['topology']} | {r['seeds_per_neighbour']:.1f} | {_pct(r['clean'])} | {_pct(r['poisoned'])} "
+                  f"| {_pct(r['after_forget'])} |" for r in s["topology_sweep"]]
     return lines + [""]
 
 
