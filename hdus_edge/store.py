@@ -562,10 +562,12 @@ class SeedStore:
                 raise TypeError(f"receipt must be bytes, got {type(data).__name__}")
             state.receipts[request_id] = PendingReceipt(request_id, data, now)
         self._commit(state, [] if removed is None else [removed.file])
+        # One fsync for the step's audit lines: the index commit above is what makes the step durable,
+        # and every fsync here delays the receipt the requester waits for.
         if removed is not None:
             self._audit("delete", owner=target, sha256=removed.sha256, version=removed.version, reason="unlearn",
-                        request_id=request_id)  # fmt: skip
-        self._audit("tombstone", target=target, epoch=epoch, request_id=request_id)
+                        request_id=request_id, sync=False)  # fmt: skip
+        self._audit("tombstone", target=target, epoch=epoch, request_id=request_id, sync=receipt is None)
         if receipt is not None:
             self._audit("receipt_pending", request_id=request_id, target=target, removed_sha256=removed_sha)
         logger.info("forgot %s up to epoch %d (request %s), removed %s", target, epoch, request_id, removed_sha)
@@ -614,12 +616,19 @@ class SeedStore:
                 _atomic_write(path, bytes(order_bytes))
 
     def orders(self) -> dict[str, bytes]:
-        """Every saved signed order by request id."""
+        """Every saved signed order by request id, in the order they were applied (oldest first).
+
+        Digests carry the newest orders: sorted by name (random request ids), "the last 64" would be
+        any 64, and a newer order could drop out of every digest. Orders saved but not yet marked
+        seen (a crash in between) come last.
+        """
         with self._lock:
             orders = self.root / ORDERS_DIR
             if not orders.is_dir():
                 return {}
-            return {p.stem: p.read_bytes() for p in sorted(orders.glob("*.order"))}
+            seen = self._state.seen
+            paths = sorted(orders.glob("*.order"), key=lambda p: (seen.get(p.stem, float("inf")), p.stem))
+            return {p.stem: p.read_bytes() for p in paths}
 
     # --- audit -------------------------------------------------------------------------------
 
@@ -628,7 +637,8 @@ class SeedStore:
         with self._lock:
             self._audit(event, **fields)
 
-    def _audit(self, event: str, **fields: Any) -> None:
+    def _audit(self, event: str, sync: bool = True, **fields: Any) -> None:
+        # sync=False leaves the fsync to the next audit line of the same step.
         check_name(event, "audit event")
         for key, value in fields.items():
             _check_audit_value(value, key)
@@ -636,7 +646,8 @@ class SeedStore:
             raise StoreError(f"seed store {self.root} is closed")
         record = {"at": self._clock(), "event": event, **fields}
         os.write(self._audit_fd, canonical.dumps(record) + b"\n")
-        os.fsync(self._audit_fd)
+        if sync:
+            os.fsync(self._audit_fd)
 
     def audit_events(self) -> list[dict[str, Any]]:
         """Every audit record, oldest first."""

@@ -5,7 +5,7 @@ with its own state dir and MQTT connection), it measures:
 
 - seed propagation: from the first agent start until every device holds all its neighbours' seeds;
 - unlearn latency: from publishing a signed order to the last holder's signed receipt, for several
-  devices forgotten one after another (p50 / p95);
+  devices forgotten one after another (p50 / p95), seen by a requester in its own process;
 - retraining: the measured time to train and distil one device, times the remaining devices (what
   DSGD/FedUnl-style forgetting redoes at the least); the ratio to the HDUS latency.
 
@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from hdus_edge.agent import AgentSettings
+from hdus_edge.bench.outside import OutsideRequester
 from hdus_edge.config import DataSection, EnsembleSection, FleetConfig, FleetSection
 from hdus_edge.sim.mqtt_fleet import AgentFleet, DeviceModels
 from hdus_edge.topology import build_graph
@@ -78,13 +79,20 @@ def bench_one(broker_url: str, n: int, forgets: int, root: Path, models: dict[st
     settings = AgentSettings(probe_in_subprocess=False, digest_interval_s=60.0)
     latencies: list[float] = []
     receipts = 0
-    with AgentFleet(root, broker_url, fleet_cfg, {i: models[i] for i in ids}, graph, settings) as fleet:
+    with AgentFleet(root, broker_url, fleet_cfg, {i: models[i] for i in ids}, graph, settings) as fleet, \
+            OutsideRequester(fleet.admin.root) as requester:
         propagation = fleet.start(timeout=300)
         for target in ids[-forgets:]:
-            outcome = fleet.unlearn(target, wait_s=30)
-            if outcome.latency_s is not None:
-                latencies.append(outcome.latency_s)
-            receipts += len(outcome.receipts)
+            # The requester runs in its own process, as the admin's would: in this one it waits for
+            # the GIL behind every agent and sees receipts seconds late (see bench/outside.py).
+            outcome = requester.unlearn(broker_url, fleet_cfg.fleet.name, target, wait_s=30)
+            if outcome["latency_s"] is not None:
+                latencies.append(outcome["latency_s"])
+            else:
+                logger.warning("unlearn of %s: no receipt from %s within 30 s", target, ", ".join(outcome["missing"]))
+            receipts += outcome["receipts"]
+            fleet.agents.pop(target).stop()  # what AgentFleet.unlearn does after its request
+            fleet.graph = {i: frozenset(nb - {target}) for i, nb in fleet.graph.items() if i != target}
             fleet.wait_converged(30)
     return {
         "devices": n, "degree": len(graph[ids[0]]), "seed_propagation_s": propagation,
