@@ -25,13 +25,13 @@ import numpy as np
 import psutil
 
 from hdus_edge.agent import AgentSettings, DeviceAgent
+from hdus_edge.bench.outside import TopicClock
 from hdus_edge.reliability.brokers import Broker
 from hdus_edge.reliability.cases_faults import _Sampler, mark_forgotten, missing_pairs
 from hdus_edge.reliability.harness import Puppet, lab_fleet, lab_models, probe_batch, start_agents, wait_until
 from hdus_edge.reliability.invariants import ResurrectionWatch, store_violations
 from hdus_edge.reliability.proxy import TcpProxy
 from hdus_edge.sim.mqtt_fleet import AgentFleet
-from hdus_edge.transport.mqtt import MqttTransport
 
 logger = logging.getLogger(__name__)
 
@@ -145,24 +145,13 @@ def propagation_load(root: Path, broker: Broker, n: int, degree: int, *, timeout
     return figures, fleet
 
 
-class _ReceiptClock:
-    """Records when each (request id, device) receipt first reaches the broker's subscribers."""
-
-    def __init__(self, broker_url: str, root_topic: str) -> None:
-        self.first: dict[tuple[str, str], float] = {}
-        self._lock = threading.Lock()
-        self.transport = MqttTransport(broker_url, f"receipt-clock-{os.getpid()}", handler=self._on, clean_session=True)
-        self.transport.subscribe([f"{root_topic}/receipts/+/+"])
-        self.transport.connect(timeout=10)
-
-    def _on(self, topic: str, payload: bytes, retained: bool) -> None:
-        if payload:
-            _, rid, device = topic.rsplit("/", 2)
-            with self._lock:
-                self.first.setdefault((rid, device), time.monotonic())
-
-    def close(self) -> None:
-        self.transport.close()
+def _receipts_seen(clock: TopicClock) -> dict[tuple[str, str], float]:
+    """(request id, device) -> first arrival of its receipt, from the clock's topics."""
+    out = {}
+    for topic, at in clock.first().items():
+        _, rid, device = topic.rsplit("/", 2)
+        out[(rid, device)] = at
+    return out
 
 
 def simultaneous_unlearns(fleet: AgentFleet, count: int = 10, *, predictors: int = 4, seed: int = 0,
@@ -203,7 +192,10 @@ def simultaneous_unlearns(fleet: AgentFleet, count: int = 10, *, predictors: int
         t.start()
     time.sleep(1.0)
     watch = ResurrectionWatch()
-    clock = _ReceiptClock(fleet.broker_url, f"hdus/v1/{fleet.fleet.fleet.name}")
+    # Receipts are timed from another process, as a requester would see them: a clock in this one
+    # waits for the GIL behind every agent (see hdus_edge/bench/outside.py).
+    clock = TopicClock(fleet.broker_url, [f"hdus/v1/{fleet.fleet.fleet.name}/receipts/+/+"])
+    seen: dict[tuple[str, str], float] = {}
     done_at: dict[str, float] = {}
     try:
         with Puppet(fleet.broker_url, fleet.admin, fleet.states) as puppet, _Sampler(fleet, watch):
@@ -220,18 +212,24 @@ def simultaneous_unlearns(fleet: AgentFleet, count: int = 10, *, predictors: int
                 return len(done_at) == len(targets)
 
             wait_until(all_done, wait_s, 0.01)
-            wait_until(lambda: all((rids[t], h) in clock.first for t in targets for h in holders[t]), receipt_wait_s, 0.05)
+
+            def all_receipts() -> bool:
+                seen.update(_receipts_seen(clock))
+                return all((rids[t], h) in seen for t in targets for h in holders[t])
+
+            wait_until(all_receipts, receipt_wait_s, 0.05)
             time.sleep(0.5)
     finally:
         clock.close()
+        seen.update(_receipts_seen(clock))
         stop.set()
         for t in threads:
             t.join(timeout=5)
     expected = [(rids[t], h) for t in targets for h in holders[t]]
-    arrived = [clock.first[k] - began for k in expected if k in clock.first]
+    arrived = [seen[k] - began for k in expected if k in seen]
     # Where a missing receipt is: still pending in the holder's store, or in its outbox, or neither.
     missing_where = []
-    for rid, h in (k for k in expected if k not in clock.first):
+    for rid, h in (k for k in expected if k not in seen):
         agent = fleet.agents[h]
         pending = [p.request_id for p in agent.store.pending_receipts()]
         missing_where.append(f"{h}/{rid[:8]}: store pending={rid in pending}, outbox={agent.transport.pending}, "

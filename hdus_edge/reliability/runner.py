@@ -3,7 +3,8 @@
 Two profiles. ``quick`` (``hdus-edge bench reliability --quick``, under 15 minutes on a 2-core
 machine) runs every case at reduced size: 300 ONNX mutations, 200 SIGKILLs, load at 50x4, 50x8
 and 100x8, a 2-minute soak. The full profile runs 1,000 mutations, 300 SIGKILLs, load at 50 and
-100 devices x 4 and 8 neighbours, and a 10-minute soak.
+100 devices x 4 and 8 neighbours, and a 10-minute soak. Every load fleet then takes the simultaneous
+unlearn orders (10).
 Every loss, violation, crash and false accept is a named count; ``totals`` adds them up (all must
 be 0) and ``failed_checks`` lists which are not.
 """
@@ -44,7 +45,8 @@ class Profile:
     envelope_flips_per_region: int = 16
     kills: int = 300
     load: tuple[tuple[int, int], ...] = ((50, 4), (50, 8), (100, 4), (100, 8))  # (devices, neighbours)
-    unlearn_fleet: tuple[int, int] = (50, 8)  # the load fleet that then takes the simultaneous unlearns
+    # The load fleets that then take the simultaneous unlearns (empty: every one of ``load``).
+    unlearn_fleets: tuple[tuple[int, int], ...] = ()
     simultaneous_unlearns: int = 10
     soak_s: float = 600.0
     seed: int = 0
@@ -137,7 +139,7 @@ def run_reliability(profile: Profile = QUICK, progress: Progress | None = None,
                 with Broker("mosquitto-memory", root / f"load{n}x{d}" / "broker") as broker:
                     figures, fleet = propagation_load(root / f"load{n}x{d}", broker, n, d, seed=seed)
                     try:
-                        if (n, d) == profile.unlearn_fleet:
+                        if (n, d) in (profile.unlearn_fleets or profile.load):
                             say(f"{profile.simultaneous_unlearns} simultaneous unlearns, {n} devices")
                             u = simultaneous_unlearns(fleet, profile.simultaneous_unlearns, seed=seed)
                             unlearn_rows.append({"devices": n, "neighbours": d, **u})
