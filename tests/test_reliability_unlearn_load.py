@@ -143,3 +143,14 @@ def test_bug4_a_saved_order_lost_to_a_crash_is_written_again_on_redelivery(tmp_p
         p.publish(p.topics.unlearn(lab.a), order, retain=True)  # as on the next connect
         assert agent.wait_for(lambda ag: ag.counters.duplicates > dups, 30)
         assert agent.store.orders() == {rid: order}
+
+
+def test_bench_unlearn_collects_receipts_from_a_requester_in_its_own_process(tmp_path, mosquitto_broker):
+    # The bench's requester runs in a spawned child (a requester in the fleet's process waits for the
+    # GIL behind every agent and saw receipts ~3 s late at 50 devices); one small round trip.
+    from hdus_edge.bench.unlearn import bench_one, synthetic_models
+
+    row = bench_one(mosquitto_broker.url, 4, 1, tmp_path, synthetic_models(4))
+    assert row["unlearn_samples"] == 1 and row["incomplete"] == 0, row
+    assert row["receipts"] == 3  # every other device answers (the holders, and "held none" receipts)
+    assert 0 < row["unlearn_p50_s"] < 30
