@@ -27,10 +27,11 @@ from hdus_edge.transport.mqtt import MqttTransport
 QUIET = replace(LAB_SETTINGS, digest_interval_s=600.0)
 
 
-def test_bug1_orders_a_device_already_applied_are_not_verified_again(tmp_path, broker_url):
+def test_bug1_orders_a_device_already_applied_are_not_verified_again(tmp_path, mosquitto_broker):
     """Fix (agent.py ``_on_digest``): drop digest entries whose request id is already seen (read,
     unverified, from the entry; a forged one would be ignored after verification anyway) before
     ``codec.open_digest`` checks signatures."""
+    broker_url = mosquitto_broker.url  # agent logic: one broker is enough
     with SingleAgentLab(tmp_path, broker_url, settings=QUIET) as lab:
         p, agent = lab.puppet, lab.agent
         assert agent is not None
@@ -50,9 +51,10 @@ def test_bug1_orders_a_device_already_applied_are_not_verified_again(tmp_path, b
         assert agent.counters.unlearned == 21
 
 
-def test_bug2_a_burst_of_orders_makes_a_few_digests_not_one_per_order(tmp_path, broker_url):
+def test_bug2_a_burst_of_orders_makes_a_few_digests_not_one_per_order(tmp_path, mosquitto_broker):
     """Fix (agent.py ``_apply_order``): mark the digest due and let the housekeeping tick (at most
     1 s) publish one digest for every order applied since."""
+    broker_url = mosquitto_broker.url  # agent logic: one broker is enough
     burst = 20
     with SingleAgentLab(tmp_path, broker_url, settings=QUIET) as lab:
         p, agent = lab.puppet, lab.agent
@@ -127,10 +129,11 @@ def test_bug4_an_unlearn_step_syncs_its_audit_lines_once(tmp_path, monkeypatch):
     assert len(calls) <= 4, calls
 
 
-def test_bug4_a_saved_order_lost_to_a_crash_is_written_again_on_redelivery(tmp_path, broker_url):
+def test_bug4_a_saved_order_lost_to_a_crash_is_written_again_on_redelivery(tmp_path, mosquitto_broker):
     """The order's copy for the digest is now saved after the receipt; a crash in between leaves the
     request seen but the copy missing. The retained order comes again on every connect, and the agent
     then saves the missing copy (``save_order`` is idempotent)."""
+    broker_url = mosquitto_broker.url  # agent logic: one broker is enough
     with SingleAgentLab(tmp_path, broker_url, settings=QUIET) as lab:
         p, agent = lab.puppet, lab.agent
         assert agent is not None
