@@ -150,6 +150,7 @@ def test_reference_study_keeps_the_main_models_and_varies_only_the_seeds() -> No
     assert list(r["variants"]) == ["public-60", "public-200", "noise-200"]
     for name, v in r["variants"].items():
         assert v["samples"] == int(name.split("-")[1])
+        assert v["distill_steps"] == cfg.distill_epochs * -(-v["samples"] // 64)  # batch 64
         for key in ("agreement_local", "agreement_global", "seed_acc_global", "ensemble_local", "ensemble_global"):
             assert 0.0 <= v["mean"][key] <= 1.0
     seeds = [tuple(v["per_device"]["dev-0"].values()) for v in r["variants"].values()]

@@ -102,6 +102,7 @@ def run_reference_study(cfg: ReferenceStudyConfig, announce: Announce = quiet) -
             devices = redistill_devices(devices, clients, ref, learning, workers=workers)
         rows[name] = _evaluate(devices, data, cfg.lam) | {
             "kind": "noise" if name.startswith("noise") else "public", "samples": len(ref),
+            "distill_steps": cfg.distill_epochs * -(-len(ref) // learning.distill.batch_size),
             "distill_seconds_total": sum(d.distill_report.seconds for d in devices),
             "phase_seconds": time.perf_counter() - t0}
     assert devices is not None
