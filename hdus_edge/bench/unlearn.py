@@ -91,8 +91,7 @@ def bench_one(broker_url: str, n: int, forgets: int, root: Path, models: dict[st
             else:
                 logger.warning("unlearn of %s: no receipt from %s within 30 s", target, ", ".join(outcome["missing"]))
             receipts += outcome["receipts"]
-            fleet.agents.pop(target).stop()  # what AgentFleet.unlearn does after its request
-            fleet.graph = {i: frozenset(nb - {target}) for i, nb in fleet.graph.items() if i != target}
+            fleet.retire([target])  # what AgentFleet.unlearn does after its request
             fleet.wait_converged(30)
     return {
         "devices": n, "degree": len(graph[ids[0]]), "seed_propagation_s": propagation,

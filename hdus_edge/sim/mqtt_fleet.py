@@ -104,11 +104,17 @@ class AgentFleet:
         key = self.admin.key()
         outcome = request_unlearn(broker_url=self.broker_url, fleet=self.fleet.fleet.name, admin_key=key.public_key,
                                   signer=key, issuer="admin", target=target, epoch=0, wait_s=wait_s, settle_s=0.2)
-        agent = self.agents.pop(target, None)
-        if agent is not None:
-            agent.stop()
-        self.graph = {i: frozenset(n - {target}) for i, n in self.graph.items() if i != target}
+        self.retire([target])
         return outcome
+
+    def retire(self, targets: list[str]) -> None:
+        """Stop the agents of forgotten ``targets`` and take them out of the graph."""
+        for target in targets:
+            agent = self.agents.pop(target, None)
+            if agent is not None:
+                agent.stop()
+        gone = set(targets)
+        self.graph = {i: frozenset(n - gone) for i, n in self.graph.items() if i not in gone}
 
     def unlearn_together(self, targets: list[str], wait_s: float = 30.0) -> list[UnlearnOutcome]:
         """The admin orders every one of ``targets`` forgotten at the same moment (one requester
@@ -123,12 +129,7 @@ class AgentFleet:
 
         with ThreadPoolExecutor(len(targets)) as pool:
             outcomes = list(pool.map(order, targets))
-        for target in targets:
-            agent = self.agents.pop(target, None)
-            if agent is not None:
-                agent.stop()
-        gone = set(targets)
-        self.graph = {i: frozenset(n - gone) for i, n in self.graph.items() if i not in gone}
+        self.retire(targets)
         return outcomes
 
     def predict(self, device_id: str, x: np.ndarray) -> np.ndarray:

@@ -144,6 +144,7 @@ def _distill_cfg(cfg: ScaleStudyConfig) -> Any:
 def _agents_case(url: str, root: Path, models: dict[str, Any], ids: list[str], degree: int,
                  cfg: ScaleStudyConfig, data: Any) -> dict[str, Any]:
     """N agents on ``url`` over a random ``degree``-regular graph: propagation, then forgetting."""
+    from hdus_edge.bench.outside import OutsideRequester
     from hdus_edge.sim.hdus_run import TrafficMeter, fleet_config
     from hdus_edge.sim.mqtt_fleet import AgentFleet
 
@@ -157,18 +158,22 @@ def _agents_case(url: str, root: Path, models: dict[str, Any], ids: list[str], d
     process = psutil.Process()
     meter = TrafficMeter(url, name).start()
     try:
-        with AgentFleet(root, url, fleet_cfg, models, graph, settings) as fleet:
+        # The admin's requester runs in its own process, as it would in a real fleet: in this one it
+        # would wait for the GIL behind every agent (see bench/outside.py).
+        with AgentFleet(root, url, fleet_cfg, models, graph, settings) as fleet, \
+                OutsideRequester(fleet.admin.root) as requester:
             rss0 = process.memory_info().rss
             propagation = fleet.start(timeout=600)
             rss1 = process.memory_info().rss
             publish = meter.snapshot()
             latencies, receipts, holders = [], 0, 0
             for target in ids[-cfg.forgets:]:
-                outcome = fleet.unlearn(target, wait_s=60)
-                holders += len(outcome.holders)
-                receipts += len(outcome.receipts)
-                if outcome.complete and outcome.latency_s is not None:
-                    latencies.append(outcome.latency_s)
+                outcome = requester.unlearn(url, fleet_cfg.fleet.name, target, wait_s=60)
+                holders += len(outcome["holders"])
+                receipts += outcome["receipts"]
+                if outcome["latency_s"] is not None:
+                    latencies.append(outcome["latency_s"])
+                fleet.retire([target])  # what AgentFleet.unlearn does after its request
                 fleet.wait_converged(60)
             total = meter.snapshot()
     finally:
