@@ -8,6 +8,7 @@ import contextlib
 import logging
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -91,7 +92,9 @@ def run_sim(
         announce("HDUS: train, distill, export, publish, forget")
         hdus = run_hdus(data=data, specs=specs, graph=graph, learning=learning, broker_url=broker_url,
                         root=Path(tmp), forget=cfg.forget, progress=progress, workers=workers,
-                        name=f"sim{cfg.seed}", mia_seed=cfg.seed, forget_at_once=cfg.forget_at_once)
+                        # Unique per run: a shared broker may still hold retained messages of an
+                        # earlier run (its agents would reject them, but noisily).
+                        name=f"sim{cfg.seed}-{uuid.uuid4().hex[:8]}", mia_seed=cfg.seed, forget_at_once=cfg.forget_at_once)
     methods = {"hdus": _hdus_method(hdus, cfg, data)}
     methods |= _run_baselines(cfg, data, graph, hdus, workers, announce)
     report = _report(cfg, data, hdus, methods, time.perf_counter() - start)

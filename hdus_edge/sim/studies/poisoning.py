@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -105,7 +106,7 @@ def run_poisoning(cfg: PoisoningConfig, announce: Announce = quiet) -> dict[str,
     announce("poisoning: the poisoned fleet on real agents, then forget the poisoned device")
     with tempfile.TemporaryDirectory(prefix="hdus-poison-") as tmp, broker_for(sim) as url:
         run = run_hdus(data=poisoned_data, specs=specs, graph=graph, learning=learning, broker_url=url,
-                       root=Path(tmp), forget=(cfg.poisoned,), name=f"poison{cfg.seed}", mia_seed=cfg.seed,
+                       root=Path(tmp), forget=(cfg.poisoned,), name=f"poison{cfg.seed}-{uuid.uuid4().hex[:8]}", mia_seed=cfg.seed,
                        devices=poisoned_devices)
     neighbours = sorted(i for i in graph if cfg.poisoned in graph[i])
     clean = _in_process(honest, graph, cfg.lam, data, ids)

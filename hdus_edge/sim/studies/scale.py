@@ -23,6 +23,7 @@ import contextlib
 import statistics
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,7 +152,7 @@ def _agents_case(url: str, root: Path, models: dict[str, Any], ids: list[str], d
     n = len(ids)
     kind = "complete" if degree >= n - 1 else "random-regular"
     graph = build_graph(kind, ids, degree=degree, seed=cfg.seed)
-    name = f"scale{n}k{degree}s{cfg.seed}"
+    name = f"scale{n}k{degree}s{cfg.seed}-{uuid.uuid4().hex[:8]}"  # unique: a shared broker keeps retained state
     fleet_cfg = fleet_config(name, url, data, LearningConfig())
     # Digests every 60 s: the default 30 s would add background traffic to a short measurement.
     settings = AgentSettings(probe_in_subprocess=False, digest_interval_s=60.0)
