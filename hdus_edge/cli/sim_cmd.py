@@ -111,10 +111,10 @@ def print_comparison(report: dict[str, Any]) -> None:
     versus = report.get("comparison") or {}
     if "sisa-a" in versus:
         s = versus["sisa-a"]
-        ratio = "-" if s["bytes_ratio"] is None else f"{s['bytes_ratio']:.0f}x"
+        ratio = "-" if not s["bytes_ratio"] else f"{s['bytes_ratio']:.0f}x"
         console.print(f"HDUS vs SISA-A: {s['points_local_after']:+.1f} pts local, {s['points_global_after']:+.1f} pts "
                       f"global, with {ratio} fewer bytes sent to train.")
-    slower = {n: c["forget_speedup"] for n, c in versus.items() if c["forget_speedup"]}
+    slower = {n: c["forget_speedup"] for n, c in versus.items() if (c["forget_speedup"] or 0) > 1}
     if slower:
         console.print("Forgetting one device, HDUS is faster than: "
                       + ", ".join(f"{n} {v:.0f}x" for n, v in sorted(slower.items())) + ".")

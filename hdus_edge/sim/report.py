@@ -140,10 +140,16 @@ def _versus(comparison: dict[str, Any]) -> list[str]:
              "|---|---|---|---|---|"]
     for name in sorted(comparison, key=lambda n: METHOD_ORDER.index(n) if n in METHOD_ORDER else 99):
         c = comparison[name]
-        ratio = "-" if c["bytes_ratio"] is None else f"{c['bytes_ratio']:.1f}x"
-        speed = "- (free)" if c["forget_speedup"] is None else f"{c['forget_speedup']:.0f}x"
+        ratio = "- (sends none)" if not c["bytes_ratio"] else f"{c['bytes_ratio']:.1f}x"
+        speed = _speedup(c["forget_speedup"])
         lines.append(f"| {name} | {c['points_local_after']:+.1f} | {c['points_global_after']:+.1f} | {ratio} | {speed} |")
     return lines + [""]
+
+
+def _speedup(ratio: float | None) -> str:
+    if ratio is None or ratio < 0.01:
+        return "- (nothing to undo)"  # ISGD holds nobody's data; SISA-A drops a model it holds
+    return f"{ratio:.0f}x" if ratio >= 10 else f"{ratio:.2f}x"
 
 
 def _receipt_counts(receipts: list[dict[str, Any]]) -> str:
