@@ -28,6 +28,10 @@ def test_summarize_names_every_count_that_is_not_zero():
                                     "soak: RuntimeError: boom"]
     rows = table_rows(out)
     assert ("links cut during QoS 1 flows (proxy)", "mosquitto", "losses=2") in rows
+    # Only the cases in the result have rows (``--only`` printed an empty row for every other one).
+    assert {title for title, _, _ in rows} == {"hostile envelopes (fields, types, sizes, bit flips)",
+                                               "links cut during QoS 1 flows (proxy)",
+                                               "soak (cuts, broker restarts, unlearns, new seeds)"}
 
 
 def test_cli_runs_the_named_cases_and_prints_one_json_object():

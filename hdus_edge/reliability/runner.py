@@ -247,7 +247,9 @@ def table_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(case, variant, "figure=value, ...") rows of a ``run_reliability`` result, for the CLI table."""
     rows = []
     for section, title, keys in _TABLE:
-        for row in _rows(result.get(section, {})):
+        if section not in result:  # not run (``--only``): no empty row
+            continue
+        for row in _rows(result[section]):
             if "error" in row:
                 rows.append((title, "", f"error: {row['error']}"))
                 continue
