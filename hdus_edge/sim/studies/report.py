@@ -73,8 +73,10 @@ def _scale(s: dict[str, Any]) -> list[str]:
                          f"| {_num(r['forget_messages_per_unlearn'])} |")
     lines += ["", "Seed traffic is one message per directed edge (N x k). Every device, holder or not, records an "
               "unlearn order as a tombstone (so the seed can never come back through a late delivery) and answers "
-              "with a signed receipt, so an unlearn's traffic grows with N; the requester waits only for the k "
-              "holders, so its latency need not.", ""]
+              "with a signed receipt, so an unlearn's traffic grows with N. The requester waits only for the k "
+              "holders, but here all N agents share one process and these cores, so every device's work on the "
+              "order delays the holders' receipts and the latency grows with N; on a fleet where each device has "
+              "its own CPU only the holders' own work is on that path.", ""]
     return lines
 
 
