@@ -165,3 +165,22 @@ def test_a_simulation_run_keeps_the_studies_already_in_its_report_folder(tmp_pat
     assert existing_studies(tmp_path) == {}
     (tmp_path / "report.json").write_text(json.dumps({"studies": {"scale": {"rows": []}}}))
     assert existing_studies(tmp_path) == {"scale": {"rows": []}}
+
+
+def test_traffic_meter_waits_for_the_expected_messages_before_a_snapshot(embedded_broker) -> None:
+    from hdus_edge.protocol.topics import Topics
+    from hdus_edge.sim.hdus_run import TrafficMeter
+    from hdus_edge.transport.mqtt import MqttTransport
+
+    meter = TrafficMeter(embedded_broker, "metered").start()
+    sender = MqttTransport(embedded_broker, "metered-sender", clean_session=True)
+    try:
+        sender.connect()
+        topics = Topics("metered")
+        for k in range(3):
+            sender.publish(topics.unlearn(f"dev-{k}"), b"x" * 10, wait=False)
+        meter.settle(quiet_s=0.2, max_s=20, unlearn=3)
+        assert meter.snapshot() == {"messages": {"unlearn": 3}, "bytes": {"unlearn": 30}}
+    finally:
+        sender.close()
+        meter.close()

@@ -39,6 +39,7 @@ class TrafficMeter:
         self.messages: Counter[str] = Counter()
         self.bytes: Counter[str] = Counter()
         self._lock = threading.Lock()
+        self._last = time.monotonic()
         self._transport = MqttTransport(broker_url, f"{fleet}.traffic-meter", handler=self._count, clean_session=True)
         self._transport.subscribe([f"{self.topics.root}/#"])
 
@@ -47,6 +48,20 @@ class TrafficMeter:
         with self._lock:
             self.messages[kind] += 1
             self.bytes[kind] += len(payload)
+            self._last = time.monotonic()
+
+    def settle(self, quiet_s: float = 1.0, max_s: float = 30.0, **at_least: int) -> None:
+        """Wait until ``at_least`` counts are reached (e.g. ``unlearn=3``) and no message came for
+        ``quiet_s``, at most ``max_s``: in a busy process the meter's thread runs behind the broker."""
+        deadline = time.monotonic() + max_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                reached = all(self.messages[k] >= n for k, n in at_least.items())
+                quiet = time.monotonic() - self._last >= quiet_s
+            if reached and quiet:
+                return
+            time.sleep(0.05)
+        logger.warning("traffic meter: still counting after %.0f s", max_s)
 
     def start(self) -> TrafficMeter:
         self._transport.connect()
@@ -190,6 +205,7 @@ def run_hdus(
                     fleet.wait_converged(60)
                     times.forget.append(time.perf_counter() - t0)
             after = evaluate_agents(fleet, data, index)
+            meter.settle(unlearn=len(outcomes), receipts=sum(len(o.receipts) for o in outcomes))
             traffic = meter.snapshot()
             remaining = sorted(fleet.agents)
             never_graph = graph

@@ -166,6 +166,7 @@ def _agents_case(url: str, root: Path, models: dict[str, Any], ids: list[str], d
             rss0 = process.memory_info().rss
             propagation = fleet.start(timeout=600)
             rss1 = process.memory_info().rss
+            meter.settle(seeds=n * degree)
             publish = meter.snapshot()
             latencies, receipts, holders = [], 0, 0
             for target in ids[-cfg.forgets:]:
@@ -176,6 +177,7 @@ def _agents_case(url: str, root: Path, models: dict[str, Any], ids: list[str], d
                     latencies.append(outcome["latency_s"])
                 fleet.retire([target])  # what AgentFleet.unlearn does after its request
                 fleet.wait_converged(60)
+            meter.settle(unlearn=cfg.forgets, receipts=receipts)
             total = meter.snapshot()
     finally:
         meter.close()
