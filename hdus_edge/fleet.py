@@ -193,23 +193,27 @@ def train_devices(
     missing = [s.device_id for s in specs if s.device_id not in clients]
     if missing:
         raise ConfigError(f"no client data for devices {missing}")
+    return _run_jobs([(s.device_id, train_device, (s, clients[s.device_id], reference, cfg)) for s in specs],
+                     workers, progress)
+
+
+# A job: (device_id, function, args); the function takes ``progress`` after ``args``.
+_Job = tuple[str, Callable[..., TrainedDevice], tuple]
+
+
+def _run_jobs(jobs: Sequence[_Job], workers: int | None, progress: FleetProgress | None) -> list[TrainedDevice]:
+    """Run the jobs here (one torch thread) or in spawned worker processes; results in job order."""
     workers = default_workers() if workers is None else workers
-    if workers <= 1 or len(specs) <= 1:
+    if workers <= 1 or len(jobs) <= 1:
         with torch_threads(1):
-            return [train_device(s, clients[s.device_id], reference, cfg, progress) for s in specs]
-    return _in_workers(
-        [(s.device_id, _train_in_worker, (s, clients[s.device_id], reference, cfg, progress is not None)) for s in specs],
-        workers, progress)
-
-
-def _in_workers(jobs: Sequence[tuple[str, Callable[..., TrainedDevice], tuple]], workers: int,
-                progress: FleetProgress | None) -> list[TrainedDevice]:
-    """Run ``(device_id, function, args)`` jobs in spawned worker processes; results in job order."""
+            return [fn(*args, progress) for _, fn, args in jobs]
     ctx = multiprocessing.get_context("spawn")  # fork after torch's thread pools started can hang
     updates = ctx.Queue()
     results: dict[str, TrainedDevice] = {}
+    report = progress is not None
     with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_worker_init, initargs=(updates,)) as pool:
-        pending: dict[Future, str] = {pool.submit(_packed_call, fn, _pack(args)): device_id for device_id, fn, args in jobs}
+        pending: dict[Future, str] = {pool.submit(_packed_call, fn, _pack(args), report): device_id
+                                      for device_id, fn, args in jobs}
         while pending:
             done, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
             _drain(updates, progress)
@@ -233,8 +237,8 @@ def _unpack(data: bytes) -> Any:
     return torch.load(io.BytesIO(data), weights_only=False)  # our own bytes, from our own worker
 
 
-def _packed_call(fn: Callable[..., TrainedDevice], packed_args: bytes) -> bytes:
-    return _pack(fn(*_unpack(packed_args)))
+def _packed_call(fn: Callable[..., TrainedDevice], packed_args: bytes, report: bool) -> bytes:
+    return _pack(fn(*_unpack(packed_args), _forward if report else None))
 
 
 def redistill_devices(
@@ -250,13 +254,8 @@ def redistill_devices(
     What a fleet does when it changes its reference set; the studies use it to vary only the
     reference. Runs in worker processes like ``train_devices``.
     """
-    workers = default_workers() if workers is None else workers
-    if workers <= 1 or len(devices) <= 1:
-        with torch_threads(1):
-            return [distill_device(d, clients[d.spec.device_id], reference, cfg, progress) for d in devices]
-    return _in_workers(
-        [(d.spec.device_id, _distill_in_worker, (d, clients[d.spec.device_id], reference, cfg, progress is not None))
-         for d in devices], workers, progress)
+    return _run_jobs([(d.spec.device_id, distill_device, (d, clients[d.spec.device_id], reference, cfg))
+                      for d in devices], workers, progress)
 
 
 def build_fleet(
@@ -288,18 +287,6 @@ def _worker_init(updates: "multiprocessing.Queue") -> None:
     global _updates
     _updates = updates
     torch.set_num_threads(1)
-
-
-def _train_in_worker(
-    spec: DeviceSpec, client: ClientData, reference: Dataset, cfg: LearningConfig, report: bool
-) -> TrainedDevice:
-    return train_device(spec, client, reference, cfg, _forward if report else None)
-
-
-def _distill_in_worker(
-    device: TrainedDevice, client: ClientData, reference: Dataset, cfg: LearningConfig, report: bool
-) -> TrainedDevice:
-    return distill_device(device, client, reference, cfg, _forward if report else None)
 
 
 def _forward(device_id: str, phase: str, done: int, total: int) -> None:

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from hdus_edge.sim.studies.report import render_sections
+from hdus_edge.sim.studies.report import render_sections, save_figure
 from hdus_edge.sim.studies.report import write_plots as write_study_plots
 
 METHOD_ORDER = ("hdus", "isgd", "dsgd", "fedunl", "fedunl-retrain", "sisa-a")
@@ -186,7 +186,7 @@ def write_plots(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     ax.set_ylim(0, 100)
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title("Accuracy before and after forgetting")
-    paths["accuracy"] = _save(fig, out_dir / "accuracy.png")
+    paths["accuracy"] = save_figure(fig, out_dir / "accuracy.png")
 
     fig, ax = plt.subplots(figsize=(8, 4))
     secs = [max(methods[n]["forget_seconds"] or 1e-6, 1e-6) for n in names]
@@ -194,7 +194,7 @@ def write_plots(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     ax.set_yscale("log")
     ax.set_ylabel("seconds to forget one device (log)")
     ax.set_title("Cost of forgetting (green: exact, red: approximate)")
-    paths["cost"] = _save(fig, out_dir / "forget_cost.png")
+    paths["cost"] = save_figure(fig, out_dir / "forget_cost.png")
 
     fig, ax = plt.subplots(figsize=(8, 4))
     for n in names:
@@ -207,7 +207,7 @@ def write_plots(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     ax.set_ylabel("mean local accuracy (%)")
     ax.legend(fontsize=8)
     ax.set_title("Accuracy over time after forgetting")
-    paths["recovery"] = _save(fig, out_dir / "recovery.png")
+    paths["recovery"] = save_figure(fig, out_dir / "recovery.png")
 
     fig, ax = plt.subplots(figsize=(8, 4))
     per = methods["hdus"]["per_device"]
@@ -219,14 +219,6 @@ def write_plots(report: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     ax.set_ylabel("local accuracy (%)")
     ax.legend(fontsize=8)
     ax.set_title("HDUS per device")
-    paths["devices"] = _save(fig, out_dir / "devices.png")
+    paths["devices"] = save_figure(fig, out_dir / "devices.png")
     return paths
 
-
-def _save(fig: Any, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path

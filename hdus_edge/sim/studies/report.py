@@ -168,7 +168,7 @@ def write_plots(studies: dict[str, Any], out_dir: Path) -> dict[str, Path]:
             ax.set_xlabel("devices")
             ax.set_title(title)
             ax.legend(fontsize=8)
-        paths["scale"] = _save(fig, out_dir / "study_scale.png")
+        paths["scale"] = save_figure(fig, out_dir / "study_scale.png")
     if "reference" in studies:
         variants = studies["reference"]["variants"]
         names = list(variants)
@@ -182,7 +182,7 @@ def write_plots(studies: dict[str, Any], out_dir: Path) -> dict[str, Path]:
         ax.set_ylabel("%")
         ax.legend(fontsize=8, loc="lower right")
         ax.set_title("Reference set: seed fidelity and ensemble accuracy")
-        paths["reference"] = _save(fig, out_dir / "study_reference.png")
+        paths["reference"] = save_figure(fig, out_dir / "study_reference.png")
     if "poisoning" in studies:
         sweep = studies["poisoning"]["lam_sweep"]
         fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -192,11 +192,12 @@ def write_plots(studies: dict[str, Any], out_dir: Path) -> dict[str, Path]:
         ax.set_ylabel("neighbours' global accuracy (%)")
         ax.legend(fontsize=8)
         ax.set_title("Poisoning: damage and recovery")
-        paths["poisoning"] = _save(fig, out_dir / "study_poisoning.png")
+        paths["poisoning"] = save_figure(fig, out_dir / "study_poisoning.png")
     return paths
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
+    """Lay out, write as PNG (100 dpi) and close ``fig``; returns ``path``."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()

@@ -33,10 +33,12 @@ import psutil
 
 from hdus_edge.agent import AgentSettings
 from hdus_edge.data import load_dataset, split_fleet
+from hdus_edge.distill import DistillConfig
 from hdus_edge.errors import ConfigError
 from hdus_edge.fleet import DeviceSpec, LearningConfig, train_devices
 from hdus_edge.sim.studies.common import Announce, growth_exponent, quiet
 from hdus_edge.topology import build_graph
+from hdus_edge.train import TrainConfig
 
 BROKERS = ("mosquitto", "amqtt")
 
@@ -98,8 +100,8 @@ def run_scale_study(cfg: ScaleStudyConfig, announce: Announce = quiet) -> dict[s
 
     cfg.validate()
     pool = load_dataset(cfg.dataset)
-    learning = LearningConfig(
-        train=_train_cfg(cfg), distill=_distill_cfg(cfg), lam=0.5, space="probs")
+    learning = LearningConfig(train=TrainConfig(epochs=cfg.train_epochs, seed=cfg.seed),
+                              distill=DistillConfig(epochs=cfg.distill_epochs, seed=cfg.seed))
     rows = []
     with tempfile.TemporaryDirectory(prefix="hdus-scale-") as tmp, _broker(cfg.broker, Path(tmp)) as url:
         for n in sorted(cfg.sizes):
@@ -128,18 +130,6 @@ def run_scale_study(cfg: ScaleStudyConfig, announce: Announce = quiet) -> dict[s
                          "forgets": cfg.forgets, "broker": cfg.broker, "seed": cfg.seed,
                          "cpu_cores": psutil.cpu_count() or 0},
             "rows": rows, "growth": _growth(rows)}
-
-
-def _train_cfg(cfg: ScaleStudyConfig) -> Any:
-    from hdus_edge.train import TrainConfig
-
-    return TrainConfig(epochs=cfg.train_epochs, seed=cfg.seed)
-
-
-def _distill_cfg(cfg: ScaleStudyConfig) -> Any:
-    from hdus_edge.distill import DistillConfig
-
-    return DistillConfig(epochs=cfg.distill_epochs, seed=cfg.seed)
 
 
 def _agents_case(url: str, root: Path, models: dict[str, Any], ids: list[str], degree: int,
