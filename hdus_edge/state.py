@@ -26,7 +26,6 @@ import fcntl
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -43,7 +42,9 @@ from hdus_edge.config import (
     to_toml,
     validate_fleet,
 )
-from hdus_edge.crypto import (
+from hdus_edge.errors import ConfigError, StateDirError
+from hdus_edge.files import atomic_write, write_json
+from hdus_edge.protocol.crypto import (
     DeviceCertificate,
     SigningKey,
     VerifyKey,
@@ -55,36 +56,12 @@ from hdus_edge.crypto import (
     save_signing_key,
     save_verify_key,
 )
-from hdus_edge.errors import ConfigError, StateDirError
 from hdus_edge.protocol.fields import check_device_id
 
 logger = logging.getLogger(__name__)
 
 STATE_ENV = "HDUS_STATE_DIR"
 ADMIN_ENV = "HDUS_ADMIN_DIR"
-
-
-def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` durably: temp file, fsync, rename, fsync the directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Atomically write ``obj`` as pretty JSON."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
 def read_json(path: Path, what: str) -> Any:
@@ -95,6 +72,14 @@ def read_json(path: Path, what: str) -> Any:
         raise StateDirError(f"{what} {path} is missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise StateDirError(f"{what} {path} is corrupt: {exc}") from None
+
+
+def user_device_id(value: str, what: str = "device id") -> str:
+    """``value`` when it is a valid device id, else ``ConfigError`` (ids are topic segments and file names)."""
+    try:
+        return check_device_id(value, what)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid {what} {value!r}: {exc}", hint="use letters, digits, '.', '_' or '-' (at most 64)") from None
 
 
 # --- admin -----------------------------------------------------------------------------------
@@ -165,7 +150,7 @@ def init_fleet(root: Path, fleet: FleetConfig, *, key: SigningKey | None = None)
     admin.root.mkdir(parents=True, exist_ok=True)
     save_signing_key(key, admin.key_file)
     save_verify_key(key.public_key, admin.pub_file)
-    atomic_write_bytes(admin.fleet_file, to_toml(fleet).encode())
+    atomic_write(admin.fleet_file, to_toml(fleet).encode())
     write_json(admin.registry_file, {})
     return admin
 
@@ -308,7 +293,7 @@ class StateDir:
         cfg = self.device()
         clean = tuple(sorted({check_device_id(n) for n in neighbors} - {cfg.device.id}))
         new = replace(cfg, neighbors=clean)
-        atomic_write_bytes(self.device_file, to_toml(new).encode())
+        atomic_write(self.device_file, to_toml(new).encode())
         return new
 
     def model_bytes(self, name: str) -> bytes:
@@ -360,9 +345,9 @@ def provision_device(
     save_signing_key(key, state.key_file)
     save_certificate(cert, state.cert_file)
     save_verify_key(admin.key().public_key, state.admin_pub_file)
-    atomic_write_bytes(state.fleet_file, admin.fleet_file.read_bytes())
+    atomic_write(state.fleet_file, admin.fleet_file.read_bytes())
     cfg = DeviceConfig(DeviceSection(id=device_id, profile=profile, broker=broker), tuple(sorted(set(neighbors) - {device_id})))
-    atomic_write_bytes(state.device_file, to_toml(cfg).encode())
+    atomic_write(state.device_file, to_toml(cfg).encode())
     for sub in (state.models, state.store_dir, state.outbox_dir):
         sub.mkdir(parents=True, exist_ok=True)
     registry[device_id] = {"profile": profile, "epoch": 0, "public_key": key.public_key.hex(), "issued_at": time.time()}
@@ -377,9 +362,5 @@ def install_reference(admin: AdminDir, state: StateDir) -> Path | None:
     """
     if not admin.reference_file.exists():
         return None
-    tmp = state.reference_file.with_name(f".tmp-{state.reference_file.name}-{os.getpid()}")
-    shutil.copyfile(admin.reference_file, tmp)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, state.reference_file)
+    atomic_write(state.reference_file, admin.reference_file.read_bytes())
     return state.reference_file

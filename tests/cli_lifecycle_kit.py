@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from hdus_edge.admin.setup import create_fleet, provision, resolve_reference
 from hdus_edge.cli.app import run
 from hdus_edge.data import Dataset, load_digits, save_npz
-from hdus_edge.fleet_setup import create_fleet, provision, resolve_reference
+from hdus_edge.device.store import SeedStore
 from hdus_edge.state import AdminDir, StateDir
-from hdus_edge.store import SeedStore
 
 IDS = ("d1", "d2", "d3")
 PROFILES = {"d1": "raspberry-pi-zero-2w", "d2": "raspberry-pi-4", "d3": "generic-x86_64"}
@@ -65,8 +65,8 @@ def zoo_onnx(arch: str, owner: str, role: str, seed: int, reference_sha256: str)
 
 def install_models(state: StateDir, seed: int = 0) -> tuple[bytes, bytes]:
     """Exported main (mobilenet-s) and seed (seed-cnn) in ``models/``, seed version 1."""
+    from hdus_edge.files import write_json
     from hdus_edge.protocol.messages import sha256_hex
-    from hdus_edge.state import write_json
 
     me = state.device().device.id
     ref = state.fleet().data.reference_sha256

@@ -23,7 +23,11 @@ import pytest
 
 from hdus_edge.errors import TransportError
 from hdus_edge.transport.broker import EmbeddedBroker
-from hdus_edge.transport.mosquitto import INSTALL_HINT, MosquittoConfig, MosquittoProcess
+from hdus_edge.transport.mosquitto import (
+    INSTALL_HINT,
+    MosquittoConfig,
+    MosquittoProcess,
+)
 from hdus_edge.transport.ports import free_port as _free_port
 
 

@@ -13,14 +13,19 @@ from pathlib import Path
 
 import numpy as np
 
-from hdus_edge.agent import AgentSettings, DeviceAgent
 from hdus_edge.config import DataSection, EnsembleSection, FleetConfig, FleetSection
 from hdus_edge.data import FleetData, load_digits, split_fleet
-from hdus_edge.distill import DistillConfig
-from hdus_edge.fleet import DeviceSpec, InProcessFleet, LearningConfig, build_fleet
+from hdus_edge.device.agent import AgentSettings, DeviceAgent
+from hdus_edge.learning.distill import DistillConfig
+from hdus_edge.learning.inprocess import (
+    DeviceSpec,
+    InProcessFleet,
+    LearningConfig,
+    build_fleet,
+)
+from hdus_edge.learning.train import TrainConfig
 from hdus_edge.state import AdminDir, StateDir, init_fleet, provision_device
 from hdus_edge.topology import complete
-from hdus_edge.train import TrainConfig
 
 IDS = ("d0", "d1", "d2", "d3", "d4")
 ARCHS = ("resnet-8", "mobilenet-s", "resnet-8", "mobilenet-s", "resnet-8")

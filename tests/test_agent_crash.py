@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 
 import fleet_kit as fk
+
+from hdus_edge.device.store import SeedStore
 from hdus_edge.protocol.messages import sha256_hex
-from hdus_edge.requester import collect_receipts, request_unlearn
-from hdus_edge.store import SeedStore
+from hdus_edge.unlearn.request import collect_receipts, request_unlearn
 
 
 def _spawn(state, broker: str, ready: Path) -> subprocess.Popen:

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import time
 
+import fleet_kit as fk
 import numpy as np
 import pytest
 
-import fleet_kit as fk
-from hdus_edge.crypto import SigningKey
 from hdus_edge.protocol import codec
+from hdus_edge.protocol.crypto import SigningKey
 from hdus_edge.protocol.messages import SeedEnvelope, UnlearnOrder
 from hdus_edge.protocol.topics import Topics
-from hdus_edge.requester import collect_receipts, request_unlearn, verify_evidence
 from hdus_edge.transport.mqtt import MqttTransport
+from hdus_edge.unlearn.request import collect_receipts, request_unlearn, verify_evidence
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 import json
 
 import fleet_kit as fk
+
 from hdus_edge.protocol.messages import sha256_hex
 
 

@@ -14,7 +14,7 @@ def test_agent_from_state_dir_never_imports_torch(tmp_path, embedded_broker):
         import sys
         from pathlib import Path
         from hdus_edge.cli import app  # the CLI wiring too
-        from hdus_edge.agent import DeviceAgent
+        from hdus_edge.device.agent import DeviceAgent
         from hdus_edge.state import StateDir
         agent = DeviceAgent.from_state_dir(StateDir(Path({str(states['d0'].root)!r})), broker_url={embedded_broker!r})
         agent.start()

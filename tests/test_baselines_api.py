@@ -8,7 +8,13 @@ from hdus_edge.data import load_digits, split_fleet
 from hdus_edge.errors import ConfigError
 from hdus_edge.models import build_model
 from hdus_edge.sim.baselines import (
-    METHODS, BaselineBudget, FleetSetup, device_seed, make_baseline, message_bytes, mixing_weights,
+    METHODS,
+    BaselineBudget,
+    FleetSetup,
+    device_seed,
+    make_baseline,
+    message_bytes,
+    mixing_weights,
 )
 from hdus_edge.sim.baselines.sgd import load_state_vector, parallel_map, state_vector
 from hdus_edge.topology import complete, ring, small_world

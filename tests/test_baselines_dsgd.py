@@ -3,8 +3,14 @@
 import pytest
 
 from hdus_edge.data import load_digits, split_fleet
-from hdus_edge.sim.baselines import DSGD, BaselineBudget, compare_runs, exact_check, message_bytes
 from hdus_edge.models import build_model
+from hdus_edge.sim.baselines import (
+    DSGD,
+    BaselineBudget,
+    compare_runs,
+    exact_check,
+    message_bytes,
+)
 from hdus_edge.topology import ring
 
 IDS = ["a", "b", "c", "d"]

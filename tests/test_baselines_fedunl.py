@@ -5,7 +5,12 @@ import pytest
 from hdus_edge.data import load_digits, split_fleet
 from hdus_edge.models import build_model
 from hdus_edge.sim.baselines import (
-    BaselineBudget, FedUnl, FedUnlRetrain, compare_runs, exact_check, message_bytes,
+    BaselineBudget,
+    FedUnl,
+    FedUnlRetrain,
+    compare_runs,
+    exact_check,
+    message_bytes,
 )
 from hdus_edge.topology import complete
 

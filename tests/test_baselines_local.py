@@ -3,11 +3,19 @@
 import pytest
 
 from hdus_edge.data import load_digits, split_fleet
-from hdus_edge.distill import DistillConfig
 from hdus_edge.errors import ConfigError
-from hdus_edge.fleet import DeviceSpec, LearningConfig, train_devices
+from hdus_edge.learning.distill import DistillConfig
+from hdus_edge.learning.inprocess import DeviceSpec, LearningConfig, train_devices
 from hdus_edge.sim.baselines import (
-    ISGD, BaselineBudget, FleetSetup, LocalModels, SisaA, compare_runs, device_seed, exact_check, message_bytes,
+    ISGD,
+    BaselineBudget,
+    FleetSetup,
+    LocalModels,
+    SisaA,
+    compare_runs,
+    device_seed,
+    exact_check,
+    message_bytes,
     train_local_models,
 )
 from hdus_edge.sim.baselines.local import local_train_config

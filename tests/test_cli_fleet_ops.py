@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import time
 
+import cli_lifecycle_kit as kit
 import pytest
 
-import cli_lifecycle_kit as kit
-from hdus_edge.agent import AgentSettings, DeviceAgent
+from hdus_edge.device.agent import AgentSettings, DeviceAgent
+from hdus_edge.files import write_json
 from hdus_edge.protocol.messages import sha256_hex
-from hdus_edge.state import write_json
 
 FAST = AgentSettings(probe_in_subprocess=False, digest_interval_s=0.5)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import cli_lifecycle_kit as kit
 import numpy as np
 import pytest
 
-import cli_lifecycle_kit as kit
 from hdus_edge.data import Dataset, save_npz
 from hdus_edge.transport.ports import free_port
 

@@ -6,16 +6,15 @@ import json
 import subprocess
 import sys
 
+import cli_lifecycle_kit as kit
 import numpy as np
 import pytest
 from PIL import Image
 
-import cli_lifecycle_kit as kit
+from hdus_edge.device.inputs import read_input, read_pgm
+from hdus_edge.device.store import SeedStore
 from hdus_edge.ensemble.runtime import EnsembleRuntime
-from hdus_edge.predict_input import read_input, read_pgm
 from hdus_edge.protocol.messages import sha256_hex
-from hdus_edge.store import SeedStore
-
 
 # --- input readers ---------------------------------------------------------------------------------
 

@@ -7,14 +7,14 @@ import os
 import subprocess
 import time
 
+import cli_lifecycle_kit as kit
 import numpy as np
 import pytest
 
-import cli_lifecycle_kit as kit
 from hdus_edge.config import list_profiles, load_fleet_config
-from hdus_edge.crypto import verify_certificate
 from hdus_edge.data import dataset_sha256, load_digits, load_npz
 from hdus_edge.errors import BrokerRefusedError
+from hdus_edge.protocol.crypto import verify_certificate
 from hdus_edge.protocol.topics import Topics
 from hdus_edge.state import StateDir
 from hdus_edge.transport.mosquitto import find_binary
@@ -124,7 +124,7 @@ def test_neighbors_add_and_remove_without_an_agent(capsys, tmp_path):
     change = json.loads(out)
     assert code == 0 and change["neighbors"] == ["d2"] and change["seeds_removed"] == ["d3"]
     assert st.device().neighbors == ("d2",)
-    from hdus_edge.store import SeedStore
+    from hdus_edge.device.store import SeedStore
 
     with SeedStore(st.store_dir) as store:
         assert store.seed_info("d3") is None and store.seed_info("d2") is not None
@@ -200,7 +200,7 @@ def test_broker_config_passwords_and_acl_on_mosquitto(capsys, tmp_path):
 
 def test_a_device_agent_runs_on_the_generated_broker(capsys, tmp_path):
     # The ACL must allow everything the agent subscribes to and publishes (hello, membership, digests, ...).
-    from hdus_edge.agent import AgentSettings, DeviceAgent
+    from hdus_edge.device.agent import AgentSettings, DeviceAgent
 
     admin, states = kit.make_fleet(tmp_path)
     kit.install_models(states["d1"])

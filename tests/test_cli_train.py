@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 
+import cli_lifecycle_kit as kit
 import numpy as np
 import onnxruntime as ort
 import torch
 
-import cli_lifecycle_kit as kit
-from hdus_edge.lifecycle import load_checkpoint
+from hdus_edge.learning.steps import load_checkpoint
 from hdus_edge.onnx.checks import parse_onnx
 from hdus_edge.onnx.metadata import read_provenance
 from hdus_edge.protocol.messages import sha256_hex

@@ -6,7 +6,15 @@ from dataclasses import replace
 
 import pytest
 
-from hdus_edge.crypto import (
+from hdus_edge.errors import (
+    ConfigError,
+    KeyFileError,
+    ReplayError,
+    SignatureError,
+    UnauthorizedError,
+    UnknownSenderError,
+)
+from hdus_edge.protocol.crypto import (
     SigningKey,
     TrustStore,
     VerifyKey,
@@ -20,14 +28,6 @@ from hdus_edge.crypto import (
     sign,
     verify,
     verify_certificate,
-)
-from hdus_edge.errors import (
-    ConfigError,
-    KeyFileError,
-    ReplayError,
-    SignatureError,
-    UnauthorizedError,
-    UnknownSenderError,
 )
 
 ADMIN = SigningKey.from_seed(bytes([1]) * 32)

@@ -18,7 +18,13 @@ from hdus_edge.data import (
     sample_hashes,
     split_fleet,
 )
-from hdus_edge.errors import ConfigError, DataError, DataShapeError, PartitionError, ReferenceOverlapError
+from hdus_edge.errors import (
+    ConfigError,
+    DataError,
+    DataShapeError,
+    PartitionError,
+    ReferenceOverlapError,
+)
 
 
 @pytest.fixture(scope="module")

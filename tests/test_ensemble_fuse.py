@@ -10,9 +10,15 @@ import pytest
 from onnx_testkit import batch, export_zoo, tiny_model
 
 from hdus_edge.ensemble.combine import combine
+from hdus_edge.ensemble.fuse import (
+    MAIN_PREFIX,
+    OUTPUT,
+    fuse_ensemble,
+    member_output,
+    seed_prefix,
+)
+from hdus_edge.ensemble.pack import signature
 from hdus_edge.errors import EnsembleError
-from hdus_edge.onnx.fuse import MAIN_PREFIX, OUTPUT, fuse_ensemble, member_output, seed_prefix
-from hdus_edge.onnx.pack import signature
 from hdus_edge.onnx.session import make_session
 
 

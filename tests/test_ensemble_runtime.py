@@ -11,7 +11,12 @@ from onnx_testkit import batch, export_zoo, tiny_model, to_bytes
 
 from hdus_edge.ensemble.combine import combine
 from hdus_edge.ensemble.runtime import EnsembleRuntime
-from hdus_edge.errors import DataShapeError, EnsembleError, ExternalDataError, ProbeRunError
+from hdus_edge.errors import (
+    DataShapeError,
+    EnsembleError,
+    ExternalDataError,
+    ProbeRunError,
+)
 
 # Insertion order on purpose unsorted: the runtime sorts by device id.
 DEVICES = ("pi-d", "pi-a", "jetson-c", "pi-b")

@@ -16,7 +16,7 @@ import hdus_edge.ensemble
 import hdus_edge.ensemble.runtime
 import hdus_edge.onnx
 import hdus_edge.onnx.checks
-import hdus_edge.onnx.fuse
+import hdus_edge.ensemble.fuse
 import hdus_edge.onnx.inspection
 import hdus_edge.onnx.metadata
 import hdus_edge.onnx.probe

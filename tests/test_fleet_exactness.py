@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from hdus_edge.data import load_digits, split_fleet
-from hdus_edge.distill import DistillConfig
-from hdus_edge.fleet import DeviceSpec, LearningConfig, build_fleet
+from hdus_edge.learning.distill import DistillConfig
+from hdus_edge.learning.inprocess import DeviceSpec, LearningConfig, build_fleet
+from hdus_edge.learning.train import TrainConfig
 from hdus_edge.sim.exactness import compare_fleets
 from hdus_edge.topology import complete, ring, without
-from hdus_edge.train import TrainConfig
 
 CFG = LearningConfig(train=TrainConfig(epochs=3), distill=DistillConfig(epochs=4), lam=0.5, space="probs")
 SPECS = [

@@ -3,9 +3,14 @@
 import os
 
 from hdus_edge.data import load_digits, split_fleet
-from hdus_edge.distill import DistillConfig
-from hdus_edge.fleet import DeviceSpec, LearningConfig, redistill_devices, train_devices
-from hdus_edge.train import TrainConfig
+from hdus_edge.learning.distill import DistillConfig
+from hdus_edge.learning.inprocess import (
+    DeviceSpec,
+    LearningConfig,
+    redistill_devices,
+    train_devices,
+)
+from hdus_edge.learning.train import TrainConfig
 
 
 def _open_fds() -> int:

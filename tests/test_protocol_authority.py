@@ -2,7 +2,6 @@
 
 import pytest
 
-from hdus_edge.crypto import SigningKey, TrustStore, issue_certificate
 from hdus_edge.errors import (
     DecodeError,
     SenderMismatchError,
@@ -11,6 +10,7 @@ from hdus_edge.errors import (
     UnknownSenderError,
 )
 from hdus_edge.protocol.codec import decode, encode, open_digest, verify
+from hdus_edge.protocol.crypto import SigningKey, TrustStore, issue_certificate
 from hdus_edge.protocol.messages import (
     Hello,
     NeighborList,

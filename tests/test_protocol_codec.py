@@ -7,10 +7,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hdus_edge.crypto import SigningKey, TrustStore, issue_certificate
 from hdus_edge.errors import DecodeError, ProtocolError
 from hdus_edge.protocol import canonical
-from hdus_edge.protocol.codec import DEFAULT_MAX_BYTES, MAGIC, MAX_HEADER_BYTES, decode, encode, is_clear, verify
+from hdus_edge.protocol.codec import (
+    DEFAULT_MAX_BYTES,
+    MAGIC,
+    MAX_HEADER_BYTES,
+    decode,
+    encode,
+    is_clear,
+    verify,
+)
+from hdus_edge.protocol.crypto import SigningKey, TrustStore, issue_certificate
 from hdus_edge.protocol.fields import ID_PATTERN, NAME_PATTERN
 from hdus_edge.protocol.messages import (
     Hello,

@@ -4,11 +4,27 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hdus_edge.crypto import SigningKey, issue_certificate
 from hdus_edge.errors import DecodeError
+from hdus_edge.protocol.crypto import SigningKey, issue_certificate
 from hdus_edge.protocol.fields import ID_PATTERN
-from hdus_edge.protocol.messages import Hello, NeighborList, Receipt, SeedEnvelope, TombstoneDigest, UnlearnOrder
-from hdus_edge.protocol.topics import HELLO, MEMBERSHIP, RECEIPT, RETAINED, SEED, TOMBSTONES, UNLEARN, Topics
+from hdus_edge.protocol.messages import (
+    Hello,
+    NeighborList,
+    Receipt,
+    SeedEnvelope,
+    TombstoneDigest,
+    UnlearnOrder,
+)
+from hdus_edge.protocol.topics import (
+    HELLO,
+    MEMBERSHIP,
+    RECEIPT,
+    RETAINED,
+    SEED,
+    TOMBSTONES,
+    UNLEARN,
+    Topics,
+)
 
 T = Topics("lab")
 any_id = st.from_regex(ID_PATTERN, fullmatch=True).filter(lambda s: s != "admin")

@@ -21,7 +21,12 @@ as a counted, audited rejection with nothing changed.
 
 from __future__ import annotations
 
-from hdus_edge.reliability.cases_hostile import ORDERS, POLICY, SIGNERS, authority_matrix
+from hdus_edge.reliability.cases_hostile import (
+    ORDERS,
+    POLICY,
+    SIGNERS,
+    authority_matrix,
+)
 
 
 def test_every_cell_of_the_authority_matrix_follows_the_policy(tmp_path, broker_url):

@@ -22,7 +22,12 @@ from hdus_edge.reliability.envelope_mutants import (
     split,
     truncation_mutants,
 )
-from hdus_edge.reliability.harness import LAB_SETTINGS, SingleAgentLab, deliver, snapshot
+from hdus_edge.reliability.harness import (
+    LAB_SETTINGS,
+    SingleAgentLab,
+    deliver,
+    snapshot,
+)
 from hdus_edge.transport.broker import EmbeddedBroker
 from hdus_edge.transport.mosquitto import MosquittoProcess
 

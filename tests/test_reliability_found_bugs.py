@@ -20,13 +20,19 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from hdus_edge.device.store import SeedStore
 from hdus_edge.errors import OnnxRejectedError
 from hdus_edge.onnx.checks import ModelContract, check_onnx
 from hdus_edge.reliability.cases_faults import broker_crash_during_seeds
-from hdus_edge.reliability.harness import LAB_SETTINGS, SingleAgentLab, lab_fleet, lab_models, start_agents
+from hdus_edge.reliability.harness import (
+    LAB_SETTINGS,
+    SingleAgentLab,
+    lab_fleet,
+    lab_models,
+    start_agents,
+)
 from hdus_edge.reliability.invariants import orphan_temp_files
 from hdus_edge.reliability.onnx_mutants import deep_chain_model
-from hdus_edge.store import SeedStore
 
 CONTRACT = ModelContract(8, 8, 10)
 
@@ -87,7 +93,7 @@ def test_bug2_a_deep_chain_of_allowed_nodes_is_refused(tmp_path, embedded_broker
 
 @pytest.mark.parametrize("kind", ["amqtt", "mosquitto-memory", "mosquitto-persistent"])
 def test_bug3_devices_joining_after_the_broker_lost_its_state_converge(tmp_path, kind):
-    """Fix (agent.py): on every reconnect (``MqttTransport.connect_count`` grew, or an on-connect hook)
+    """Fix (device/agent.py): on every reconnect (``MqttTransport.connect_count`` grew, or an on-connect hook)
     re-publish hello, neighbour list and digest, and forget ``_published`` so that the neighbours'
     re-announced lists make it publish its seed again; receivers dedupe by (version, sha256). Also park
     per (sender, topic) rather than the last 16 messages per sender, so the periodic digests cannot

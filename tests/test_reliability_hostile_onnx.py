@@ -13,7 +13,12 @@ import pytest
 from hdus_edge.errors import OnnxRejectedError
 from hdus_edge.onnx.checks import ModelContract, check_onnx
 from hdus_edge.onnx.probe import probe_run
-from hdus_edge.reliability.harness import LAB_SETTINGS, SingleAgentLab, lab_models, snapshot
+from hdus_edge.reliability.harness import (
+    LAB_SETTINGS,
+    SingleAgentLab,
+    lab_models,
+    snapshot,
+)
 from hdus_edge.reliability.onnx_mutants import (
     has_non_utf8_strings,
     hostile_onnx_cases,

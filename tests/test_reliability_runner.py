@@ -9,7 +9,11 @@ import subprocess
 import sys
 
 from hdus_edge.reliability.brokers import Broker
-from hdus_edge.reliability.cases_load import propagation_load, simultaneous_unlearns, soak
+from hdus_edge.reliability.cases_load import (
+    propagation_load,
+    simultaneous_unlearns,
+    soak,
+)
 from hdus_edge.reliability.runner import CASES, summarize, table_rows
 
 

@@ -18,9 +18,14 @@ import os
 import threading
 from dataclasses import replace
 
-from hdus_edge import store as store_module
-from hdus_edge.reliability.harness import LAB_SETTINGS, SingleAgentLab, settle, wait_until
-from hdus_edge.store import SeedStore
+from hdus_edge.device import store as store_module
+from hdus_edge.device.store import SeedStore
+from hdus_edge.reliability.harness import (
+    LAB_SETTINGS,
+    SingleAgentLab,
+    settle,
+    wait_until,
+)
 from hdus_edge.transport.mqtt import MqttTransport
 
 # Periodic digests out of the way: what is counted is the digests that orders cause.
@@ -28,7 +33,7 @@ QUIET = replace(LAB_SETTINGS, digest_interval_s=600.0)
 
 
 def test_bug1_orders_a_device_already_applied_are_not_verified_again(tmp_path, mosquitto_broker):
-    """Fix (agent.py ``_on_digest``): drop digest entries whose request id is already seen (read,
+    """Fix (device/agent.py ``_on_digest``): drop digest entries whose request id is already seen (read,
     unverified, from the entry; a forged one would be ignored after verification anyway) before
     ``codec.open_digest`` checks signatures."""
     broker_url = mosquitto_broker.url  # agent logic: one broker is enough
@@ -52,7 +57,7 @@ def test_bug1_orders_a_device_already_applied_are_not_verified_again(tmp_path, m
 
 
 def test_bug2_a_burst_of_orders_makes_a_few_digests_not_one_per_order(tmp_path, mosquitto_broker):
-    """Fix (agent.py ``_apply_order``): mark the digest due and let the housekeeping tick (at most
+    """Fix (device/agent.py ``_apply_order``): mark the digest due and let the housekeeping tick (at most
     1 s) publish one digest for every order applied since."""
     broker_url = mosquitto_broker.url  # agent logic: one broker is enough
     burst = 20
@@ -94,7 +99,7 @@ def _orders_in_last(seen: list[bytes], lock: threading.Lock) -> int:
 
 
 def test_bug3_saved_orders_come_in_the_order_they_were_applied(tmp_path):
-    """Fix (store.py ``orders``): sort by the time each request was marked seen (the index has it),
+    """Fix (device/store.py ``orders``): sort by the time each request was marked seen (the index has it),
     not by request id."""
     clock = iter(float(t) for t in range(1, 1000))
     with SeedStore(tmp_path, clock=lambda: next(clock)) as store:
@@ -109,7 +114,7 @@ def test_bug3_saved_orders_come_in_the_order_they_were_applied(tmp_path):
 
 
 def test_bug4_an_unlearn_step_syncs_its_audit_lines_once(tmp_path, monkeypatch):
-    """Fix (store.py): the audit lines of one unlearn step are written, then fsynced once (the index
+    """Fix (device/store.py): the audit lines of one unlearn step are written, then fsynced once (the index
     replace is the step's commit point). Counted with the real ``os.fsync`` called through."""
     calls: list[int] = []
     real_fsync = os.fsync
@@ -151,7 +156,8 @@ def test_bug4_a_saved_order_lost_to_a_crash_is_written_again_on_redelivery(tmp_p
 def test_bench_unlearn_collects_receipts_from_a_requester_in_its_own_process(tmp_path, mosquitto_broker):
     # The bench's requester runs in a spawned child (a requester in the fleet's process waits for the
     # GIL behind every agent and saw receipts ~3 s late at 50 devices); one small round trip.
-    from hdus_edge.bench.unlearn import bench_one, synthetic_models
+    from hdus_edge.bench.unlearn import bench_one
+    from hdus_edge.lab.synthetic import synthetic_models
 
     row = bench_one(mosquitto_broker.url, 4, 1, tmp_path, synthetic_models(4))
     assert row["unlearn_samples"] == 1 and row["incomplete"] == 0, row

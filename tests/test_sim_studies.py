@@ -16,15 +16,19 @@ from typer.testing import CliRunner
 from hdus_edge.cli.app import app
 from hdus_edge.data import Dataset, load_digits, split_fleet
 from hdus_edge.errors import ConfigError
-from hdus_edge.fleet import DeviceSpec, LearningConfig, distill_device, train_device
-from hdus_edge.distill import DistillConfig
+from hdus_edge.learning.distill import DistillConfig
+from hdus_edge.learning.inprocess import (
+    DeviceSpec,
+    LearningConfig,
+    distill_device,
+    train_device,
+)
+from hdus_edge.learning.train import TrainConfig
 from hdus_edge.sim.report import add_study
 from hdus_edge.sim.studies import run_study, study_config
 from hdus_edge.sim.studies.common import growth_exponent
 from hdus_edge.sim.studies.poisoning import flip_labels
 from hdus_edge.sim.studies.reference import ReferenceStudyConfig, reference_variants
-from hdus_edge.train import TrainConfig
-
 
 # --- pure parts ---------------------------------------------------------------------------------
 

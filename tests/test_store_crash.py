@@ -9,8 +9,8 @@ import random
 
 import pytest
 
+from hdus_edge.device.store import SeedStore
 from hdus_edge.protocol.messages import sha256_hex
-from hdus_edge.store import SeedStore
 
 OLD, NEW, OTHER = (random.Random(k).randbytes(3000) for k in (1, 2, 3))
 

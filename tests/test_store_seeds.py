@@ -5,9 +5,9 @@ import random
 
 import pytest
 
+from hdus_edge.device.store import AUDIT_NAME, INDEX_NAME, SeedStore
 from hdus_edge.errors import ReplayError, StoreError, TombstonedError
 from hdus_edge.protocol.messages import SeedEnvelope, sha256_hex
-from hdus_edge.store import AUDIT_NAME, INDEX_NAME, SeedStore
 
 
 class Clock:

@@ -9,9 +9,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
+from hdus_edge.device.store import SeedStore
 from hdus_edge.errors import ReplayError, TombstonedError
 from hdus_edge.protocol.messages import sha256_hex
-from hdus_edge.store import SeedStore
 
 OWNERS = st.sampled_from(["a", "b", "c"])
 REQUESTS = st.sampled_from(["r1", "r2", "r3", "r4"])

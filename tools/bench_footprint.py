@@ -38,14 +38,14 @@ CREATED = "2026-01-01T00:00:00Z"
 
 def _prepare(root: Path, seeds: int, hw: int, profile: str, broker: str) -> Path:
     """An admin dir, dev-0 with exported models and ``seeds`` neighbours' seeds in its store."""
+    from hdus_edge.admin.setup import create_fleet, provision, resolve_reference
     from hdus_edge.config import load_profile
-    from hdus_edge.fleet_setup import create_fleet, provision, resolve_reference
+    from hdus_edge.device.store import SeedStore
+    from hdus_edge.files import write_json
     from hdus_edge.models import build_model
     from hdus_edge.onnx.export import export_onnx
     from hdus_edge.onnx.metadata import Provenance
     from hdus_edge.protocol.messages import sha256_hex
-    from hdus_edge.state import write_json
-    from hdus_edge.store import SeedStore
 
     shape = (1, hw, hw)
     ref = resolve_reference("noise", size=64, input_shape=shape, num_classes=10, seed=0)

@@ -14,11 +14,17 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from hdus_edge.data import Dataset, FleetData, load_dataset, split_fleet
-from hdus_edge.fleet import DeviceSpec, FleetProgress, InProcessFleet, LearningConfig, build_fleet
+from hdus_edge.lab.evaluate import evaluate_fleet, mean
+from hdus_edge.learning.inprocess import (
+    DeviceSpec,
+    FleetProgress,
+    InProcessFleet,
+    LearningConfig,
+    build_fleet,
+)
+from hdus_edge.learning.train import accuracy, predict_logits, train
 from hdus_edge.models import build_model, resolve_arch
-from hdus_edge.sim.evaluate import evaluate_fleet, mean
 from hdus_edge.topology import complete
-from hdus_edge.train import accuracy, predict_logits, train
 
 SETTINGS: dict[str, tuple[str, ...]] = {
     "homogeneous": ("L", "L", "L", "L", "L", "L"),

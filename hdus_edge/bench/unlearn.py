@@ -15,50 +15,27 @@ Fleets up to 20 devices use the complete graph (the paper's); larger ones a rand
 from __future__ import annotations
 
 import logging
-import statistics
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hdus_edge.agent import AgentSettings
-from hdus_edge.bench.outside import OutsideRequester
 from hdus_edge.config import DataSection, EnsembleSection, FleetConfig, FleetSection
-from hdus_edge.sim.mqtt_fleet import AgentFleet, DeviceModels
+from hdus_edge.device.agent import AgentSettings
+from hdus_edge.lab.agents import AgentFleet, DeviceModels
+from hdus_edge.lab.outside import OutsideRequester
+from hdus_edge.lab.synthetic import REFERENCE_SHA, synthetic_models
 from hdus_edge.topology import build_graph
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SIZES = (5, 20, 50)
-REFERENCE_SHA = "0" * 64
-
-
-def synthetic_models(n: int, input_shape: tuple[int, int, int] = (1, 8, 8), seed: int = 0) -> dict[str, DeviceModels]:
-    """N devices with exported (untrained) zoo models: timing does not depend on the weights."""
-    from hdus_edge.models import build_model
-    from hdus_edge.onnx.export import export_onnx
-    from hdus_edge.onnx.metadata import Provenance
-
-    created = "2026-01-01T00:00:00Z"
-    main = export_onnx(build_model("resnet-8", input_shape, 10, seed=seed), Provenance("bench", "main", "resnet-8", 1, input_shape, 10, created))
-    out = {}
-    for k in range(n):
-        device_id = f"dev-{k:03d}"
-        seed_bytes = export_onnx(
-            build_model("seed-cnn", input_shape, 10, seed=seed + 1 + k),
-            Provenance(device_id, "seed", "seed-cnn", 1, input_shape, 10, created, REFERENCE_SHA),
-        )
-        out[device_id] = DeviceModels(main, seed_bytes)
-    return out
-
-
 def retrain_seconds_per_device() -> float:
     """Measured seconds to train one demo device (resnet-8 main + seed-cnn seed) on digits."""
     from hdus_edge.data import load_digits, split_fleet
-    from hdus_edge.fleet import DeviceSpec, LearningConfig, train_device
+    from hdus_edge.learning.inprocess import DeviceSpec, LearningConfig, train_device
 
     data = split_fleet(load_digits(), 6, scheme="missing-class", reference_size=300, test_size=300, seed=0)
     start = time.perf_counter()
@@ -84,7 +61,7 @@ def bench_one(broker_url: str, n: int, forgets: int, root: Path, models: dict[st
         propagation = fleet.start(timeout=300)
         for target in ids[-forgets:]:
             # The requester runs in its own process, as the admin's would: in this one it waits for
-            # the GIL behind every agent and sees receipts seconds late (see bench/outside.py).
+            # the GIL behind every agent and sees receipts seconds late (see lab/outside.py).
             outcome = requester.unlearn(broker_url, fleet_cfg.fleet.name, target, wait_s=30)
             if outcome["latency_s"] is not None:
                 latencies.append(outcome["latency_s"])

@@ -1,1 +1,5 @@
-"""The ``hdus-edge`` command line: thin commands over the library."""
+"""The ``hdus-edge`` command line: thin commands over the library, one module per command group.
+
+The top of the tree: nothing imports ``cli``. ``app`` wires the commands and turns every
+``HdusError`` into one ``error: ...`` line and its exit code.
+"""

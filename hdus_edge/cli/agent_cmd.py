@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -29,29 +26,15 @@ def agent(
 
     Example: hdus-edge agent --state-dir ./dev-1
     """
-    from dataclasses import replace
+    from hdus_edge.device.daemon import run_agent
 
-    from hdus_edge.agent import DeviceAgent, require_exported, settings_for
-    from hdus_edge.state import StateDir
-
-    state = StateDir(state_dir)
-    state.check()
-    require_exported(state)
-    settings = replace(settings_for(state), probe_in_subprocess=not no_probe_subprocess, digest_interval_s=digest_interval)
-    agent_ = DeviceAgent.from_state_dir(state, broker_url=broker or None, settings=settings)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    try:
-        agent_.start()
-    except BaseException:
-        agent_.stop()
-        raise
-    if ready_file is not None:
-        ready_file.write_text(str(os.getpid()))
-    err_console.print(f"agent {agent_.device_id} running: {len(agent_.members())} seeds in the ensemble; Ctrl-C stops it")
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
-        agent_.stop()
+    run_agent(
+        state_dir,
+        broker=broker,
+        probe_in_subprocess=not no_probe_subprocess,
+        digest_interval_s=digest_interval,
+        ready_file=ready_file,
+        on_ready=lambda a: err_console.print(
+            f"agent {a.device_id} running: {len(a.members())} seeds in the ensemble; Ctrl-C stops it"
+        ),
+    )

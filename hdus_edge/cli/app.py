@@ -43,7 +43,16 @@ def _root(
 def _register() -> None:
     # Imported here so a command module's import error names that module, and to keep the
     # wiring in one readable list.
-    from hdus_edge.cli import agent_cmd, bench_cmd, broker_cmd, data_cmd, demo_cmd, inspect_cmd, models_cmd, sim_cmd
+    from hdus_edge.cli import (
+        agent_cmd,
+        bench_cmd,
+        broker_cmd,
+        data_cmd,
+        demo_cmd,
+        inspect_cmd,
+        models_cmd,
+        sim_cmd,
+    )
 
     app.command("demo")(demo_cmd.demo)
     app.command("agent")(agent_cmd.agent)

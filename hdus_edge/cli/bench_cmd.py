@@ -144,7 +144,13 @@ def reliability(
     from dataclasses import replace
 
     from hdus_edge.errors import ConfigError
-    from hdus_edge.reliability.runner import CASES, FULL, QUICK, run_reliability, table_rows
+    from hdus_edge.reliability.runner import (
+        CASES,
+        FULL,
+        QUICK,
+        run_reliability,
+        table_rows,
+    )
 
     cases = tuple(c.strip() for c in only.split(",") if c.strip())
     unknown = sorted(set(cases) - set(CASES))

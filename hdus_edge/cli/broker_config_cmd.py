@@ -30,7 +30,7 @@ def broker_config(
 
     Example: hdus-edge broker-config --admin-dir ./admin --out ./broker --host 0.0.0.0 --tls-port 8883
     """
-    from hdus_edge.broker_setup import write_broker_config
+    from hdus_edge.admin.broker import write_broker_config
 
     admin = open_admin(admin_dir)
     files = write_broker_config(admin, out, host=host, port=port, public_host=public_host, passwords=passwords,

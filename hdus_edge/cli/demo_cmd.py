@@ -28,11 +28,9 @@ def demo(
     Example: hdus-edge demo --json
     """
     from hdus_edge.cli.sim_cmd import print_comparison, run_report
-    from hdus_edge.ensemble.combine import check_lam
+    from hdus_edge.ensemble.combine import COMBINE_SPACES, check_lam
     from hdus_edge.errors import ConfigError
     from hdus_edge.sim.config import SimConfig
-
-    from hdus_edge.ensemble.combine import COMBINE_SPACES
 
     base = SimConfig()
     check_lam(lam)

@@ -25,7 +25,7 @@ def status(state_dir: StateDirOpt, json_out: JsonOpt = False) -> None:
 
     Example: hdus-edge status --state-dir ./dev-1 --json
     """
-    from hdus_edge.device_view import device_status
+    from hdus_edge.device.view import device_status
 
     report = device_status(open_state(state_dir))
     if json_out:
@@ -39,7 +39,7 @@ def members(state_dir: StateDirOpt, json_out: JsonOpt = False) -> None:
 
     Example: hdus-edge members --state-dir ./dev-1
     """
-    from hdus_edge.device_view import device_status
+    from hdus_edge.device.view import device_status
 
     report = device_status(open_state(state_dir))
     if json_out:
@@ -55,7 +55,7 @@ def neighbors_list(state_dir: StateDirOpt, json_out: JsonOpt = False) -> None:
 
     Example: hdus-edge neighbors list --state-dir ./dev-1
     """
-    from hdus_edge.device_view import device_status
+    from hdus_edge.device.view import device_status
 
     report = device_status(open_state(state_dir))
     held = {s["owner"]: s for s in report["seeds"]}
@@ -76,7 +76,7 @@ def neighbors_add(ids: IdsArg, state_dir: StateDirOpt, json_out: JsonOpt = False
 
     Example: hdus-edge neighbors add dev-2 dev-3 --state-dir ./dev-1
     """
-    from hdus_edge.neighbors import change_neighbors
+    from hdus_edge.device.neighbors import change_neighbors
 
     _report(change_neighbors(open_state(state_dir), add=split_ids(ids)).to_json(), json_out)
 
@@ -87,7 +87,7 @@ def neighbors_remove(ids: IdsArg, state_dir: StateDirOpt, json_out: JsonOpt = Fa
 
     Example: hdus-edge neighbors remove dev-3 --state-dir ./dev-1
     """
-    from hdus_edge.neighbors import change_neighbors
+    from hdus_edge.device.neighbors import change_neighbors
 
     _report(change_neighbors(open_state(state_dir), remove=split_ids(ids)).to_json(), json_out)
 

@@ -38,7 +38,7 @@ def init(
 
     Example: hdus-edge fleet init --admin-dir ./admin --fleet home --broker mqtt://192.168.1.10:1883 --reference digits
     """
-    from hdus_edge.fleet_setup import create_fleet, parse_input_shape, resolve_reference
+    from hdus_edge.admin.setup import create_fleet, parse_input_shape, resolve_reference
     from hdus_edge.transport.url import parse_broker_url
 
     parse_broker_url(broker)  # fail before any work

@@ -11,7 +11,15 @@ from typing import Annotated
 
 import typer
 
-from hdus_edge.cli.options import BrokerOpt, JsonOpt, StateDirOpt, check_broker, open_state, progress_callback, waiting
+from hdus_edge.cli.options import (
+    BrokerOpt,
+    JsonOpt,
+    StateDirOpt,
+    check_broker,
+    open_state,
+    progress_callback,
+    waiting,
+)
 from hdus_edge.cli.output import console, fleet_progress, pct, print_json
 
 EpochsOpt = Annotated[int | None, typer.Option(min=1, help="Epochs (default: the profile's).")]
@@ -34,7 +42,7 @@ def train(
 
     Example: hdus-edge train --state-dir ./dev-1 --data ./my-data --epochs 20
     """
-    from hdus_edge.lifecycle import train_step
+    from hdus_edge.learning.steps import train_step
 
     state = open_state(state_dir)
     device_id = state.device().device.id
@@ -63,7 +71,7 @@ def distill(
 
     Example: hdus-edge distill --state-dir ./dev-1
     """
-    from hdus_edge.lifecycle import distill_step
+    from hdus_edge.learning.steps import distill_step
 
     state = open_state(state_dir)
     device_id = state.device().device.id
@@ -87,7 +95,7 @@ def export(
 
     Example: hdus-edge export --state-dir ./dev-1
     """
-    from hdus_edge.lifecycle import export_step
+    from hdus_edge.learning.steps import export_step
 
     state = open_state(state_dir)
     report = export_step(state)
@@ -117,7 +125,7 @@ def publish(
 
     Example: hdus-edge publish --state-dir ./dev-1
     """
-    from hdus_edge.publish import publish_seed
+    from hdus_edge.device.publish import publish_seed
 
     check_broker(broker)
     state = open_state(state_dir)

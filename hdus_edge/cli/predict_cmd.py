@@ -28,9 +28,9 @@ def predict(
     """
     import numpy as np
 
-    from hdus_edge.device_view import load_runtime
+    from hdus_edge.device.inputs import read_inputs
+    from hdus_edge.device.view import load_runtime
     from hdus_edge.ensemble.combine import softmax
-    from hdus_edge.predict_input import read_inputs
 
     state = open_state(state_dir)
     fleet = state.fleet()

@@ -6,7 +6,14 @@ from typing import Annotated
 
 import typer
 
-from hdus_edge.cli.options import AdminDirOpt, JsonOpt, StateDirOpt, check_broker, open_admin, split_ids
+from hdus_edge.cli.options import (
+    AdminDirOpt,
+    JsonOpt,
+    StateDirOpt,
+    check_broker,
+    open_admin,
+    split_ids,
+)
 from hdus_edge.cli.output import console, print_json
 
 
@@ -26,7 +33,7 @@ def provision(
 
     Example: hdus-edge provision --admin-dir ./admin --profile raspberry-pi-4 --device-id kitchen --state-dir ./kitchen --neighbors hall,garage
     """
-    from hdus_edge.fleet_setup import provision as provision_device
+    from hdus_edge.admin.setup import provision as provision_device
 
     check_broker(broker)
     admin = open_admin(admin_dir)
@@ -35,7 +42,7 @@ def provision(
     steps = [
         f"copy {root}/ to the device (e.g. scp -r {root} pi@{device_id}.local:hdus-state); "
         f"{root}/keys/device.key is its secret: keep it 0600 and delete the admin's copy once it is there",
-        f"on the device: hdus-edge train --state-dir hdus-state --data ./my-data",
+        "on the device: hdus-edge train --state-dir hdus-state --data ./my-data",
         "then: hdus-edge distill, hdus-edge export, hdus-edge agent (each with --state-dir hdus-state)",
     ]
     if json_out:

@@ -25,7 +25,7 @@ from hdus_edge.cli.output import console, print_json
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from hdus_edge.requester import UnlearnOutcome
+    from hdus_edge.unlearn.request import UnlearnOutcome
 
 WaitOpt = Annotated[float, typer.Option(min=0.5, help="Seconds to wait for every holder's receipt.")]
 ReasonOpt = Annotated[str, typer.Option(help="Why (kept in the signed order).")]
@@ -46,7 +46,7 @@ def leave(
 
     Example: hdus-edge leave --state-dir ./dev-2
     """
-    from hdus_edge.forget import leave as leave_fleet
+    from hdus_edge.unlearn.commands import leave as leave_fleet
 
     check_broker(broker)
     state = open_state(state_dir)
@@ -70,7 +70,7 @@ def unlearn(
 
     Example: hdus-edge unlearn dev-3 --admin-dir ./admin
     """
-    from hdus_edge.forget import unlearn as unlearn_device
+    from hdus_edge.unlearn.commands import unlearn as unlearn_device
 
     check_broker(broker)
     admin = open_admin(admin_dir)
@@ -94,7 +94,7 @@ def receipts(
 
     Example: hdus-edge receipts 3f2a9c... --state-dir ./dev-2 --json
     """
-    from hdus_edge.forget import list_requests, receipts_report, source_of
+    from hdus_edge.unlearn.commands import list_requests, receipts_report, source_of
 
     check_broker(broker)
     state = open_state(state_dir) if state_dir is not None and admin_dir is None else None

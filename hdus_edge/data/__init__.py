@@ -1,6 +1,7 @@
 """Data: loaders (I/O), the Dataset type, partitions, reference sets and fleet splits (pure numpy).
 
 No torch here: the inference path and the tools import this package on devices without it.
+Never imports anything of hdus_edge but ``errors`` and ``files``.
 """
 
 from hdus_edge.data.dataset import (
@@ -10,7 +11,12 @@ from hdus_edge.data.dataset import (
     dataset_sha256,
     sample_hashes,
 )
-from hdus_edge.data.fleet_split import REFERENCE_KINDS, ClientData, FleetData, split_fleet
+from hdus_edge.data.fleet_split import (
+    REFERENCE_KINDS,
+    ClientData,
+    FleetData,
+    split_fleet,
+)
 from hdus_edge.data.idx import decode_idx, encode_idx
 from hdus_edge.data.loaders import (
     MNIST_DIR_ENV,
@@ -23,8 +29,18 @@ from hdus_edge.data.loaders import (
     load_npz,
     save_npz,
 )
-from hdus_edge.data.partition import SCHEMES, apportion, partition, stratified_sample, stratified_split
-from hdus_edge.data.reference import NOISE_KINDS, check_reference_disjoint, noise_reference
+from hdus_edge.data.partition import (
+    SCHEMES,
+    apportion,
+    partition,
+    stratified_sample,
+    stratified_split,
+)
+from hdus_edge.data.reference import (
+    NOISE_KINDS,
+    check_reference_disjoint,
+    noise_reference,
+)
 
 __all__ = [
     "MNIST_DIR_ENV",

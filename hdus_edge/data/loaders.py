@@ -8,9 +8,9 @@ Every loader returns a :class:`~hdus_edge.data.dataset.Dataset` normalised as th
 from __future__ import annotations
 
 import gzip
+import io
 import logging
 import os
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path
@@ -20,6 +20,7 @@ import numpy as np
 from hdus_edge.data.dataset import Dataset, concatenate
 from hdus_edge.data.idx import IMAGES_MAGIC, LABELS_MAGIC, decode_idx
 from hdus_edge.errors import DataError, DataFormatError, DataShapeError
+from hdus_edge.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,9 @@ def default_mnist_dir() -> Path:
 
 def load_digits() -> Dataset:
     """scikit-learn's bundled 8x8 digits (1797 samples, 10 classes, no download), raw / 16."""
-    from sklearn.datasets import load_digits as _sk_load_digits  # heavy import, only when asked
+    from sklearn.datasets import (
+        load_digits as _sk_load_digits,  # heavy import, only when asked
+    )
 
     bunch = _sk_load_digits()
     x = (bunch.images.astype(np.float32) / np.float32(16.0))[:, None, :, :]
@@ -181,19 +184,9 @@ def _npz_labels(y: np.ndarray, *, source: str) -> np.ndarray:
 def save_npz(ds: Dataset, path: Path) -> Path:
     """Write ``ds`` as a compressed ``.npz`` that :func:`load_npz` reads back unchanged (atomic)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(
-                fh, x=ds.x, y=ds.y, num_classes=np.int64(ds.num_classes), name=np.str_(ds.name)
-            )
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buf = io.BytesIO()
+    np.savez_compressed(buf, x=ds.x, y=ds.y, num_classes=np.int64(ds.num_classes), name=np.str_(ds.name))
+    atomic_write(path, buf.getvalue())
     return path
 
 

@@ -11,11 +11,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
-from hdus_edge.data.dataset import UNLABELED, Dataset, sample_hashes
-from hdus_edge.errors import DataShapeError, ReferenceOverlapError
+from hdus_edge.data.dataset import UNLABELED, Dataset, dataset_sha256, sample_hashes
+from hdus_edge.data.loaders import load_npz
+from hdus_edge.errors import (
+    DataError,
+    DataShapeError,
+    ReferenceOverlapError,
+    StateDirError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -95,3 +102,22 @@ def check_reference_disjoint(reference: Dataset, clients: Sequence[Dataset]) -> 
             f"reference set {reference.name!r} shares samples with client data: " + ", ".join(overlaps)
         )
     logger.debug("reference %r is disjoint from %d clients", reference.name, len(clients))
+
+
+def check_reference_file(path: Path, expected_sha256: str) -> Dataset:
+    """Load a ``reference.npz`` and check it is the fleet's (``StateDirError`` otherwise)."""
+    if not path.exists():
+        raise StateDirError(f"reference set {path} is missing",
+                            hint="copy reference.npz from the fleet admin dir, or provision the device again")
+    try:
+        data = load_npz(path)
+    except DataError as exc:
+        raise StateDirError(f"the reference set is unreadable: {exc.message}",
+                            hint="copy reference.npz from the fleet admin dir again") from None
+    got = dataset_sha256(data)
+    if expected_sha256 and got != expected_sha256:
+        raise StateDirError(
+            f"reference set {path} has sha256 {got[:12]}..., but the fleet's is {expected_sha256[:12]}...",
+            hint="copy reference.npz from the fleet admin dir again",
+        )
+    return data

@@ -1,7 +1,11 @@
 """Ensembles of a main model and neighbours' seeds.
 
-``combine`` is pure numpy (shared by the torch learning core and the onnxruntime runtime);
-``runtime`` runs ONNX members with onnxruntime. Nothing here imports torch.
+- ``combine``: the combination rule, pure numpy (shared by the torch learning core and the runtime).
+- ``runtime``: the live ensemble on onnxruntime, rebuilt when the member set changes.
+- ``fuse``: one ONNX graph holding the main model, every seed and the combination rule.
+- ``pack``: same-architecture seeds as one wider chain (grouped convolutions) inside that graph.
+
+Never imports torch (not even inside a function), ``transport``, ``device`` or anything above it.
 """
 
 from hdus_edge.ensemble.combine import COMBINE_SPACES, combine, effective_lam, softmax

@@ -3,7 +3,7 @@
 onnxruntime + numpy + onnx only; this module never imports torch (a subprocess test checks it).
 Two strategies give the same output (to 1e-6): ``"sessions"`` runs one session per member and
 combines with ``hdus_edge.ensemble.combine.combine``; ``"fused"`` runs one graph that holds every
-member and the combination rule (``hdus_edge.onnx.fuse``). Every change of the member set builds a
+member and the combination rule (``hdus_edge.ensemble.fuse``). Every change of the member set builds a
 new immutable snapshot, probes it, then swaps it in under a lock: a concurrent ``predict`` uses
 either the old or the new snapshot, never a half-built one, and a failed build changes nothing.
 After ``remove(j)`` nothing the runtime holds (member bytes, sessions, fused graph) contains s_j.
@@ -24,9 +24,9 @@ import onnx
 import onnxruntime as ort
 
 from hdus_edge.ensemble.combine import COMBINE_SPACES, CombineSpace, check_lam, combine
+from hdus_edge.ensemble.fuse import OUTPUT, fuse_ensemble
 from hdus_edge.errors import DataShapeError, EnsembleError, HdusError, ProbeRunError
 from hdus_edge.onnx.checks import ModelContract, check_onnx, parse_onnx
-from hdus_edge.onnx.fuse import OUTPUT, fuse_ensemble
 from hdus_edge.onnx.probe import check_probe_output, probe_inputs
 from hdus_edge.onnx.session import make_session
 

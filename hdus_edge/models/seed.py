@@ -12,7 +12,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from hdus_edge.models.layers import ConvBNAct, check_input_shape, check_num_classes, init_weights, stride_plan
+from hdus_edge.models.layers import (
+    ConvBNAct,
+    check_input_shape,
+    check_num_classes,
+    init_weights,
+    stride_plan,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -20,15 +20,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hdus_edge import crypto
-from hdus_edge.crypto import DeviceCertificate, SigningKey, TrustStore, VerifyKey
 from hdus_edge.errors import (
     DecodeError,
     ProtocolError,
     SenderMismatchError,
     UnauthorizedError,
 )
-from hdus_edge.protocol import canonical
+from hdus_edge.protocol import canonical, crypto
+from hdus_edge.protocol.crypto import (
+    DeviceCertificate,
+    SigningKey,
+    TrustStore,
+    VerifyKey,
+)
 from hdus_edge.protocol.fields import ADMIN_ID, SIGNATURE_BYTES, check_signer_id
 from hdus_edge.protocol.messages import (
     Hello,

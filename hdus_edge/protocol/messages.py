@@ -14,7 +14,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Union
 
-from hdus_edge.crypto import DeviceCertificate
+from hdus_edge.protocol.crypto import DeviceCertificate
 from hdus_edge.protocol.fields import (
     MAX_CLASSES,
     PUBLIC_KEY_BYTES,

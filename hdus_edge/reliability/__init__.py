@@ -12,5 +12,6 @@
 - ``cases_hostile``, ``cases_faults``, ``cases_crash``, ``cases_load``: the runner's cases;
   ``runner`` runs them and sums every must-be-zero count.
 
-Library code: it never prints and never configures logging; the CLI does.
+Library code: it never prints and never configures logging; the CLI does. Sits on top: never
+imports ``sim``, ``bench`` or ``cli``.
 """

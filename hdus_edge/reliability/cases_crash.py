@@ -29,8 +29,18 @@ import numpy as np
 
 from hdus_edge.protocol import codec
 from hdus_edge.protocol.messages import Receipt, sha256_hex
-from hdus_edge.reliability.harness import Puppet, lab_fleet, lab_models, start_agents, wait_until
-from hdus_edge.reliability.invariants import orphan_temp_files, read_index, store_violations
+from hdus_edge.reliability.harness import (
+    Puppet,
+    lab_fleet,
+    lab_models,
+    start_agents,
+    wait_until,
+)
+from hdus_edge.reliability.invariants import (
+    orphan_temp_files,
+    read_index,
+    store_violations,
+)
 from hdus_edge.reliability.zygote import AgentZygote
 from hdus_edge.topology import Graph
 from hdus_edge.transport.mqtt import MqttTransport

@@ -10,17 +10,26 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from hdus_edge.lab.agents import AgentFleet
 from hdus_edge.reliability.brokers import Broker
-from hdus_edge.reliability.harness import Puppet, lab_fleet, lab_models, start_agents, wait_until
-from hdus_edge.reliability.invariants import ResurrectionWatch, store_violations
+from hdus_edge.reliability.harness import (
+    Puppet,
+    lab_fleet,
+    lab_models,
+    start_agents,
+    wait_until,
+)
+from hdus_edge.reliability.invariants import (
+    MemberSampler,
+    ResurrectionWatch,
+    store_violations,
+)
 from hdus_edge.reliability.proxy import TcpProxy
-from hdus_edge.requester import collect_receipts
-from hdus_edge.sim.mqtt_fleet import AgentFleet
+from hdus_edge.unlearn.request import collect_receipts
 
 logger = logging.getLogger(__name__)
 
@@ -45,27 +54,6 @@ def mark_forgotten(fleet: AgentFleet, holders: list[str], target: str, request_i
 
 def _duplicates(fleet: AgentFleet) -> int:
     return sum(a.counters.duplicates for a in fleet.agents.values())
-
-
-class _Sampler:
-    """Samples every agent's members in the background and feeds a ``ResurrectionWatch``."""
-
-    def __init__(self, fleet: AgentFleet, watch: ResurrectionWatch, interval: float = 0.005) -> None:
-        self.fleet, self.watch, self.interval = fleet, watch, interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="hdus-rel-sampler", daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.watch.sample({i: a.members() for i, a in list(self.fleet.agents.items())})
-
-    def __enter__(self) -> _Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
 
 
 def broker_crash_during_seeds(root: Path, kind: str, *, n: int = 5, seed: int = 0, down_s: float = 0.3,
@@ -119,7 +107,7 @@ def broker_crash_during_unlearn(root: Path, kind: str, *, n: int = 5, seed: int 
             start_agents(fleet, away, broker_url=proxy.url)
             fleet.wait_converged(timeout)
             rid = f"crash{seed:04d}" + "f" * 16
-            with Puppet(broker.url, fleet.admin, fleet.states) as puppet, _Sampler(fleet, watch):
+            with Puppet(broker.url, fleet.admin, fleet.states) as puppet, MemberSampler(fleet, watch):
                 proxy.down()
                 time.sleep(0.1)
                 puppet.publish(puppet.topics.unlearn(target), puppet.order(target, request_id=rid), retain=True)
@@ -181,7 +169,7 @@ def link_cut_during_flows(root: Path, broker_url: str, *, n: int = 4, cuts: int 
                                 and info.version == 2, timeout, 0.02)
             # An unlearn with the link cut right after the order.
             rid = f"cut{seed:04d}" + "e" * 16
-            with Puppet(broker_url, fleet.admin, fleet.states) as puppet, _Sampler(fleet, watch):
+            with Puppet(broker_url, fleet.admin, fleet.states) as puppet, MemberSampler(fleet, watch):
                 puppet.publish(puppet.topics.unlearn(target), puppet.order(target, request_id=rid), retain=True)
                 time.sleep(rng.uniform(0.0, 0.01))
                 proxy.down()

@@ -19,10 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from hdus_edge.crypto import SigningKey
+from hdus_edge.device.store import AUDIT_NAME
 from hdus_edge.protocol import codec
+from hdus_edge.protocol.crypto import SigningKey
 from hdus_edge.protocol.messages import UnlearnOrder
-from hdus_edge.reliability.envelope_mutants import field_mutants, flip_mutants, truncation_mutants
+from hdus_edge.reliability.envelope_mutants import (
+    field_mutants,
+    flip_mutants,
+    truncation_mutants,
+)
 from hdus_edge.reliability.harness import (
     Puppet,
     SingleAgentLab,
@@ -34,7 +39,6 @@ from hdus_edge.reliability.harness import (
 )
 from hdus_edge.reliability.onnx_mutants import OnnxCase, hostile_onnx_cases, mutations
 from hdus_edge.reliability.zygote import AgentZygote
-from hdus_edge.store import AUDIT_NAME
 from hdus_edge.transport.mqtt import MqttTransport
 
 logger = logging.getLogger(__name__)

@@ -24,14 +24,25 @@ from typing import Any
 import numpy as np
 import psutil
 
-from hdus_edge.agent import AgentSettings, DeviceAgent
-from hdus_edge.bench.outside import TopicClock
+from hdus_edge.device.agent import AgentSettings, DeviceAgent
+from hdus_edge.lab.agents import AgentFleet
+from hdus_edge.lab.outside import TopicClock
 from hdus_edge.reliability.brokers import Broker
-from hdus_edge.reliability.cases_faults import _Sampler, mark_forgotten, missing_pairs
-from hdus_edge.reliability.harness import Puppet, lab_fleet, lab_models, probe_batch, start_agents, wait_until
-from hdus_edge.reliability.invariants import ResurrectionWatch, store_violations
+from hdus_edge.reliability.cases_faults import mark_forgotten, missing_pairs
+from hdus_edge.reliability.harness import (
+    Puppet,
+    lab_fleet,
+    lab_models,
+    probe_batch,
+    start_agents,
+    wait_until,
+)
+from hdus_edge.reliability.invariants import (
+    MemberSampler,
+    ResurrectionWatch,
+    store_violations,
+)
 from hdus_edge.reliability.proxy import TcpProxy
-from hdus_edge.sim.mqtt_fleet import AgentFleet
 
 logger = logging.getLogger(__name__)
 
@@ -193,12 +204,12 @@ def simultaneous_unlearns(fleet: AgentFleet, count: int = 10, *, predictors: int
     time.sleep(1.0)
     watch = ResurrectionWatch()
     # Receipts are timed from another process, as a requester would see them: a clock in this one
-    # waits for the GIL behind every agent (see hdus_edge/bench/outside.py).
+    # waits for the GIL behind every agent (see hdus_edge/lab/outside.py).
     clock = TopicClock(fleet.broker_url, [f"hdus/v1/{fleet.fleet.fleet.name}/receipts/+/+"])
     seen: dict[tuple[str, str], float] = {}
     done_at: dict[str, float] = {}
     try:
-        with Puppet(fleet.broker_url, fleet.admin, fleet.states) as puppet, _Sampler(fleet, watch):
+        with Puppet(fleet.broker_url, fleet.admin, fleet.states) as puppet, MemberSampler(fleet, watch):
             orders = {t: puppet.order(t, request_id=rids[t]) for t in targets}
             phase["during"] = True
             began = time.monotonic()
@@ -269,7 +280,7 @@ def soak(root: Path, duration_s: float, *, n: int = 12, seed: int = 0,
             gc.collect()  # a clean baseline: what earlier work left for the collector is not the soak's
             began = time.monotonic()
             next_sample = began
-            with _Sampler(fleet, watch, interval=0.02), Puppet(broker.url, fleet.admin, fleet.states) as puppet:
+            with MemberSampler(fleet, watch, interval=0.02), Puppet(broker.url, fleet.admin, fleet.states) as puppet:
                 while time.monotonic() - began < duration_s:
                     now = time.monotonic()
                     if now >= next_sample:

@@ -24,8 +24,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from hdus_edge.crypto import SigningKey
 from hdus_edge.protocol.codec import MAGIC
+from hdus_edge.protocol.crypto import SigningKey
 
 _U32 = struct.Struct(">I")
 SIGNATURE_BYTES = 64

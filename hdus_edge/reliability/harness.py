@@ -19,21 +19,27 @@ from pathlib import Path
 
 import numpy as np
 
-from hdus_edge.agent import AgentSettings, DeviceAgent
 from hdus_edge.config import DataSection, EnsembleSection, FleetConfig, FleetSection
-from hdus_edge.crypto import SigningKey
+from hdus_edge.device.agent import AgentSettings, DeviceAgent
+from hdus_edge.lab.agents import AgentFleet, DeviceModels
+from hdus_edge.lab.synthetic import REFERENCE_SHA
 from hdus_edge.protocol import codec
+from hdus_edge.protocol.crypto import SigningKey
 from hdus_edge.protocol.fields import ADMIN_ID
-from hdus_edge.protocol.messages import Hello, NeighborList, SeedEnvelope, TombstoneDigest, UnlearnOrder
+from hdus_edge.protocol.messages import (
+    Hello,
+    NeighborList,
+    SeedEnvelope,
+    TombstoneDigest,
+    UnlearnOrder,
+)
 from hdus_edge.protocol.topics import Topics
-from hdus_edge.sim.mqtt_fleet import AgentFleet, DeviceModels
 from hdus_edge.state import AdminDir, StateDir
 from hdus_edge.topology import Graph, build_graph
 from hdus_edge.transport.mqtt import MqttTransport
 
 logger = logging.getLogger(__name__)
 
-REFERENCE_SHA = "0" * 64  # synthetic_models' seeds name this reference set
 INPUT_SHAPE = (1, 8, 8)
 NUM_CLASSES = 10
 # In-process probes: a fleet of agents in one process measuring faults; the hostile-ONNX cases turn
@@ -44,7 +50,7 @@ LAB_SETTINGS = AgentSettings(probe_in_subprocess=False, digest_interval_s=0.5)
 @functools.lru_cache(maxsize=4)
 def lab_models(n: int, seed: int = 0) -> dict[str, DeviceModels]:
     """``n`` devices (``dev-000`` ...) with exported untrained models; cached per process."""
-    from hdus_edge.bench.unlearn import synthetic_models
+    from hdus_edge.lab.synthetic import synthetic_models
 
     return synthetic_models(n, INPUT_SHAPE, seed)
 

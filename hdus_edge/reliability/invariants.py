@@ -8,14 +8,20 @@ read-only, and may run while the device's agent is dead (or alive, for the read-
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from hdus_edge.device.store import INDEX_NAME, SEEDS_DIR
+from hdus_edge.files import TMP_PREFIX
 from hdus_edge.protocol import canonical
 from hdus_edge.protocol.messages import sha256_hex
-from hdus_edge.store import INDEX_NAME, SEEDS_DIR, TMP_PREFIX
+
+if TYPE_CHECKING:
+    from hdus_edge.lab.agents import AgentFleet
 
 logger = logging.getLogger(__name__)
 
@@ -125,3 +131,24 @@ class ResurrectionWatch:
                 self.violations.append(f"{time.time():.3f}: {target}'s seed is back in {holder}'s ensemble")
                 found += 1
         return found
+
+
+class MemberSampler:
+    """Samples every agent's members in the background and feeds a ``ResurrectionWatch``."""
+
+    def __init__(self, fleet: AgentFleet, watch: ResurrectionWatch, interval: float = 0.005) -> None:
+        self.fleet, self.watch, self.interval = fleet, watch, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hdus-rel-sampler", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.watch.sample({i: a.members() for i, a in list(self.fleet.agents.items())})
+
+    def __enter__(self) -> MemberSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)

@@ -28,8 +28,17 @@ from hdus_edge.reliability.cases_faults import (
     link_cut_during_flows,
     offline_past_queue_limit,
 )
-from hdus_edge.reliability.cases_hostile import authority_matrix, envelope_campaign, onnx_campaign
-from hdus_edge.reliability.cases_load import propagation_load, simultaneous_unlearns, soak, stop_fleet
+from hdus_edge.reliability.cases_hostile import (
+    authority_matrix,
+    envelope_campaign,
+    onnx_campaign,
+)
+from hdus_edge.reliability.cases_load import (
+    propagation_load,
+    simultaneous_unlearns,
+    soak,
+    stop_fleet,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -34,8 +34,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 from pathlib import Path
 import numpy, onnxruntime  # noqa: F401  (imported once, shared by every child)
-import hdus_edge.agent  # noqa: F401
-from hdus_edge.cli.agent_cmd import agent
+from hdus_edge.device.daemon import run_agent
 
 def reap(*_):
     try:
@@ -59,8 +58,8 @@ for line in sys.stdin:
         os.dup2(log, 2)
         code = 0
         try:
-            agent(state_dir=Path(req["state_dir"]), broker=req["broker"], no_probe_subprocess=not req["probe"],
-                  digest_interval=req["digest_interval"], ready_file=Path(req["ready_file"]))
+            run_agent(Path(req["state_dir"]), broker=req["broker"], probe_in_subprocess=req["probe"],
+                      digest_interval_s=req["digest_interval"], ready_file=Path(req["ready_file"]))
         except BaseException as exc:
             print(f"agent exited: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
             code = 1

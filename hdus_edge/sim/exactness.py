@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hdus_edge.fleet import InProcessFleet
+from hdus_edge.learning.inprocess import InProcessFleet
 
 EXACT_TOLERANCE = 1e-6  # the product's promise: max abs difference of ensemble outputs
 

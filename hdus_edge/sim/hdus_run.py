@@ -16,16 +16,22 @@ from typing import Any
 
 import numpy as np
 
-from hdus_edge.agent import AgentSettings
 from hdus_edge.config import DataSection, EnsembleSection, FleetConfig, FleetSection
 from hdus_edge.data import FleetData
-from hdus_edge.fleet import DeviceSpec, FleetProgress, LearningConfig, TrainedDevice, train_devices
+from hdus_edge.device.agent import AgentSettings
+from hdus_edge.lab.agents import AgentFleet, DeviceModels
+from hdus_edge.learning.inprocess import (
+    DeviceSpec,
+    FleetProgress,
+    LearningConfig,
+    TrainedDevice,
+    train_devices,
+)
+from hdus_edge.learning.train import accuracy
 from hdus_edge.protocol.topics import Topics
-from hdus_edge.requester import UnlearnOutcome, verify_evidence
-from hdus_edge.sim.mqtt_fleet import AgentFleet, DeviceModels
 from hdus_edge.topology import Graph, without
-from hdus_edge.train import accuracy
 from hdus_edge.transport.mqtt import MqttTransport
+from hdus_edge.unlearn.request import UnlearnOutcome, verify_evidence
 
 logger = logging.getLogger(__name__)
 CREATED_AT = "2026-01-01T00:00:00Z"  # fixed, so exported bytes are reproducible run to run
@@ -232,7 +238,7 @@ def run_hdus(
 
 def _main_accuracy(device: TrainedDevice, local: Any, data: FleetData) -> dict[str, float]:
     """The main model alone (= ISGD), on the local and the global test set."""
-    from hdus_edge.train import predict_logits
+    from hdus_edge.learning.train import predict_logits
 
     return {"local": accuracy(predict_logits(device.main, local.x), local.y),
             "global": accuracy(predict_logits(device.main, data.test.x), data.test.y)}

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from hdus_edge.data import FleetData, load_dataset, split_fleet
-from hdus_edge.distill import DistillConfig
-from hdus_edge.fleet import DeviceSpec, FleetProgress, LearningConfig
+from hdus_edge.learning.distill import DistillConfig
+from hdus_edge.learning.inprocess import DeviceSpec, FleetProgress, LearningConfig
+from hdus_edge.learning.train import TrainConfig
 from hdus_edge.models import resolve_arch
 from hdus_edge.sim.config import SimConfig
 from hdus_edge.sim.hdus_run import HdusSim, run_hdus
 from hdus_edge.topology import Graph, build_graph
-from hdus_edge.train import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +138,12 @@ def _run_baselines(cfg: SimConfig, data: FleetData, graph: Graph, hdus: HdusSim,
                    announce: PhaseCallback) -> dict[str, Any]:
     """Every requested baseline on the same fleet. ISGD and SISA-A hold exactly the HDUS main
     models (local training only), so they reuse them; FedUnl's two variants share one FedAvg run."""
-    from hdus_edge.sim.baselines import BaselineBudget, LocalModels, exact_check, make_baseline
+    from hdus_edge.sim.baselines import (
+        BaselineBudget,
+        LocalModels,
+        exact_check,
+        make_baseline,
+    )
 
     budget = {
         "tiny": BaselineBudget(epochs=2, rounds=2, local_epochs=1, batch_size=16, lr=1e-2, seed=cfg.seed),

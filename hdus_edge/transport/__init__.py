@@ -9,4 +9,6 @@ Modules, one job each (import the one you need; nothing heavy is imported here):
 - ``mosquitto``  Mosquitto config, ACL and password files, and a managed process (I/O)
 - ``certs``      a CA, server and client certificates for TLS listeners (I/O)
 - ``ports``      free loopback ports and waiting for a listener (I/O)
+
+Never imports torch or any hdus_edge package but ``errors`` (it moves bytes; it does not read them).
 """

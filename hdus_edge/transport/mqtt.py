@@ -44,7 +44,12 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 
-from hdus_edge.errors import BrokerRefusedError, BrokerUnreachableError, ConfigError, TransportError
+from hdus_edge.errors import (
+    BrokerRefusedError,
+    BrokerUnreachableError,
+    ConfigError,
+    TransportError,
+)
 from hdus_edge.transport.outbox import Outbox, OutboxItem
 from hdus_edge.transport.url import BrokerURL, parse_broker_url
 

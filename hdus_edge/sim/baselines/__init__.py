@@ -33,7 +33,12 @@ from hdus_edge.sim.baselines.base import (
     device_seed,
 )
 from hdus_edge.sim.baselines.dsgd import DSGD, mixing_weights
-from hdus_edge.sim.baselines.exact import ExactCheck, compare_runs, exact_check, never_joined
+from hdus_edge.sim.baselines.exact import (
+    ExactCheck,
+    compare_runs,
+    exact_check,
+    never_joined,
+)
 from hdus_edge.sim.baselines.fedunl import FedUnl, FedUnlRetrain
 from hdus_edge.sim.baselines.isgd import ISGD
 from hdus_edge.sim.baselines.local import LocalModel, LocalModels, train_local_models

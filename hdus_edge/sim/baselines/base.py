@@ -26,10 +26,10 @@ import torch
 
 from hdus_edge.data import ClientData, FleetData
 from hdus_edge.errors import ConfigError
+from hdus_edge.learning.train import accuracy, deterministic_torch
 from hdus_edge.models import resolve_arch
-from hdus_edge.topology import Graph, without
 from hdus_edge.sim.baselines.sgd import torch_threads
-from hdus_edge.train import accuracy, deterministic_torch
+from hdus_edge.topology import Graph, without
 
 logger = logging.getLogger(__name__)
 

@@ -41,15 +41,26 @@ import torch
 from torch import nn
 
 from hdus_edge.ensemble.combine import softmax
-from hdus_edge.fleet import default_workers
+from hdus_edge.learning.inprocess import default_workers
+from hdus_edge.learning.train import accuracy, predict_logits
 from hdus_edge.models import build_model, resolve_arch
 from hdus_edge.sim.baselines.base import (
-    Baseline, BaselineBudget, BaselineProgress, FleetSetup, ForgetCost, device_seed,
+    Baseline,
+    BaselineBudget,
+    BaselineProgress,
+    FleetSetup,
+    ForgetCost,
+    device_seed,
 )
 from hdus_edge.sim.baselines.sgd import (
-    cosine_lr, load_state_vector, local_pass, message_bytes, parallel_map, round_seed, state_vector,
+    cosine_lr,
+    load_state_vector,
+    local_pass,
+    message_bytes,
+    parallel_map,
+    round_seed,
+    state_vector,
 )
-from hdus_edge.train import accuracy, predict_logits
 
 logger = logging.getLogger(__name__)
 

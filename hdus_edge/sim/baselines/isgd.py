@@ -17,9 +17,9 @@ import logging
 import numpy as np
 
 from hdus_edge.ensemble.combine import softmax
+from hdus_edge.learning.train import predict_logits
 from hdus_edge.sim.baselines.base import ForgetCost
 from hdus_edge.sim.baselines.local import LocallyTrained
-from hdus_edge.train import predict_logits
 
 logger = logging.getLogger(__name__)
 

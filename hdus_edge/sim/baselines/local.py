@@ -1,6 +1,6 @@
 """Local-only training of every device's main model: the shared first step of ISGD and SISA-A.
 
-Each device trains its own architecture on its own data with ``hdus_edge.train.train`` and the HDUS
+Each device trains its own architecture on its own data with ``hdus_edge.learning.train.train`` and the HDUS
 defaults (Adam, one-cycle, +-1 pixel shifts), seeded by :func:`device_seed`, so an ISGD model is bit
 for bit the HDUS main model of a device with that seed. Devices are independent, so they train on
 parallel threads; the result does not depend on how many.
@@ -22,11 +22,22 @@ from torch import nn
 
 from hdus_edge.data import dataset_sha256
 from hdus_edge.errors import ConfigError
-from hdus_edge.fleet import TrainedDevice, default_workers
+from hdus_edge.learning.inprocess import TrainedDevice, default_workers
+from hdus_edge.learning.train import (
+    TrainConfig,
+    TrainReport,
+    deterministic_torch,
+    train,
+)
 from hdus_edge.models import build_model
-from hdus_edge.sim.baselines.base import Baseline, BaselineBudget, BaselineProgress, FleetSetup, device_seed
+from hdus_edge.sim.baselines.base import (
+    Baseline,
+    BaselineBudget,
+    BaselineProgress,
+    FleetSetup,
+    device_seed,
+)
 from hdus_edge.sim.baselines.sgd import parallel_map, torch_threads
-from hdus_edge.train import TrainConfig, TrainReport, deterministic_torch, train
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +63,7 @@ class LocalModels:
 
     @classmethod
     def from_fleet(cls, devices: Sequence[TrainedDevice], seconds: float) -> LocalModels:
-        """The main models of an HDUS fleet (``hdus_edge.fleet``), which are ISGD's models by definition.
+        """The main models of an HDUS fleet (``hdus_edge.learning.inprocess``), which are ISGD's models by definition.
 
         ``seconds`` is what training them took; ``fit`` reports it as its training time.
         """

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from hdus_edge.data import Dataset
-from hdus_edge.train import shift_augment, torch_threads  # noqa: F401  (re-exported for the baselines)
+from hdus_edge.learning.train import shift_augment, torch_threads  # noqa: F401  (re-exported for the baselines)
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def local_pass(
 ) -> int:
     """Train ``model`` in place for ``epochs`` passes over ``data`` (cross-entropy); return steps taken.
 
-    Same batch order, augmentation and batch-of-one rule as ``hdus_edge.train.train``, so a
+    Same batch order, augmentation and batch-of-one rule as ``hdus_edge.learning.train.train``, so a
     collaborative method's local work matches a main model's. Leaves the model in eval mode.
     """
     x_all = torch.from_numpy(np.ascontiguousarray(data.x))

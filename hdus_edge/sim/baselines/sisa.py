@@ -22,10 +22,10 @@ import logging
 import numpy as np
 
 from hdus_edge.ensemble.combine import softmax
+from hdus_edge.learning.train import predict_logits
 from hdus_edge.sim.baselines.base import FleetSetup, ForgetCost
 from hdus_edge.sim.baselines.local import LocallyTrained, LocalModels
 from hdus_edge.sim.baselines.sgd import message_bytes
-from hdus_edge.train import predict_logits
 
 logger = logging.getLogger(__name__)
 

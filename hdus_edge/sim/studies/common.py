@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from hdus_edge.ensemble.combine import softmax
-from hdus_edge.fleet import InProcessFleet
+from hdus_edge.learning.inprocess import InProcessFleet
 
 # announce(message): one line per step, for the CLI's progress output.
 Announce = Callable[[str], None]

@@ -27,11 +27,11 @@ import numpy as np
 
 from hdus_edge.data import ClientData, Dataset, FleetData
 from hdus_edge.errors import ConfigError
-from hdus_edge.fleet import InProcessFleet, TrainedDevice, train_devices
+from hdus_edge.learning.inprocess import InProcessFleet, TrainedDevice, train_devices
+from hdus_edge.learning.train import accuracy
 from hdus_edge.sim.config import DEMO_ARCHS, SimConfig
 from hdus_edge.sim.studies.common import Announce, ensemble_probs, mean, quiet
 from hdus_edge.topology import build_graph, without
-from hdus_edge.train import accuracy
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,13 @@ def flip_labels(ds: Dataset, kind: str) -> Dataset:
 def run_poisoning(cfg: PoisoningConfig, announce: Announce = quiet) -> dict[str, Any]:
     """Run the study; returns its figures (see the module docstring)."""
     from hdus_edge.sim.hdus_run import run_hdus
-    from hdus_edge.sim.runner import broker_for, build_data, build_topology, device_specs, learning_config
+    from hdus_edge.sim.runner import (
+        broker_for,
+        build_data,
+        build_topology,
+        device_specs,
+        learning_config,
+    )
 
     sim = cfg.validate().sim_config()
     announce("poisoning: data and training (honest fleet + the poisoned device)")
@@ -154,7 +160,7 @@ def run_poisoning(cfg: PoisoningConfig, announce: Announce = quiet) -> dict[str,
 
 
 def _seed_logits(device: TrainedDevice, x: np.ndarray) -> np.ndarray:
-    from hdus_edge.train import predict_logits
+    from hdus_edge.learning.train import predict_logits
 
     return predict_logits(device.seed_model, x)
 

@@ -21,13 +21,25 @@ from typing import Any
 
 import numpy as np
 
-from hdus_edge.data import Dataset, FleetData, load_dataset, noise_reference, split_fleet, stratified_sample
-from hdus_edge.distill import top1_agreement
+from hdus_edge.data import (
+    Dataset,
+    FleetData,
+    load_dataset,
+    noise_reference,
+    split_fleet,
+    stratified_sample,
+)
 from hdus_edge.errors import ConfigError
-from hdus_edge.fleet import InProcessFleet, TrainedDevice, redistill_devices, train_devices
+from hdus_edge.learning.distill import top1_agreement
+from hdus_edge.learning.inprocess import (
+    InProcessFleet,
+    TrainedDevice,
+    redistill_devices,
+    train_devices,
+)
+from hdus_edge.learning.train import accuracy, predict_logits
 from hdus_edge.sim.studies.common import Announce, mean, quiet
 from hdus_edge.topology import complete
-from hdus_edge.train import accuracy, predict_logits
 
 PAPER_ARCHS = ("S", "M", "L", "L", "L", "L")
 

@@ -31,14 +31,14 @@ from typing import Any
 
 import psutil
 
-from hdus_edge.agent import AgentSettings
 from hdus_edge.data import load_dataset, split_fleet
-from hdus_edge.distill import DistillConfig
+from hdus_edge.device.agent import AgentSettings
 from hdus_edge.errors import ConfigError
-from hdus_edge.fleet import DeviceSpec, LearningConfig, train_devices
+from hdus_edge.learning.distill import DistillConfig
+from hdus_edge.learning.inprocess import DeviceSpec, LearningConfig, train_devices
+from hdus_edge.learning.train import TrainConfig
 from hdus_edge.sim.studies.common import Announce, growth_exponent, quiet
 from hdus_edge.topology import build_graph
-from hdus_edge.train import TrainConfig
 
 BROKERS = ("mosquitto", "amqtt")
 
@@ -135,9 +135,9 @@ def run_scale_study(cfg: ScaleStudyConfig, announce: Announce = quiet) -> dict[s
 def _agents_case(url: str, root: Path, models: dict[str, Any], ids: list[str], degree: int,
                  cfg: ScaleStudyConfig, data: Any) -> dict[str, Any]:
     """N agents on ``url`` over a random ``degree``-regular graph: propagation, then forgetting."""
-    from hdus_edge.bench.outside import OutsideRequester
+    from hdus_edge.lab.agents import AgentFleet
+    from hdus_edge.lab.outside import OutsideRequester
     from hdus_edge.sim.hdus_run import TrafficMeter, fleet_config
-    from hdus_edge.sim.mqtt_fleet import AgentFleet
 
     n = len(ids)
     kind = "complete" if degree >= n - 1 else "random-regular"
@@ -150,7 +150,7 @@ def _agents_case(url: str, root: Path, models: dict[str, Any], ids: list[str], d
     meter = TrafficMeter(url, name).start()
     try:
         # The admin's requester runs in its own process, as it would in a real fleet: in this one it
-        # would wait for the GIL behind every agent (see bench/outside.py).
+        # would wait for the GIL behind every agent (see lab/outside.py).
         with AgentFleet(root, url, fleet_cfg, models, graph, settings) as fleet, \
                 OutsideRequester(fleet.admin.root) as requester:
             rss0 = process.memory_info().rss

@@ -31,7 +31,6 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -40,8 +39,15 @@ from pathlib import Path
 from typing import Any
 
 from hdus_edge.errors import ReplayError, StoreError, TombstonedError
+from hdus_edge.files import TMP_PREFIX, atomic_write, fsync_dir
 from hdus_edge.protocol import canonical
-from hdus_edge.protocol.fields import check_counter, check_device_id, check_name, check_request_id, check_sha256
+from hdus_edge.protocol.fields import (
+    check_counter,
+    check_device_id,
+    check_name,
+    check_request_id,
+    check_sha256,
+)
 from hdus_edge.protocol.messages import SeedEnvelope, sha256_hex
 
 logger = logging.getLogger(__name__)
@@ -52,7 +58,6 @@ AUDIT_NAME = "audit.jsonl"
 LOCK_NAME = ".lock"
 SEEDS_DIR = "seeds"
 ORDERS_DIR = "orders"
-TMP_PREFIX = ".tmp-"
 MAX_AUDIT_STRING = 1024  # long strings are refused so no encoded seed can end up in the audit log
 
 
@@ -155,32 +160,6 @@ class _State:
 
 def _seed_file_name(owner: str, epoch: int, version: int) -> str:
     return f"{owner}@{epoch}-{version}.onnx"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves the old file or the new one, never a mix."""
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{secrets.token_hex(4)}")
-    try:
-        with open(tmp, "xb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
 
 
 def _check_audit_value(value: Any, key: str) -> None:
@@ -309,7 +288,7 @@ class SeedStore:
             self._audit("recover_remove", file=orphan.name)
             logger.info("recovery: removed seed file %s that the index does not hold", orphan.name)
         if orphans:
-            _fsync_dir(self._seeds_dir)
+            fsync_dir(self._seeds_dir)
 
     def _check_file(self, seed: StoredSeed) -> str | None:
         try:
@@ -326,7 +305,7 @@ class SeedStore:
         """Make ``state`` durable (the commit point), then remove files it no longer names."""
         if self._lock_fd < 0:
             raise StoreError(f"seed store {self.root} is closed")
-        _atomic_write(self.root / INDEX_NAME, canonical.dumps(state.to_json()))
+        atomic_write(self.root / INDEX_NAME, canonical.dumps(state.to_json()))
         self._state = state
         removed = False
         for name in remove_files:
@@ -336,7 +315,7 @@ class SeedStore:
             except FileNotFoundError:
                 pass
         if removed:
-            _fsync_dir(self._seeds_dir)
+            fsync_dir(self._seeds_dir)
 
     # --- seeds -------------------------------------------------------------------------------
 
@@ -394,7 +373,7 @@ class SeedStore:
         with self._lock:
             self.check_seed(owner, version, epoch)
             name = _seed_file_name(owner, epoch, version)
-            _atomic_write(self._seeds_dir / name, onnx_bytes)
+            atomic_write(self._seeds_dir / name, onnx_bytes)
             seed = StoredSeed(owner, version, epoch, digest, arch, len(onnx_bytes), self._clock(), name, meta)
             state = self._state.copy()
             old = state.seeds.get(owner)
@@ -613,7 +592,7 @@ class SeedStore:
             orders.mkdir(exist_ok=True, mode=0o700)
             path = orders / f"{request_id}.order"
             if not path.exists():
-                _atomic_write(path, bytes(order_bytes))
+                atomic_write(path, bytes(order_bytes))
 
     def orders(self) -> dict[str, bytes]:
         """Every saved signed order by request id, in the order they were applied (oldest first).

@@ -10,7 +10,6 @@ delete), and with TLS a CA, the broker's certificate and one client certificate 
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 from dataclasses import dataclass
@@ -18,8 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from hdus_edge.errors import ConfigError
-from hdus_edge.state import AdminDir, atomic_write_bytes
-from hdus_edge.transport.mosquitto import MosquittoConfig, MosquittoTls, acl_rules, render_config, write_password_file
+from hdus_edge.files import write_json
+from hdus_edge.state import AdminDir
+from hdus_edge.transport.mosquitto import (
+    MosquittoConfig,
+    MosquittoTls,
+    acl_rules,
+    render_config,
+    write_password_file,
+)
 from hdus_edge.transport.url import parse_broker_url
 
 logger = logging.getLogger(__name__)
@@ -107,7 +113,11 @@ def write_broker_config(
     ca_path = None
     certs: dict[str, tuple[Path, Path]] = {}
     if tls_port is not None:
-        from hdus_edge.transport.certs import make_ca, make_client_cert, make_server_cert
+        from hdus_edge.transport.certs import (
+            make_ca,
+            make_client_cert,
+            make_server_cert,
+        )
 
         ca = make_ca(out / "tls", common_name=f"hdus-edge {fleet.fleet.name} CA")
         server = make_server_cert(ca, out / "tls", hosts=tls_hosts or tuple(dict.fromkeys((dial, host, "127.0.0.1", "localhost"))))
@@ -132,6 +142,6 @@ def write_broker_config(
         full = {u: {"user": u, "password": secrets_by_user[u], "url": f"mqtt://{u}:{secrets_by_user[u]}@{dial}:{port}"}
                 for u in users}
         # Plain passwords: owner-only from the first byte on.
-        atomic_write_bytes(credentials, (json.dumps(full, indent=2, sort_keys=True) + "\n").encode(), mode=0o600)
+        write_json(credentials, full, mode=0o600)
     logger.info("broker config for fleet %s written to %s (%d devices)", fleet.fleet.name, out, len(devices))
     return BrokerFiles(out, config_path, acl_path, passwd, credentials, ca_path, certs, users, urls)

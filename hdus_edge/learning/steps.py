@@ -28,20 +28,32 @@ from typing import Any
 import torch
 from torch import nn
 
-from hdus_edge.data import Dataset, check_reference_disjoint, dataset_sha256, load_data_folder, load_npz
-from hdus_edge.distill import DistillConfig, distill
+from hdus_edge.data import (
+    Dataset,
+    check_reference_disjoint,
+    dataset_sha256,
+    load_data_folder,
+    load_npz,
+)
+from hdus_edge.data.reference import check_reference_file
 from hdus_edge.errors import CheckpointError, DataError, DataShapeError
-from hdus_edge.fleet_setup import load_reference
+from hdus_edge.files import atomic_write, write_json
+from hdus_edge.learning.distill import DistillConfig, distill
+from hdus_edge.learning.train import Progress, TrainConfig, train
 from hdus_edge.models import build_model, count_parameters
 from hdus_edge.onnx.export import export_onnx
 from hdus_edge.onnx.metadata import Provenance
 from hdus_edge.protocol.messages import sha256_hex
-from hdus_edge.state import StateDir, atomic_write_bytes, write_json
-from hdus_edge.train import Progress, TrainConfig, train
+from hdus_edge.state import StateDir
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
+
+
+def load_reference(state: StateDir) -> Dataset:
+    """The device's copy of the fleet's reference set, checked against ``fleet.toml``."""
+    return check_reference_file(state.reference_file, state.fleet().data.reference_sha256)
 
 
 def utc_now_iso() -> str:
@@ -88,7 +100,7 @@ def save_checkpoint(
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     data = buffer.getvalue()
-    atomic_write_bytes(Path(path), data)
+    atomic_write(Path(path), data)
     return sha256_hex(data)
 
 
@@ -319,7 +331,7 @@ def _check_contract(ckpt: Checkpoint, state: StateDir) -> None:
 def _torch_threads(n: int) -> Iterator[None]:
     """Run a block with torch on ``n`` threads, restoring the caller's setting afterwards.
 
-    One thread by default, as in ``hdus_edge.fleet``: the zoo's small models gain little from more,
+    One thread by default, as in ``hdus_edge.learning.inprocess``: the zoo's small models gain little from more,
     lose a lot when cores are shared, and a fixed count gives the same weights on every machine.
     """
     before = torch.get_num_threads()
@@ -372,8 +384,8 @@ def export_device_models(
     seed_bytes = export_onnx(
         seed, Provenance(device.device.id, "seed", seed_arch, version, shape, classes, created_at, reference_sha256)
     )
-    atomic_write_bytes(state.models / "main.onnx", main_bytes)
-    atomic_write_bytes(state.models / "seed.onnx", seed_bytes)
+    atomic_write(state.models / "main.onnx", main_bytes)
+    atomic_write(state.models / "seed.onnx", seed_bytes)
     write_json(state.seed_info_file, {"version": version, "sha256": sha256_hex(seed_bytes),
                                       "reference_sha256": reference_sha256, "arch": seed_arch, "created_at": created_at})
     logger.info("exported %s: main %d bytes, seed v%d %d bytes", device.device.id, len(main_bytes), version, len(seed_bytes))

@@ -12,8 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from hdus_edge.fleet_setup import user_device_id
-from hdus_edge.state import StateDir
+from hdus_edge.state import StateDir, user_device_id
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +55,7 @@ def change_neighbors(state: StateDir, *, add: tuple[str, ...] = (), remove: tupl
     dropped: list[str] = []
     gone = sorted(set(before) - set(after))
     if gone and not running:
-        from hdus_edge.store import SeedStore
+        from hdus_edge.device.store import SeedStore
 
         with SeedStore(state.store_dir) as store:
             for j in gone:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from hdus_edge.data import Dataset
-from hdus_edge.train import Progress, deterministic_torch, predict_logits
+from hdus_edge.learning.train import Progress, deterministic_torch, predict_logits
 
 logger = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from hdus_edge.ensemble.combine import COMBINE_SPACES, CombineSpace, effective_lam
+from hdus_edge.ensemble.pack import NotPackable, pack_models, signature
 from hdus_edge.errors import EnsembleError
 from hdus_edge.onnx.checks import STANDARD_DOMAINS, default_opset
-from hdus_edge.onnx.pack import NotPackable, pack_models, signature
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ def fuse_ensemble(
     ``member_outputs`` each member's logits (``main/logits``, ``s000/logits``, ...; for tests and
     diagnostics: a tensor that is both consumed and a graph output stops onnxruntime fusing the
     Q/DQ groups of int8 members, so their numbers change slightly). With ``pack``,
-    seeds of the same architecture run as one packed chain (``hdus_edge.onnx.pack``). Raises
+    seeds of the same architecture run as one packed chain (``hdus_edge.ensemble.pack``). Raises
     ``EnsembleError`` when members disagree on input or output shape.
     """
     if space not in COMBINE_SPACES:

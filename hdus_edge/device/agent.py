@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from hdus_edge.config import FleetConfig
-from hdus_edge.crypto import DeviceCertificate, SigningKey, TrustStore, VerifyKey
+from hdus_edge.device.store import SeedStore
 from hdus_edge.ensemble.runtime import EnsembleRuntime
 from hdus_edge.errors import (
     HdusError,
@@ -41,10 +41,18 @@ from hdus_edge.errors import (
     TombstonedError,
     UnknownSenderError,
 )
+from hdus_edge.files import write_json
 from hdus_edge.onnx.checks import DEFAULT_POLICY, LoadPolicy, ModelContract, check_onnx
 from hdus_edge.onnx.metadata import read_provenance
 from hdus_edge.onnx.probe import probe_in_subprocess
-from hdus_edge.protocol import codec, topics as topic_kinds
+from hdus_edge.protocol import codec
+from hdus_edge.protocol import topics as topic_kinds
+from hdus_edge.protocol.crypto import (
+    DeviceCertificate,
+    SigningKey,
+    TrustStore,
+    VerifyKey,
+)
 from hdus_edge.protocol.fields import ADMIN_ID
 from hdus_edge.protocol.messages import (
     Hello,
@@ -55,8 +63,7 @@ from hdus_edge.protocol.messages import (
     UnlearnOrder,
 )
 from hdus_edge.protocol.topics import Topics
-from hdus_edge.state import StateDir, write_json
-from hdus_edge.store import SeedStore
+from hdus_edge.state import StateDir
 from hdus_edge.transport.mqtt import MqttTransport
 
 logger = logging.getLogger(__name__)

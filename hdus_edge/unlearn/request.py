@@ -19,12 +19,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hdus_edge.crypto import DeviceCertificate, SigningKey, TrustStore, VerifyKey
 from hdus_edge.errors import HdusError, StateDirError, UnknownSenderError
-from hdus_edge.protocol import codec, topics as topic_kinds
+from hdus_edge.files import write_json
+from hdus_edge.protocol import codec
+from hdus_edge.protocol import topics as topic_kinds
+from hdus_edge.protocol.crypto import (
+    DeviceCertificate,
+    SigningKey,
+    TrustStore,
+    VerifyKey,
+)
 from hdus_edge.protocol.messages import Hello, NeighborList, Receipt, UnlearnOrder
 from hdus_edge.protocol.topics import Topics
-from hdus_edge.state import write_json
 from hdus_edge.transport.mqtt import MqttTransport
 
 logger = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from hdus_edge.state import StateDir, read_json
 
 logger = logging.getLogger(__name__)
 
-INDEX_NAME = "index.json"  # the seed store's index (hdus_edge.store)
+INDEX_NAME = "index.json"  # the seed store's index (hdus_edge.device.store)
 SEEDS_DIR = "seeds"
 _READ_TRIES = 5
 

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from hdus_edge.agent import AgentSettings, DeviceAgent
 from hdus_edge.config import FleetConfig
-from hdus_edge.requester import UnlearnOutcome, request_unlearn
-from hdus_edge.state import AdminDir, StateDir, init_fleet, provision_device, write_json
+from hdus_edge.device.agent import AgentSettings, DeviceAgent
+from hdus_edge.files import write_json
+from hdus_edge.state import AdminDir, StateDir, init_fleet, provision_device
 from hdus_edge.topology import Graph
+from hdus_edge.unlearn.request import UnlearnOutcome, request_unlearn
 
 logger = logging.getLogger(__name__)
 

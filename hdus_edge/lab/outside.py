@@ -83,8 +83,8 @@ class TopicClock:
 
 
 def _request_in_child(admin_root: str, broker_url: str, fleet: str, target: str, wait_s: float) -> dict[str, Any]:
-    from hdus_edge.requester import request_unlearn
     from hdus_edge.state import AdminDir
+    from hdus_edge.unlearn.request import request_unlearn
 
     key = AdminDir(Path(admin_root)).key()
     outcome = request_unlearn(broker_url=broker_url, fleet=fleet, admin_key=key.public_key, signer=key,

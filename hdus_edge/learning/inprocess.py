@@ -24,12 +24,19 @@ import torch
 from torch import nn
 
 from hdus_edge.data import ClientData, Dataset
-from hdus_edge.distill import DistillConfig, DistillReport, distill
 from hdus_edge.ensemble.combine import CombineSpace, check_lam, combine
 from hdus_edge.errors import ConfigError
+from hdus_edge.learning.distill import DistillConfig, DistillReport, distill
+from hdus_edge.learning.train import (
+    TrainConfig,
+    TrainReport,
+    check_input_shape,
+    predict_logits,
+    torch_threads,
+    train,
+)
 from hdus_edge.models import build_model
 from hdus_edge.topology import Graph
-from hdus_edge.train import TrainConfig, TrainReport, check_input_shape, predict_logits, torch_threads, train
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import stat
 import time
 from collections.abc import Mapping
@@ -24,9 +23,19 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 
-from hdus_edge.errors import KeyFileError, ReplayError, SignatureError, UnauthorizedError, UnknownSenderError
+from hdus_edge.errors import (
+    KeyFileError,
+    ReplayError,
+    SignatureError,
+    UnauthorizedError,
+    UnknownSenderError,
+)
+from hdus_edge.files import atomic_write
 from hdus_edge.protocol import canonical
 from hdus_edge.protocol.fields import (
     ADMIN_ID,
@@ -147,29 +156,10 @@ def verify(public_key: VerifyKey, data: bytes, signature: bytes) -> None:
 
 
 def _write_private(path: Path, data: bytes, mode: int, overwrite: bool) -> None:
-    # Temp file created with the final mode (never briefly world-readable), then renamed into place.
     path = Path(path)
     if path.exists() and not overwrite:
         raise KeyFileError(f"{path} already exists", hint="refusing to overwrite a key; move it away first")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        try:
-            os.fchmod(fd, mode)  # O_CREAT's mode is filtered by the umask; fchmod is not
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    atomic_write(path, data, mode=mode)
 
 
 def _read_key_file(path: Path, what: str) -> bytes:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from hdus_edge.data import FleetData
-from hdus_edge.fleet import InProcessFleet
-from hdus_edge.train import accuracy
+from hdus_edge.learning.inprocess import InProcessFleet
+from hdus_edge.learning.train import accuracy
 
 
 @dataclass(frozen=True)

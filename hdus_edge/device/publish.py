@@ -18,10 +18,21 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from hdus_edge.crypto import TrustStore
-from hdus_edge.errors import HdusError, StateDirError, TombstonedError, UnknownSenderError
+from hdus_edge.errors import (
+    HdusError,
+    StateDirError,
+    TombstonedError,
+    UnknownSenderError,
+)
 from hdus_edge.protocol import codec
-from hdus_edge.protocol.messages import Hello, NeighborList, SeedEnvelope, UnlearnOrder, sha256_hex
+from hdus_edge.protocol.crypto import TrustStore
+from hdus_edge.protocol.messages import (
+    Hello,
+    NeighborList,
+    SeedEnvelope,
+    UnlearnOrder,
+    sha256_hex,
+)
 from hdus_edge.protocol.topics import Topics
 from hdus_edge.state import StateDir, read_json
 from hdus_edge.transport.mqtt import MqttTransport

@@ -16,12 +16,35 @@ from typing import Any
 
 import numpy as np
 
-from hdus_edge.config import DataSection, EnsembleSection, FleetConfig, FleetSection, load_profile, validate_fleet
-from hdus_edge.data import Dataset, dataset_sha256, load_data_folder, load_digits, load_npz, noise_reference, save_npz
+from hdus_edge.config import (
+    DataSection,
+    EnsembleSection,
+    FleetConfig,
+    FleetSection,
+    load_profile,
+    validate_fleet,
+)
+from hdus_edge.data import (
+    Dataset,
+    dataset_sha256,
+    load_data_folder,
+    load_digits,
+    load_npz,
+    noise_reference,
+    save_npz,
+)
 from hdus_edge.data.partition import stratified_sample
-from hdus_edge.errors import ConfigError, DataError, DataShapeError, StateDirError
-from hdus_edge.protocol.fields import check_device_id, check_fleet
-from hdus_edge.state import AdminDir, StateDir, init_fleet, install_reference, provision_device
+from hdus_edge.data.reference import check_reference_file
+from hdus_edge.errors import ConfigError, DataError, DataShapeError
+from hdus_edge.protocol.fields import check_fleet
+from hdus_edge.state import (
+    AdminDir,
+    StateDir,
+    init_fleet,
+    install_reference,
+    provision_device,
+    user_device_id,
+)
 from hdus_edge.transport.url import parse_broker_url
 
 logger = logging.getLogger(__name__)
@@ -51,14 +74,6 @@ def parse_input_shape(text: str) -> tuple[int, int, int]:
     if len(dims) != 3 or min(dims) < 1:
         raise ConfigError(f"--input-shape {text!r} is not C x H x W", hint="write it like 1x28x28 (or 28x28)")
     return dims[0], dims[1], dims[2]
-
-
-def user_device_id(value: str, what: str = "device id") -> str:
-    """``value`` when it is a valid device id, else ``ConfigError`` (ids are topic segments and file names)."""
-    try:
-        return check_device_id(value, what)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"invalid {what} {value!r}: {exc}", hint="use letters, digits, '.', '_' or '-' (at most 64)") from None
 
 
 def resolve_reference(
@@ -145,30 +160,6 @@ def create_fleet(
     check_reference_file(admin.reference_file, reference.sha256)
     logger.info("fleet %s created in %s (reference %s, %d samples)", name, admin.root, reference.sha256[:12], len(ref))
     return admin, fleet
-
-
-def check_reference_file(path: Path, expected_sha256: str) -> Dataset:
-    """Load a ``reference.npz`` and check it is the fleet's (``StateDirError`` otherwise)."""
-    if not path.exists():
-        raise StateDirError(f"reference set {path} is missing",
-                            hint="copy reference.npz from the fleet admin dir, or provision the device again")
-    try:
-        data = load_npz(path)
-    except DataError as exc:
-        raise StateDirError(f"the reference set is unreadable: {exc.message}",
-                            hint="copy reference.npz from the fleet admin dir again") from None
-    got = dataset_sha256(data)
-    if expected_sha256 and got != expected_sha256:
-        raise StateDirError(
-            f"reference set {path} has sha256 {got[:12]}..., but the fleet's is {expected_sha256[:12]}...",
-            hint="copy reference.npz from the fleet admin dir again",
-        )
-    return data
-
-
-def load_reference(state: StateDir) -> Dataset:
-    """The device's copy of the fleet's reference set, checked against ``fleet.toml``."""
-    return check_reference_file(state.reference_file, state.fleet().data.reference_sha256)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Forgetting from the command line: ``leave`` (a device), ``unlearn`` (the admin), ``receipts`` (no torch).
 
-Thin over ``hdus_edge.requester``: these pick the signer, the broker and the epoch from a state dir
+Thin over ``hdus_edge.unlearn.request``: these pick the signer, the broker and the epoch from a state dir
 or an admin dir, refuse targets the fleet never provisioned, and keep every request's evidence as
 ``<dir>/evidence/<request_id>.json``. ``receipts_report`` merges the receipts the broker still holds
 (verified against the fleet admin's key) with those in saved evidence (verified offline).
@@ -13,12 +13,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hdus_edge.crypto import VerifyKey
 from hdus_edge.errors import ConfigError, StateDirError
-from hdus_edge.fleet_setup import user_device_id
+from hdus_edge.files import write_json
+from hdus_edge.protocol.crypto import VerifyKey
 from hdus_edge.protocol.fields import check_request_id
-from hdus_edge.requester import UnlearnOutcome, collect_receipts, request_unlearn, save_evidence, verify_evidence
-from hdus_edge.state import AdminDir, StateDir, read_json, write_json
+from hdus_edge.state import AdminDir, StateDir, read_json, user_device_id
+from hdus_edge.unlearn.request import (
+    UnlearnOutcome,
+    collect_receipts,
+    request_unlearn,
+    save_evidence,
+    verify_evidence,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +133,7 @@ def receipts_report(source: ReceiptSource, request_id: str, *, wait_s: float = 2
 
 def list_requests(source: ReceiptSource) -> list[dict[str, Any]]:
     """The requests with saved evidence (newest last)."""
-    from hdus_edge.device_view import evidence_summaries
+    from hdus_edge.device.view import evidence_summaries
 
     out: list[dict[str, Any]] = []
     for folder in source.evidence_dirs:

@@ -1,0 +1,14 @@
+"""The device runtime: what runs on a Pi or a Jetson once its models are exported.
+
+- ``agent``: the one event loop; joins transport, store, ensemble and membership; applies orders.
+- ``daemon``: runs the agent as a process until a signal (``hdus-edge agent``).
+- ``store``: the durable seed store (atomic writes, index, tombstones, orders, audit log).
+- ``publish``: announcing the device (hello, membership, own seed) and reading the broker's state.
+- ``neighbors``: changing the neighbour list of a state dir.
+- ``view``: read-only views of a state dir (``status``, ``members``, evidence summaries).
+- ``inputs``: turning user files (.npy, PNG, PGM) into model input.
+
+Never imports torch, scikit-learn or matplotlib, not even inside a function (a device's base install
+has none of them; ``tests/test_layout.py`` checks it). Never imports ``learning``, ``admin``,
+``unlearn``, ``lab``, ``sim``, ``bench``, ``reliability`` or ``cli``.
+"""

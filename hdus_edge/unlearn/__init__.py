@@ -1,0 +1,8 @@
+"""Forgetting, the requester's side: signed orders out, signed receipts in, evidence kept (no torch).
+
+- ``request``: publish an unlearn order, collect and verify the holders' receipts, save evidence.
+- ``commands``: the steps behind ``hdus-edge unlearn``, ``leave`` and ``receipts``.
+
+The holders' side (applying an order) is the device agent's (``device.agent``). Never imports
+``learning``, ``admin``, ``lab``, ``sim``, ``bench``, ``reliability`` or ``cli``.
+"""
