@@ -324,7 +324,7 @@ def provision_device(
 ) -> StateDir:
     """Create a device: key pair, the admin's certificate, device config, empty state dir.
 
-    Refuses a device id the fleet already has (re-admission takes ``readmit_device``).
+    Refuses a device id the fleet already has.
     """
     check_device_id(device_id)
     fleet = admin.fleet()

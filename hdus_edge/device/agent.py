@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,10 +146,7 @@ class DeviceAgent:
         # `export` (models/seed.json) while it runs.
         self._watch = watch
         self._watched: dict[Path, int] = {}
-        self.contract = ModelContract(
-            height=fleet.data.input_shape[1], width=fleet.data.input_shape[2],
-            num_classes=fleet.data.num_classes, channels=fleet.data.input_shape[0],
-        )
+        self.contract = ModelContract.from_shape(fleet.data.input_shape, fleet.data.num_classes)
         self._policy = LoadPolicy(max_bytes=settings.max_seed_bytes)
         self.trust = TrustStore(fleet.fleet.name, admin_key)
         self.trust.certify(certificate)
@@ -203,11 +199,11 @@ class DeviceAgent:
         reference_sha = fleet.data.reference_sha256
         seed_arch = profile.model.seed_arch
         if seed_onnx is not None:
-            prov = read_provenance(check_onnx(seed_onnx, _contract_of(fleet)).model)
+            prov = read_provenance(check_onnx(seed_onnx, ModelContract.from_shape(fleet.data.input_shape, fleet.data.num_classes)).model)
             if prov is not None:
                 reference_sha = prov.reference_sha256 or reference_sha
                 seed_arch = prov.arch
-        main_prov = read_provenance(check_onnx(main_onnx, _contract_of(fleet), LoadPolicy(max_bytes=256 << 20)).model)
+        main_prov = read_provenance(check_onnx(main_onnx, ModelContract.from_shape(fleet.data.input_shape, fleet.data.num_classes), LoadPolicy(max_bytes=256 << 20)).model)
         settings = settings or settings_for(state)
         models = OwnModels(
             main_onnx=main_onnx, seed_onnx=seed_onnx, seed_version=state.seed_version(),
@@ -230,10 +226,7 @@ class DeviceAgent:
             for stray in [*self._watch.root.glob(".tmp-*"), *self._watch.models.glob(".tmp-*")]:
                 stray.unlink(missing_ok=True)
                 logger.warning("agent %s: removed stray temp file %s", self.device_id, stray)
-        root = self.topics.root
-        filters = [f"{root}/devices/+/hello", f"{root}/membership/+", f"{root}/unlearn/+", f"{root}/tombstones/+"]
-        filters += [self.topics.seed(self.device_id, j) for j in self._neighbors]
-        self.transport.subscribe(filters)
+        self.transport.subscribe(self.topics.subscriptions(self.device_id, self._neighbors))
         self.transport.connect(timeout=self.settings.connect_timeout_s)
         self._announce()
         for pending in self.store.pending_receipts():
@@ -722,16 +715,6 @@ class _Refused(ProtocolError):
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
-
-
-def _contract_of(fleet: FleetConfig) -> ModelContract:
-    c, h, w = fleet.data.input_shape
-    return ModelContract(height=h, width=w, num_classes=fleet.data.num_classes, channels=c)
-
-
-def new_request_id() -> str:
-    """A fresh unlearn request id."""
-    return uuid.uuid4().hex
 
 
 def require_exported(state: StateDir) -> None:

@@ -166,7 +166,7 @@ def publish_seed(
     listener = FleetListener(trust, topics)
     running = state.agent_running()
     url = broker_url or device.device.broker or fleet.fleet.broker
-    filters = [f"{topics.root}/devices/+/hello", f"{topics.root}/membership/+", f"{topics.root}/unlearn/+"]
+    filters = topics.fleet_state_filters()
     transport = MqttTransport(url, f"{fleet.fleet.name}.{me}.publish", handler=listener.handle, clean_session=True)
     sent: list[str] = []
     unconfirmed: list[str] = []

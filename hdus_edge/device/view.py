@@ -15,15 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hdus_edge.device.store import INDEX_NAME, SEEDS_DIR, read_index
 from hdus_edge.errors import StateDirError
-from hdus_edge.protocol import canonical
 from hdus_edge.protocol.messages import sha256_hex
 from hdus_edge.state import StateDir, read_json
 
 logger = logging.getLogger(__name__)
 
-INDEX_NAME = "index.json"  # the seed store's index (hdus_edge.device.store)
-SEEDS_DIR = "seeds"
 _READ_TRIES = 5
 
 
@@ -59,26 +57,15 @@ def read_store_index(store_dir: Path) -> StoreView:
     """Parse ``store/index.json`` without locking (an empty view when the store was never written)."""
     path = Path(store_dir) / INDEX_NAME
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return StoreView((), (), (), ())
-    try:
-        data = canonical.loads(raw)
-        seeds = tuple(sorted(
-            (SeedEntry(s["owner"], int(s["version"]), int(s["epoch"]), s["sha256"], s["arch"], int(s["size"]),
-                       float(s["received_at"]), s["file"]) for s in data["seeds"]),
-            key=lambda e: e.owner,
-        ))
-        tombstones = tuple(sorted((dict(t) for t in data["tombstones"]), key=lambda t: t["target"]))
-        pending = tuple(r["request_id"] for r in data["receipts"])
-        seen = tuple(sorted(data["seen"]))
-    except (ValueError, TypeError, KeyError) as exc:
+        index = read_index(Path(store_dir))
+    except ValueError as exc:
         raise StateDirError(f"seed store index {path} is corrupt: {exc}",
                             hint="restore it from a backup, or start the agent to see the store's own diagnosis") from None
-    for entry in seeds:
-        if "/" in entry.file or entry.file.startswith("."):
-            raise StateDirError(f"seed store index {path} names a bad seed file {entry.file!r}")
-    return StoreView(seeds, tombstones, pending, seen)
+    seeds = tuple(SeedEntry(s.owner, s.version, s.epoch, s.sha256, s.arch, s.size, s.received_at, s.file)
+                  for _, s in sorted(index.seeds.items()))
+    tombstones = tuple({"target": t.target, "epoch": t.epoch, "request_id": t.request_id, "at": t.at}
+                       for _, t in sorted(index.tombstones.items()))
+    return StoreView(seeds, tombstones, tuple(index.receipts), tuple(sorted(index.seen)))
 
 
 def read_member_seeds(state: StateDir, neighbors: tuple[str, ...] | None = None) -> tuple[StoreView, dict[str, bytes]]:

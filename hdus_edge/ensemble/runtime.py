@@ -304,10 +304,7 @@ class EnsembleRuntime:
 
 def _contract_of(main: onnx.ModelProto) -> ModelContract:
     """The I/O contract the main model defines for every seed."""
-    if len(main.graph.input) != 1 or len(main.graph.output) != 1:
-        raise EnsembleError("the main model must have exactly one input and one output")
-    dims_in = [d.dim_value for d in main.graph.input[0].type.tensor_type.shape.dim]
-    dims_out = [d.dim_value for d in main.graph.output[0].type.tensor_type.shape.dim]
-    if len(dims_in) != 4 or min(dims_in[1:], default=0) <= 0 or len(dims_out) != 2 or dims_out[1] < 2:
-        raise EnsembleError(f"the main model maps {dims_in} -> {dims_out}; expected [N, C, H, W] -> [N, classes]")
-    return ModelContract(height=dims_in[2], width=dims_in[3], num_classes=dims_out[1], channels=dims_in[1])
+    try:
+        return ModelContract.from_graph(main)
+    except ValueError as exc:
+        raise EnsembleError(f"the main model does not fit: {exc}") from None

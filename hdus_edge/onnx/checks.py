@@ -78,6 +78,23 @@ class ModelContract:
         c, h, w = provenance.input_shape
         return cls(height=h, width=w, num_classes=provenance.num_classes, channels=c)
 
+    @classmethod
+    def from_shape(cls, input_shape: tuple[int, int, int], num_classes: int) -> ModelContract:
+        """The contract of a fleet whose samples are ``input_shape`` (C, H, W) with ``num_classes`` classes."""
+        c, h, w = input_shape
+        return cls(height=h, width=w, num_classes=num_classes, channels=c)
+
+    @classmethod
+    def from_graph(cls, model: onnx.ModelProto) -> ModelContract:
+        """The contract a graph's declared I/O defines; ``ValueError`` unless it maps [N, C, H, W] -> [N, K]."""
+        if len(model.graph.input) != 1 or len(model.graph.output) != 1:
+            raise ValueError("the model must have exactly one input and one output")
+        dims_in = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+        dims_out = [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim]
+        if len(dims_in) != 4 or min(dims_in[1:]) <= 0 or len(dims_out) != 2 or dims_out[1] < 2:
+            raise ValueError(f"the model maps {dims_in} -> {dims_out}; expected [N, C, H, W] -> [N, classes]")
+        return cls(height=dims_in[2], width=dims_in[3], num_classes=dims_out[1], channels=dims_in[1])
+
 
 @dataclass(frozen=True)
 class LoadPolicy:

@@ -320,7 +320,7 @@ def issue_certificate(
     device_id: str,
     public_key: VerifyKey,
     epoch: int = 0,
-    profile: str = "generic-x86",
+    profile: str = "generic-x86_64",
     issued_at: float | None = None,
 ) -> DeviceCertificate:
     """Sign a certificate binding ``device_id`` to ``public_key`` at ``epoch`` (admin side)."""

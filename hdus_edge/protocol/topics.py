@@ -18,6 +18,7 @@ To clear a forgotten seed from the broker, device ``me`` publishes an empty reta
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from hdus_edge.errors import DecodeError
@@ -108,16 +109,21 @@ class Topics:
         """Where ``device`` gossips the unlearn orders it applied."""
         return f"{self.root}/tombstones/{check_device_id(device)}"
 
-    def subscriptions(self, device: str) -> list[str]:
-        """The filters a device subscribes to: every hello, membership, order and digest; its own seeds."""
+    def fleet_state_filters(self) -> list[str]:
+        """What an observer reads to know the fleet: every hello, membership and unlearn order (all retained)."""
+        return [f"{self.root}/devices/+/hello", f"{self.root}/membership/+", f"{self.root}/unlearn/+"]
+
+    def hello_filter(self) -> str:
+        """Every device's hello (the certified keys of the fleet)."""
+        return f"{self.root}/devices/+/hello"
+
+    def subscriptions(self, device: str, neighbors: Iterable[str]) -> list[str]:
+        """The filters a device's agent subscribes to: the fleet's state, every tombstone digest, and
+        the seed each neighbour addresses to it (one topic per neighbour, so the ACL's per-pair rule
+        and a neighbour removed later leave nothing behind)."""
         check_device_id(device)
-        return [
-            f"{self.root}/devices/+/hello",
-            f"{self.root}/seeds/{device}/+",
-            f"{self.root}/membership/+",
-            f"{self.root}/unlearn/+",
-            f"{self.root}/tombstones/+",
-        ]
+        return [*self.fleet_state_filters(), f"{self.root}/tombstones/+",
+                *(self.seed(device, j) for j in sorted(neighbors))]
 
     def receipts_filter(self, request_id: str) -> str:
         """The filter a requester subscribes to, to collect every receipt for ``request_id``."""

@@ -213,8 +213,7 @@ def request_unlearn(
                               clean_session=True)
     start = time.monotonic()
     try:
-        transport.subscribe([f"{topics.root}/devices/+/hello", f"{topics.root}/membership/+",
-                             f"{topics.root}/unlearn/+", topics.receipts_filter(order.request_id)])
+        transport.subscribe([*topics.fleet_state_filters(), topics.receipts_filter(order.request_id)])
         transport.connect(timeout=min(10.0, max(wait_s, 1.0)))
         collector.settle(settle_s, max_s=min(5.0, wait_s))
         with collector.changed:
@@ -245,7 +244,7 @@ def collect_receipts(
     transport = MqttTransport(broker_url, f"receipts-{uuid.uuid4().hex[:12]}", handler=collector.handle,
                               clean_session=True)
     try:
-        transport.subscribe([f"{topics.root}/devices/+/hello", topics.receipts_filter(request_id)])
+        transport.subscribe([topics.hello_filter(), topics.receipts_filter(request_id)])
         transport.connect(timeout=10.0)
         collector.settle(0.3, max_s=wait_s)
         with collector.changed:
