@@ -179,3 +179,60 @@ def reliability(
             console.print(f"[red]not zero:[/red] {failed}")
     if result["failed_checks"]:
         raise typer.Exit(1)
+
+
+@bench_app.command("scale")
+def scale(
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="One case: 50 devices x 8 neighbours on a LAN.")] = False,
+    sizes: Annotated[str, typer.Option(help="Comma-separated fleet sizes (ignored with --quick).")] = "20,50,100",
+    degrees: Annotated[str, typer.Option(help="Comma-separated neighbour counts.")] = "4,8",
+    nets: Annotated[str, typer.Option(help="Comma-separated network profiles: lan, wan.")] = "lan,wan",
+) -> None:
+    """Fleets of one process per device in network namespaces: seed propagation, unlearn latency, cost.
+
+    Needs root (network namespaces). Example: hdus-edge bench scale --quick
+    """
+    from hdus_edge.bench.scale import NETS, QUICK, ScaleCase, run_scale_bench
+    from hdus_edge.errors import ConfigError
+
+    try:
+        size_list = [int(v) for v in sizes.split(",") if v.strip()]
+        degree_list = [int(v) for v in degrees.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError("--sizes and --degrees take comma-separated integers") from None
+    net_list = [v.strip() for v in nets.split(",") if v.strip()]
+    if not net_list or any(n not in NETS for n in net_list):
+        raise ConfigError(f"--nets must name {', '.join(NETS)}, got {nets!r}")
+    if any(d < 1 or n < d + 1 + 13 for n in size_list for d in degree_list):
+        raise ConfigError("every fleet needs more devices than neighbours + 13 (3 unlearns, then 10 at once)")
+    cases = QUICK if quick else tuple(ScaleCase(n, d, net) for net in net_list for d in degree_list for n in size_list)
+    status = None if json_out else console.status("starting")
+    if status is not None:
+        status.start()
+    try:
+        result = run_scale_bench(cases, progress=(lambda s: status.update(s)) if status is not None else (lambda s: None))
+    finally:
+        if status is not None:
+            status.stop()
+    if json_out:
+        print_json(result)
+        return
+
+    def sec(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f} s"
+
+    table = Table(title="Fleets of one process per device")
+    for col in ("devices", "degree", "net", "propagation p50/p95", "unlearn p50/p95", "10 at once", "missing",
+                "back", "RSS/agent", "agents' CPU while forgetting"):
+        table.add_column(col, justify="right")
+    for r in result["rows"]:
+        table.add_row(str(r["devices"]), str(r["degree"]), r["net"],
+                      f"{sec(r['propagation_p50_s'])} / {sec(r['propagation_p95_s'])}",
+                      f"{sec(r['unlearn_p50_s'])} / {sec(r['unlearn_p95_s'])}", sec(r["together_all_receipts_s"]),
+                      str(r["missing_receipts"]), str(r["resurrections"]), f"{r['rss_per_agent_mib']:.0f} MiB",
+                      f"{r['agents_cpu_share_while_forgetting']:.2f} of {r['cores']} cores")
+    console.print(table)
+    for g in result["growth"]:
+        if g["unlearn_p50_exponent"] is not None:
+            console.print(f"degree {g['degree']}, {g['net']}: unlearn p50 grows as N^{g['unlearn_p50_exponent']:.2f}")

@@ -42,7 +42,7 @@ from hdus_edge.reliability.invariants import (
     ResurrectionWatch,
     store_violations,
 )
-from hdus_edge.reliability.proxy import TcpProxy
+from hdus_edge.lab.proxy import TcpProxy
 
 logger = logging.getLogger(__name__)
 
