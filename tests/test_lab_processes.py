@@ -96,3 +96,12 @@ def test_growth_exponent_reads_a_power_law():
     assert growth_exponent([10, 20, 40], [1.0, 2.0, 4.0]) == pytest.approx(1.0)
     assert growth_exponent([10, 20, 40], [1.0, 4.0, 16.0]) == pytest.approx(2.0)
     assert growth_exponent([10], [1.0]) is None
+
+
+def test_bench_scale_refuses_a_fleet_too_small_for_its_unlearns():
+    out = subprocess.run([sys.executable, "-m", "hdus_edge", "bench", "scale", "--sizes", "12", "--degrees", "4",
+                          "--nets", "lan", "--json"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "at least 15" in out.stderr
+    bad_net = subprocess.run([sys.executable, "-m", "hdus_edge", "bench", "scale", "--nets", "moon"],
+                             capture_output=True, text=True, timeout=120)
+    assert bad_net.returncode == 2 and "lan, wan" in bad_net.stderr

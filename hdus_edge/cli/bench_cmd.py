@@ -204,9 +204,12 @@ def scale(
     net_list = [v.strip() for v in nets.split(",") if v.strip()]
     if not net_list or any(n not in NETS for n in net_list):
         raise ConfigError(f"--nets must name {', '.join(NETS)}, got {nets!r}")
-    if any(d < 1 or n < d + 1 + 13 for n in size_list for d in degree_list):
-        raise ConfigError("every fleet needs more devices than neighbours + 13 (3 unlearns, then 10 at once)")
     cases = QUICK if quick else tuple(ScaleCase(n, d, net) for net in net_list for d in degree_list for n in size_list)
+    for c in cases:
+        if c.degree < 1 or c.devices <= c.degree or c.devices < c.forgets + c.together + 2:
+            raise ConfigError(f"{c.devices} devices x {c.degree} neighbours: a fleet needs more devices than "
+                              f"neighbours and at least {c.forgets + c.together + 2} ({c.forgets} unlearns, then "
+                              f"{c.together} at once, and two left)")
     status = None if json_out else console.status("starting")
     if status is not None:
         status.start()
