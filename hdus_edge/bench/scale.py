@@ -108,11 +108,13 @@ def run_case(case: ScaleCase, root: Path, progress: Callable[[str], None] = lamb
                 forgotten: list[str] = []
                 latencies: list[float] = []
                 missing = 0
+                no_holders = 0  # orders whose requester found no holder to wait for
                 cpu_before, wall_before = fleet.cpu_seconds(), time.monotonic()
                 progress(f"{case.devices} x {case.degree}, {case.net}: {case.forgets} unlearns")
                 for target in ids[:case.forgets]:
                     out = requester.unlearn(broker.url, cfg.fleet.name, target, wait_s=60)
                     missing += len(out["missing"])
+                    no_holders += not out["holders"]
                     if out["latency_s"] is not None:
                         latencies.append(out["latency_s"])
                     forgotten.append(target)
@@ -124,7 +126,9 @@ def run_case(case: ScaleCase, root: Path, progress: Callable[[str], None] = lamb
                 progress(f"{case.devices} x {case.degree}, {case.net}: {len(batch)} unlearns at once")
                 outs = requester.unlearn_many(broker.url, cfg.fleet.name, batch, wait_s=120)
                 missing += sum(len(o["missing"]) for o in outs)
-                together_s = max((o["latency_s"] or float("inf")) for o in outs) if outs else None
+                no_holders += sum(1 for o in outs if not o["holders"])
+                waited = [o["latency_s"] for o in outs if o["holders"]]
+                together_s = None if not waited or None in waited else max(waited)
                 forgotten += batch
                 fleet.retire(batch)
                 fleet.wait_converged(120)
@@ -143,8 +147,8 @@ def run_case(case: ScaleCase, root: Path, progress: Callable[[str], None] = lamb
         "propagation_p50_s": _pct(propagation, 50), "propagation_p95_s": _pct(propagation, 95),
         "propagation_pairs": len(propagation),
         "unlearn_p50_s": _pct(latencies, 50), "unlearn_p95_s": _pct(latencies, 95),
-        "together_all_receipts_s": together_s if together_s != float("inf") else None,
-        "missing_receipts": missing, "resurrections": resurrections,
+        "together_all_receipts_s": together_s,
+        "missing_receipts": missing, "orders_without_holders": no_holders, "resurrections": resurrections,
         "rss_per_agent_mib": (sum(rss) / len(rss) / 2**20) if rss else None,
         "broker_cpu_s": broker_cpu, "broker_rss_mib": broker_rss / 2**20 if broker_rss else None,
         "agents_cpu_share_while_forgetting": cpu_share, "cores": os.cpu_count(),
