@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hdus_edge.device.store import INDEX_NAME, SEEDS_DIR, read_index
+from hdus_edge.device.store import INDEX_NAME, SEEDS_DIR, StoredSeed, read_index
 from hdus_edge.errors import StateDirError
 from hdus_edge.protocol.messages import sha256_hex
 from hdus_edge.state import StateDir, read_json
@@ -26,31 +26,19 @@ _READ_TRIES = 5
 
 
 @dataclass(frozen=True)
-class SeedEntry:
-    """One seed the store holds (from its index)."""
-
-    owner: str
-    version: int
-    epoch: int
-    sha256: str
-    arch: str
-    size: int
-    received_at: float
-    file: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"owner": self.owner, "version": self.version, "epoch": self.epoch, "sha256": self.sha256,
-                "arch": self.arch, "bytes": self.size, "received_at": self.received_at}
-
-
-@dataclass(frozen=True)
 class StoreView:
     """What the store's index says: seeds, tombstones (completed unlearns), receipts not yet sent."""
 
-    seeds: tuple[SeedEntry, ...]
+    seeds: tuple[StoredSeed, ...]
     tombstones: tuple[dict[str, Any], ...]
     pending_receipts: tuple[str, ...]
     seen_requests: tuple[str, ...]
+
+
+def seed_json(seed: StoredSeed) -> dict[str, Any]:
+    """What ``status`` shows of a held seed (never its bytes)."""
+    return {"owner": seed.owner, "version": seed.version, "epoch": seed.epoch, "sha256": seed.sha256,
+            "arch": seed.arch, "bytes": seed.size, "received_at": seed.received_at}
 
 
 def read_store_index(store_dir: Path) -> StoreView:
@@ -61,8 +49,7 @@ def read_store_index(store_dir: Path) -> StoreView:
     except ValueError as exc:
         raise StateDirError(f"seed store index {path} is corrupt: {exc}",
                             hint="restore it from a backup, or start the agent to see the store's own diagnosis") from None
-    seeds = tuple(SeedEntry(s.owner, s.version, s.epoch, s.sha256, s.arch, s.size, s.received_at, s.file)
-                  for _, s in sorted(index.seeds.items()))
+    seeds = tuple(s for _, s in sorted(index.seeds.items()))
     tombstones = tuple({"target": t.target, "epoch": t.epoch, "request_id": t.request_id, "at": t.at}
                        for _, t in sorted(index.tombstones.items()))
     return StoreView(seeds, tombstones, tuple(index.receipts), tuple(sorted(index.seen)))
@@ -179,7 +166,7 @@ def device_status(state: StateDir) -> dict[str, Any]:
         "broker": _redacted(device.device.broker or fleet.fleet.broker),
         "neighbors": list(device.neighbors),
         "members": members,
-        "seeds": [held[m].to_json() for m in members],
+        "seeds": [seed_json(held[m]) for m in members],
         "seeds_not_neighbors": stale,
         "ensemble": {"members": ["main", *members], "lam": fleet.ensemble.lam, "effective_lam": lam,
                      "space": fleet.ensemble.space, "strategy": profile.runtime.strategy},
