@@ -117,6 +117,35 @@ class AdminDir:
         """Evidence of the unlearn requests the admin issued (one JSON file per request)."""
         return self.root / "evidence"
 
+    @property
+    def tls_dir(self) -> Path:
+        """``keys/tls/``: the admin's TLS client certificate (``ca.crt``, ``client.crt``, ``client.key``)."""
+        return self.root / "keys" / "tls"
+
+    @property
+    def broker_access_file(self) -> Path:
+        """``keys/broker.json`` (0600): the admin's broker login and the broker folder, from ``broker-config``."""
+        return self.root / "keys" / "broker.json"
+
+    @property
+    def revocations_file(self) -> Path:
+        """``revocations.json``: the revoked certificates and their orders (the signed list's source)."""
+        return self.root / "revocations.json"
+
+    def broker_access(self) -> dict[str, Any] | None:
+        """``{"url": ..., "broker_dir": ...}`` when ``broker-config`` wrote one, else None."""
+        if not self.broker_access_file.exists():
+            return None
+        data = read_json(self.broker_access_file, "broker access")
+        if not isinstance(data, dict) or not isinstance(data.get("url"), str):
+            raise StateDirError(f"broker access {self.broker_access_file} is corrupt", hint="run 'hdus-edge broker-config' again")
+        return data
+
+    def broker_url(self) -> str:
+        """The admin's broker login: ``keys/broker.json``'s URL when present, else the fleet's broker."""
+        access = self.broker_access()
+        return access["url"] if access is not None else self.fleet().fleet.broker
+
     def fleet(self) -> FleetConfig:
         """The fleet config (``StateDirError`` when this is not an admin dir)."""
         if not self.fleet_file.exists():
@@ -223,6 +252,11 @@ class StateDir:
     def evidence_dir(self) -> Path:
         """Evidence of the unlearn requests this device issued (``hdus-edge leave``)."""
         return self.root / "evidence"
+
+    @property
+    def tls_dir(self) -> Path:
+        """``keys/tls/``: the device's TLS client certificate (``ca.crt``, ``client.crt``, ``client.key``)."""
+        return self.root / "keys" / "tls"
 
     @property
     def store_lock_file(self) -> Path:

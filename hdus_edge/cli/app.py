@@ -33,9 +33,16 @@ _debug = {"on": False}
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")] = False,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (-v info, -vv debug).")] = 0,
+    insecure: Annotated[bool, typer.Option("--insecure", help="Allow plain-text mqtt:// to a host that is not loopback (a lab).")] = False,
 ) -> None:
     """hdus-edge: train, distill, share seeds over MQTT, and forget any device exactly."""
     _debug["on"] = debug
+    if insecure:
+        import os
+
+        from hdus_edge.transport.url import INSECURE_ENV
+
+        os.environ[INSECURE_ENV] = "1"  # read by every MQTT connection, also in child processes
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
