@@ -94,11 +94,13 @@ def role_name(device: str) -> str:
 
 
 def admin_role(fleet: str) -> dynsec.Role:
-    """The admin: everything under the fleet's root, and the plugin's control topic (revoke, readmit)."""
+    """The admin: everything under the fleet's root, and the plugin's control topic (revoke, readmit).
+
+    The plugin's answers need an explicit publishClientReceive: the default does not cover $CONTROL."""
     root = Topics(fleet).root
     topics = (f"{root}/#", f"{dynsec.CONTROL_TOPIC}/#", dynsec.CONTROL_TOPIC)
     return dynsec.Role(ADMIN_ROLE, tuple(dynsec.Acl(kind, t) for t in topics
-                                         for kind in ("publishClientSend", "subscribePattern")))
+                                         for kind in ("publishClientSend", "subscribePattern", "publishClientReceive")))
 
 
 def device_logins(fleet: str, device: str, password: str) -> tuple[dynsec.Client, dynsec.Client]:
@@ -163,7 +165,7 @@ def write_broker_config(
         ca = make_ca(out / "tls", common_name=f"hdus-edge {name} CA")
         server = make_server_cert(ca, out / "tls", hosts=tls_hosts or tuple(dict.fromkeys((dial, host, "127.0.0.1", "localhost"))))
         for user in (ADMIN_USER, *devices):
-            certs[user] = _client_bundle(out, user)
+            certs[user] = issue_client_bundle(out, user)
         ca_path = ca.cert
         # Identity comes from the password (checked with the client id by the plugin); see dynsec's doc.
         tls = MosquittoTls(port=port, ca_file=ca.cert.resolve(), cert_file=server.cert.resolve(),
@@ -190,7 +192,7 @@ def write_broker_config(
                        not insecure_plaintext, cfg)
 
 
-def _client_bundle(out: Path, user: str) -> tuple[Path, Path]:
+def issue_client_bundle(out: Path, user: str) -> tuple[Path, Path]:
     """Issue ``user``'s client certificate and lay out ``devices/<user>/keys/tls/`` for its state dir."""
     from hdus_edge.transport.certs import load_ca, make_client_cert
 

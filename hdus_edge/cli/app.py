@@ -82,6 +82,7 @@ def _register_lifecycle() -> None:
         predict_cmd,
         profiles_cmd,
         provision_cmd,
+        readmit_cmd,
         unlearn_cmd,
     )
 
@@ -100,6 +101,8 @@ def _register_lifecycle() -> None:
     app.command("leave")(unlearn_cmd.leave)
     app.command("unlearn")(unlearn_cmd.unlearn)
     app.command("receipts")(unlearn_cmd.receipts)
+    app.command("revoke")(unlearn_cmd.revoke)
+    app.command("readmit")(readmit_cmd.readmit)
 
 
 _register()

@@ -71,12 +71,46 @@ def unlearn(
     Example: hdus-edge unlearn dev-3 --admin-dir ./admin
     """
     from hdus_edge.unlearn.commands import unlearn as unlearn_device
+    from hdus_edge.unlearn.revocation import revoke as revoke_device
 
     check_broker(broker)
     admin = open_admin(admin_dir)
     with waiting(f"ordering the fleet to forget {device}; waiting for receipts", enabled=not json_out):
         outcome, path = unlearn_device(admin, device, broker_url=broker or None, wait_s=wait, reason=reason)
-    _finish(outcome, path, json_out)
+        # After the wait, complete or not: the order is retained where the device cannot clear it,
+        # and a holder that was away applies it (or the revocation list) when it returns.
+        revoked = revoke_device(admin, outcome.order_raw, broker_url=broker or None)
+    _finish(outcome, path, json_out, {"revocation": revoked.to_json()})
+
+
+def revoke(
+    device: Annotated[str, typer.Argument(help="Id of the device to revoke (it asked with 'leave', or was ordered).")],
+    admin_dir: AdminDirOpt,
+    broker: BrokerOpt = "",
+    json_out: JsonOpt = False,
+) -> None:
+    """Revoke a forgotten device everywhere (fleet admin): its broker logins, its certificate in the
+    signed revocation list, its retained topics. 'unlearn' does this by itself; run it after a
+    device's own 'leave'. The order is relayed where no device can clear it. Harmless to repeat.
+
+    Example: hdus-edge revoke dev-2 --admin-dir ./admin
+    """
+    from hdus_edge.unlearn.revocation import find_self_order
+    from hdus_edge.unlearn.revocation import revoke as revoke_device
+
+    check_broker(broker)
+    admin = open_admin(admin_dir)
+    order = find_self_order(admin, device, broker_url=broker or None)
+    done = revoke_device(admin, order, broker_url=broker or None)
+    if json_out:
+        print_json(done.to_json())
+        return
+    console.print(f"Revoked {device} (epochs <= {done.epoch}, request {done.request_id}); revocation list v{done.list_version}",
+                  markup=False)
+    console.print(f"  broker logins deleted: {', '.join(done.broker_logins_deleted) or 'none (no logins on this broker)'}",
+                  markup=False)
+    for e in done.broker_errors:
+        console.print(f"  problem: {e}", markup=False)
 
 
 def receipts(
@@ -119,14 +153,14 @@ def receipts(
     _print_receipts(report)
 
 
-def _finish(outcome: UnlearnOutcome, path: Path, json_out: bool) -> None:
+def _finish(outcome: UnlearnOutcome, path: Path, json_out: bool, extra: dict[str, Any] | None = None) -> None:
     from hdus_edge.errors import UnlearnIncompleteError
 
     ev = outcome.evidence()
     if json_out:
         print_json({**{k: v for k, v in ev.items() if k not in ("order", "certificates")},
                     "receipts": [{k: v for k, v in r.items() if k != "signed"} for r in ev["receipts"]],
-                    "evidence_file": str(path)})
+                    "evidence_file": str(path), **(extra or {})})
     else:
         console.print(f"Request {outcome.order.request_id}: forget {outcome.order.target} (signed by {outcome.order.issuer})",
                       markup=False)
