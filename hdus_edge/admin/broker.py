@@ -121,12 +121,15 @@ def write_broker_config(
     tls_hosts: tuple[str, ...] = (),
     persistence: bool = True,
     plugin: Path | None = None,
+    bind_client_ids: bool = True,
 ) -> BrokerFiles:
     """Write a TLS-only Mosquitto config with the dynamic-security plugin for the fleet (see module doc).
 
     ``host`` is where Mosquitto listens; ``public_host`` is what clients dial (default: the fleet
     broker URL's host). ``port`` defaults to 8883 (TLS) or 1883 (``insecure_plaintext``). Refuses to
     overwrite an existing ``mosquitto.conf`` in ``out``; ``ConfigError`` when the plugin is missing.
+    ``bind_client_ids=False`` leaves any client id open to every login: only ``bench reliability``
+    uses it, to show the session takeover it allows.
     """
     fleet = admin.fleet()
     name = fleet.fleet.name
@@ -152,7 +155,8 @@ def write_broker_config(
     clients = [dynsec.Client(ADMIN_USER, passwords[ADMIN_USER], None, (ADMIN_ROLE,))]
     roles = [admin_role(name)]
     for d in devices:
-        clients += device_logins(name, d, passwords[d])
+        logins = device_logins(name, d, passwords[d])
+        clients += logins if bind_client_ids else [dynsec.Client(c.username, c.password, None, c.roles) for c in logins]
         roles.append(device_role(name, d))
     dynsec_path = dynsec.write_file(out / "dynamic-security.json", clients, roles)
 
