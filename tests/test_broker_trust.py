@@ -14,7 +14,6 @@ from pathlib import Path
 import cli_lifecycle_kit as kit
 import pytest
 
-from hdus_edge.admin import broker as admin_broker
 from hdus_edge.admin.broker import install_device_access, write_broker_config
 from hdus_edge.device.agent import AgentSettings, DeviceAgent
 from hdus_edge.errors import BrokerRefusedError, BrokerURLError
@@ -43,9 +42,9 @@ def _wait(predicate, timeout: float = 20.0) -> bool:
 class Generated:
     """A fleet, the broker folder ``write_broker_config`` wrote, and Mosquitto running that config."""
 
-    def __init__(self, tmp: Path, ids=kit.IDS) -> None:
+    def __init__(self, tmp: Path, ids=kit.IDS, **options) -> None:
         self.admin, self.states = kit.make_fleet(tmp, ids=ids)
-        self.files = write_broker_config(self.admin, tmp / "broker", port=free_port(), persistence=False)
+        self.files = write_broker_config(self.admin, tmp / "broker", port=free_port(), persistence=False, **options)
         self.written = self.files.config.read_text()
         self.creds = json.loads(self.files.credentials.read_text())
         self.broker = MosquittoProcess(self.files.folder, self.files.mosquitto)
@@ -109,16 +108,10 @@ def test_a_devices_password_cannot_take_another_devices_session(tmp_path):
             g.login("d1@cli", "kit.d1", password_of="d1").connect(timeout=5, max_attempts=1)
 
 
-def test_planted_unbound_client_ids_let_the_takeover_through(tmp_path, monkeypatch):
+def test_planted_unbound_client_ids_let_the_takeover_through(tmp_path):
     # The same attack against logins without a bound client id (a password file's behaviour) succeeds:
     # the check above is one that can fail.
-    real = admin_broker.device_logins
-
-    def unbound(fleet, device, password):
-        return tuple(type(c)(c.username, c.password, None, c.roles) for c in real(fleet, device, password))
-
-    monkeypatch.setattr(admin_broker, "device_logins", unbound)
-    with Generated(tmp_path) as g:
+    with Generated(tmp_path, bind_client_ids=False) as g:
         accepted, still, _ = _takeover(g)
         assert accepted and not still
 
@@ -284,3 +277,34 @@ def test_old_epoch_certificate_forged_for_a_new_key_is_still_revoked():
                                         public_key=SigningKey.from_seed(b"c" * 32).public_key, epoch=0))
     assert trust.certify(issue_certificate(admin, fleet="kit", device_id="d2",
                                            public_key=SigningKey.from_seed(b"d" * 32).public_key, epoch=1))
+
+
+def test_leave_goes_on_the_devices_own_topic_and_revoke_relays_it_where_only_the_admin_writes(tmp_path, capsys):
+    with Generated(tmp_path) as g:
+        for i, st in g.states.items():
+            kit.install_models(st, seed=int(i[1:]))
+            install_device_access(g.files.folder, i, st)
+        agents = _agents(g, ("d1", "d2"))
+        try:
+            assert _wait(lambda: "d2" in agents["d1"].members())
+            # The device's own command login (not its agent's client id) asks to be forgotten.
+            code, out, _ = kit.cli(capsys, "leave", "--state-dir", g.states["d2"].root, "--wait", "5", "--json")
+            assert [r["device_id"] for r in json.loads(out)["receipts"]] == ["d1"], out
+            assert agents["d2"].transport.connect_count == 1  # the command did not take the agent's session
+            assert _wait(lambda: "d2" not in agents["d1"].members())
+            code, out, _ = kit.cli(capsys, "revoke", "d2", "--admin-dir", g.admin.root, "--json")
+            assert code == 0, out
+            done = json.loads(out)
+            assert done["broker_logins_deleted"] == ["d2", "d2@cli"] and done["list_version"] == 1
+        finally:
+            for a in agents.values():
+                a.stop()
+        seen: dict[str, bytes] = {}
+        watcher = g.login("admin", "admin-watch", handler=lambda t, p, r: seen.__setitem__(t, p), clean_session=True)
+        watcher.subscribe([f"{ROOT}/unlearn/+", f"{ROOT}/leave/+"])
+        watcher.connect(timeout=5)
+        assert _wait(lambda: len(seen) == 2, 5)
+        watcher.close()
+        assert seen[f"{ROOT}/unlearn/d2"] == seen[f"{ROOT}/leave/d2"]  # the device's order, relayed
+        registry = g.admin.registry()
+        assert registry["d2"]["forgotten"]["epoch"] == 0
