@@ -287,6 +287,9 @@ def test_leave_goes_on_the_devices_own_topic_and_revoke_relays_it_where_only_the
         agents = _agents(g, ("d1", "d2"))
         try:
             assert _wait(lambda: "d2" in agents["d1"].members())
+            # The device's one-shot commands use its command login and certificate, next to its agent.
+            code, out, err = kit.cli(capsys, "publish", "--state-dir", g.states["d2"].root, "--json")
+            assert code == 0 and json.loads(out)["sent_to"] == ["d1"], err
             # The device's own command login (not its agent's client id) asks to be forgotten.
             code, out, _ = kit.cli(capsys, "leave", "--state-dir", g.states["d2"].root, "--wait", "5", "--json")
             assert [r["device_id"] for r in json.loads(out)["receipts"]] == ["d1"], out

@@ -170,6 +170,11 @@ def _finish(outcome: UnlearnOutcome, path: Path, json_out: bool, extra: dict[str
         if not outcome.holders:
             console.print("  no device listed it as a neighbour: nothing to delete", markup=False)
         console.print(f"Evidence: {path} ({outcome.seconds:.1f} s)", markup=False)
+        revoked = (extra or {}).get("revocation")
+        if revoked:
+            logins = ", ".join(revoked["broker_logins_deleted"]) or "none on this broker"
+            console.print(f"Revoked {revoked['device']} (revocation list v{revoked['list_version']}; broker logins "
+                          f"deleted: {logins})", markup=False)
     if not outcome.complete:
         raise UnlearnIncompleteError(
             f"no receipt within the wait from {', '.join(outcome.missing)}",
