@@ -41,8 +41,7 @@ def broker_config(
         print_json(files.to_json())
         return
     kind = "TLS" if files.tls else "plain-text (insecure)"
-    console.print(f"Mosquitto config ({kind}) for {len(files.device_certs) - 1 if files.tls else len(files.users) - 1} devices "
-                  f"written to {files.folder}", markup=False)
+    console.print(f"Mosquitto config ({kind}) for {len(files.users) - 1} devices written to {files.folder}", markup=False)
     for label, path in (("config", files.config), ("logins (dynamic security)", files.dynsec),
                         ("credentials (plain, 0600)", files.credentials), ("CA certificate", files.ca)):
         if path is not None:

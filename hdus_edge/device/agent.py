@@ -475,7 +475,12 @@ class DeviceAgent:
         for device, epoch in rl.revoked:
             self.trust.revoke(device, epoch)
             self._parked.pop(device, None)
+            held = self.store.seed_info(device)
+            if held is not None and held.epoch <= epoch:  # no order of it reached us: the list alone decides
+                self.runtime.remove(device)
+                self.store.delete_seed(device, reason="certificate revoked by the admin")
         self._revocation_version = rl.version
+        self._write_status()
 
     def _already_applied(self, raw: bytes) -> bool:
         """True when ``raw`` (an encoded order from a digest) names a request this device has seen.
