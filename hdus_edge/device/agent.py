@@ -467,7 +467,11 @@ class DeviceAgent:
             self.counters.duplicates += 1
             return
         for raw in rl.orders:
-            order = codec.decode(raw, max_bytes=self.settings.max_seed_bytes + 64 * 1024).msg
+            try:
+                order = codec.decode(raw, max_bytes=self.settings.max_seed_bytes + 64 * 1024).msg
+            except HdusError as exc:  # one bad entry must not hold back the revocations
+                logger.warning("agent %s: revocation list entry refused: %s", self.device_id, exc.message)
+                continue
             revoked = rl.revoked_epoch(order.target) if isinstance(order, UnlearnOrder) else None
             if revoked is not None and order.epoch <= revoked and not self.store.is_request_seen(order.request_id):
                 logger.info("agent %s: order %s learned from the revocation list", self.device_id, order.request_id)
