@@ -295,10 +295,15 @@ def test_leave_goes_on_the_devices_own_topic_and_revoke_relays_it_where_only_the
             assert [r["device_id"] for r in json.loads(out)["receipts"]] == ["d1"], out
             assert agents["d2"].transport.connect_count == 1  # the command did not take the agent's session
             assert _wait(lambda: "d2" not in agents["d1"].members())
-            code, out, _ = kit.cli(capsys, "revoke", "d2", "--admin-dir", g.admin.root, "--json")
+            code, out, _ = kit.cli(capsys, "revoke", "--pending", "--admin-dir", g.admin.root, "--json")
             assert code == 0, out
-            done = json.loads(out)
-            assert done["broker_logins_deleted"] == ["d2", "d2@cli"] and done["list_version"] == 1
+            [done] = json.loads(out)["revoked"]
+            assert done["device"] == "d2" and done["broker_logins_deleted"] == ["d2", "d2@cli"] and done["list_version"] == 1
+            # Nothing is pending any more; revoking d2 by name again is harmless.
+            code, out, _ = kit.cli(capsys, "revoke", "--pending", "--admin-dir", g.admin.root, "--json")
+            assert json.loads(out)["revoked"] == []
+            code, out, _ = kit.cli(capsys, "revoke", "d2", "--admin-dir", g.admin.root, "--json")
+            assert code == 0 and json.loads(out)["broker_errors"] == [] and json.loads(out)["list_version"] == 1, out
         finally:
             for a in agents.values():
                 a.stop()

@@ -84,33 +84,42 @@ def unlearn(
 
 
 def revoke(
-    device: Annotated[str, typer.Argument(help="Id of the device to revoke (it asked with 'leave', or was ordered).")],
     admin_dir: AdminDirOpt,
+    device: Annotated[str | None, typer.Argument(help="Id of the device to revoke (it asked with 'leave', or was ordered).")] = None,
+    pending: Annotated[bool, typer.Option("--pending", help="Revoke every device whose own 'leave' order is on the broker and not yet revoked.")] = False,
     broker: BrokerOpt = "",
     json_out: JsonOpt = False,
 ) -> None:
     """Revoke a forgotten device everywhere (fleet admin): its broker logins, its certificate in the
-    signed revocation list, its retained topics. 'unlearn' does this by itself; run it after a
-    device's own 'leave'. The order is relayed where no device can clear it. Harmless to repeat.
+    signed revocation list, its retained topics. 'unlearn' does this by itself; after a device's own
+    'leave', run it with the device's id or with --pending (e.g. from cron). The order is relayed
+    where no device can clear it. Harmless to repeat.
 
     Example: hdus-edge revoke dev-2 --admin-dir ./admin
     """
-    from hdus_edge.unlearn.revocation import find_self_order
+    from hdus_edge.errors import ConfigError
+    from hdus_edge.unlearn.revocation import find_self_order, pending_leaves
     from hdus_edge.unlearn.revocation import revoke as revoke_device
 
     check_broker(broker)
+    if (device is None) == (not pending):
+        raise ConfigError("name one DEVICE or pass --pending", hint="hdus-edge revoke dev-2 --admin-dir ./admin")
     admin = open_admin(admin_dir)
-    order = find_self_order(admin, device, broker_url=broker or None)
-    done = revoke_device(admin, order, broker_url=broker or None)
+    orders = pending_leaves(admin, broker_url=broker or None) if pending else {
+        device: find_self_order(admin, device, broker_url=broker or None)}  # type: ignore[dict-item]
+    done = [revoke_device(admin, order, broker_url=broker or None) for order in orders.values()]
     if json_out:
-        print_json(done.to_json())
+        print_json(done[0].to_json() if device is not None else {"revoked": [d.to_json() for d in done]})
         return
-    console.print(f"Revoked {device} (epochs <= {done.epoch}, request {done.request_id}); revocation list v{done.list_version}",
-                  markup=False)
-    console.print(f"  broker logins deleted: {', '.join(done.broker_logins_deleted) or 'none (no logins on this broker)'}",
-                  markup=False)
-    for e in done.broker_errors:
-        console.print(f"  problem: {e}", markup=False)
+    if not done:
+        console.print("no pending leave orders", markup=False)
+    for d in done:
+        console.print(f"Revoked {d.device} (epochs <= {d.epoch}, request {d.request_id}); revocation list v{d.list_version}",
+                      markup=False)
+        console.print(f"  broker logins deleted: {', '.join(d.broker_logins_deleted) or 'none (no logins on this broker)'}",
+                      markup=False)
+        for e in d.broker_errors:
+            console.print(f"  problem: {e}", markup=False)
 
 
 def receipts(

@@ -178,30 +178,41 @@ def _apply_at_broker(
     return tuple(deleted), tuple(errors), cleared
 
 
-def find_self_order(admin: AdminDir, device: str, *, broker_url: str | None = None, wait_s: float = 2.0) -> bytes:
-    """The device's own retained order (``leave/<device>``) or the admin's (``unlearn/<device>``) on the broker.
-
-    ``ConfigError`` when the broker holds none: then nothing asked to forget the device yet.
-    """
-    topics = Topics(admin.fleet().fleet.name)
+def retained_orders(admin: AdminDir, filters: list[str], *, broker_url: str | None = None,
+                    wait_s: float = 2.0) -> dict[str, bytes]:
+    """The non-empty retained messages on ``filters`` (order topics), by topic, as the admin sees them."""
     url = broker_url or admin.broker_url()
     found: dict[str, bytes] = {}
-    got = threading.Event()
+    lock = threading.Lock()
+    last = [time.monotonic()]
 
     def on_message(topic: str, payload: bytes, retained: bool) -> None:
-        if payload:
-            found[topic] = payload
-            got.set()
+        with lock:
+            last[0] = time.monotonic()
+            if payload:
+                found[topic] = payload
 
     transport = MqttTransport(url, f"admin-find-{uuid.uuid4().hex[:12]}", handler=on_message, clean_session=True,
                               tls=TlsFiles.for_url(url, admin.tls_dir))
     try:
-        transport.subscribe([topics.leave(device), topics.unlearn(device)])
+        transport.subscribe(filters)
         transport.connect(timeout=10.0)
-        got.wait(wait_s)
-        time.sleep(0.2)  # the second retained message, if both exist
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and time.monotonic() - last[0] < 0.3:  # until retained ones stop
+            time.sleep(0.05)
     finally:
         transport.close()
+    with lock:
+        return dict(found)
+
+
+def find_self_order(admin: AdminDir, device: str, *, broker_url: str | None = None, wait_s: float = 2.0) -> bytes:
+    """The admin's retained order about ``device`` (``unlearn/<device>``) or the device's own (``leave/<device>``).
+
+    ``ConfigError`` when the broker holds no valid one: then nothing asked to forget the device yet.
+    """
+    topics = Topics(admin.fleet().fleet.name)
+    found = retained_orders(admin, [topics.leave(device), topics.unlearn(device)], broker_url=broker_url, wait_s=wait_s)
     for topic in (topics.unlearn(device), topics.leave(device)):
         if topic in found:
             try:
@@ -212,3 +223,19 @@ def find_self_order(admin: AdminDir, device: str, *, broker_url: str | None = No
             return found[topic]
     raise ConfigError(f"the broker holds no valid order to forget {device!r}",
                       hint=f"the device asks with 'hdus-edge leave'; or order it: 'hdus-edge unlearn {device}'")
+
+
+def pending_leaves(admin: AdminDir, *, broker_url: str | None = None, wait_s: float = 2.0) -> dict[str, bytes]:
+    """Devices whose own valid order (``leave/<id>``) is on the broker and not yet revoked: id -> order."""
+    topics = Topics(admin.fleet().fleet.name)
+    done = {d: e["request_id"] for d, e in revocations(admin)["entries"].items()}
+    pending: dict[str, bytes] = {}
+    for topic, raw in retained_orders(admin, [f"{topics.root}/leave/+"], broker_url=broker_url, wait_s=wait_s).items():
+        try:
+            order = check_order(admin, raw)
+        except HdusError as exc:
+            logger.warning("ignored the order on %s: %s", topic, exc)
+            continue
+        if done.get(order.target) != order.request_id:
+            pending[order.target] = raw
+    return dict(sorted(pending.items()))
