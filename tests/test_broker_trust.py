@@ -194,6 +194,10 @@ def test_forgotten_device_loses_its_login_cannot_clear_its_order_and_a_device_th
             assert d3.trust.is_revoked("d2", 0) and d3.store.is_tombstoned("d2", 0)
         finally:
             d3.stop()
+        # Assert 4: the revocation survives a broker restart (the plugin saved its file itself).
+        g.broker.restart()
+        with pytest.raises(BrokerRefusedError):
+            g.login("d2", "kit.d2").connect(timeout=5, max_attempts=1)
 
 
 def test_a_device_cannot_clear_an_order_about_itself(tmp_path):
