@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import time
+from pathlib import Path
 
 import cli_lifecycle_kit as kit
 import numpy as np
@@ -165,7 +166,7 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def test_broker_config_is_tls_only_with_passwords_and_per_device_acl(capsys, tmp_path):
     # Prepare: a fleet of three and the broker the default broker-config writes.
-    admin, _, files, port, proc = _generated_broker(capsys, tmp_path)
+    _, _, files, port, proc = _generated_broker(capsys, tmp_path)
     creds = json.loads((tmp_path / "broker" / "credentials.json").read_text())
     bundle = {d: TlsFiles.from_dir(tmp_path / "broker" / "devices" / d / "keys" / "tls") for d in ("admin", "d1")}
     try:
@@ -230,10 +231,10 @@ def test_a_device_agent_runs_on_the_generated_broker_with_its_state_dir_certific
 
 
 def test_broker_config_insecure_plaintext_has_no_tls_listener(capsys, tmp_path):
-    admin, _, files, port, proc = _generated_broker(capsys, tmp_path, "--insecure-plaintext", ids=("d1", "d2"))
+    admin, _, files, _, proc = _generated_broker(capsys, tmp_path, "--insecure-plaintext", ids=("d1", "d2"))
     creds = json.loads((tmp_path / "broker" / "credentials.json").read_text())
     try:
-        assert files["tls"] is False and files["ca"] is None and "cafile" not in open(files["config"]).read()
+        assert files["tls"] is False and files["ca"] is None and "cafile" not in Path(files["config"]).read_text()
         t = MqttTransport(creds["d1"]["url"], "kit.d1")
         t.connect(timeout=5)
         try:

@@ -3,7 +3,11 @@ and the takeover they count is real (it succeeds on logins whose client ids are 
 
 from __future__ import annotations
 
-from hdus_edge.reliability.cases_broker_trust import forgotten_revoked, session_takeover, tls_only
+from hdus_edge.reliability.cases_broker_trust import (
+    forgotten_revoked,
+    session_takeover,
+    tls_only,
+)
 from hdus_edge.reliability.runner import summarize
 
 

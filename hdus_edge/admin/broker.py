@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import secrets
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -229,7 +229,5 @@ def install_device_access(broker_dir: Path, device: str, state: StateDir) -> str
     if (Path(broker_dir) / "devices" / device / "keys" / "tls").is_dir():
         _install_tls(Path(broker_dir), device, state.tls_dir)
     cfg = state.device()
-    from dataclasses import replace
-
     atomic_write(state.device_file, to_toml(replace(cfg, device=replace(cfg.device, broker=url))).encode())
     return str(url)

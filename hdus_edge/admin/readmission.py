@@ -18,10 +18,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hdus_edge.admin.broker import ADMIN_USER, device_logins, install_device_access, issue_client_bundle
+from hdus_edge.admin.broker import (
+    ADMIN_USER,
+    device_logins,
+    install_device_access,
+    issue_client_bundle,
+)
 from hdus_edge.errors import TransportError
 from hdus_edge.files import write_json
-from hdus_edge.state import AdminDir, StateDir, install_reference, read_json, readmit_device, user_device_id
+from hdus_edge.state import (
+    AdminDir,
+    StateDir,
+    install_reference,
+    read_json,
+    readmit_device,
+    user_device_id,
+)
 from hdus_edge.transport import dynsec
 from hdus_edge.transport.mqtt import MqttTransport, TlsFiles
 from hdus_edge.transport.url import parse_broker_url

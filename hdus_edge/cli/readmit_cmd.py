@@ -6,7 +6,13 @@ from typing import Annotated
 
 import typer
 
-from hdus_edge.cli.options import AdminDirOpt, JsonOpt, StateDirOpt, open_admin, split_ids
+from hdus_edge.cli.options import (
+    AdminDirOpt,
+    JsonOpt,
+    StateDirOpt,
+    open_admin,
+    split_ids,
+)
 from hdus_edge.cli.output import console, print_json
 
 

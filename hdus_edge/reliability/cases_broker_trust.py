@@ -23,7 +23,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hdus_edge.admin.broker import BrokerFiles, install_device_access, write_broker_config
+from hdus_edge.admin.broker import (
+    BrokerFiles,
+    install_device_access,
+    write_broker_config,
+)
 from hdus_edge.device.agent import DeviceAgent
 from hdus_edge.errors import BrokerRefusedError, BrokerUnreachableError, BrokerURLError
 from hdus_edge.lab.agents import AgentFleet
@@ -112,7 +116,7 @@ class TrustLab:
         for agent in self.agents.values():
             try:
                 agent.stop()
-            except Exception:  # noqa: BLE001  # a stopped agent must not hide the case's figures
+            except Exception:  # a stopped agent must not hide the case's figures
                 logger.exception("stopping an agent failed")
         self.broker.stop()
 
@@ -142,7 +146,7 @@ def _takeovers(lab: TrustLab) -> dict[str, int]:
             admin.connect(timeout=5)
             admin.publish(marker, b"x", wait=True, timeout=5)
             admin.close()
-            lost += 0 if wait_until(lambda: marker in got, 5) else 1
+            lost += 0 if wait_until(lambda marker=marker, got=got: marker in got, 5) else 1
         finally:
             holder.close()
     return {"attempts": attempts, "accepted": accepted, "victims_kicked": kicked, "victim_messages_lost": lost}
