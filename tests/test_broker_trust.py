@@ -320,3 +320,11 @@ def test_leave_goes_on_the_devices_own_topic_and_revoke_relays_it_where_only_the
         assert seen[f"{ROOT}/unlearn/d2"] == seen[f"{ROOT}/leave/d2"]  # the device's order, relayed
         registry = g.admin.registry()
         assert registry["d2"]["forgotten"]["epoch"] == 0
+
+
+def test_a_command_to_a_plain_text_broker_off_this_host_is_one_clear_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("HDUS_INSECURE", raising=False)
+    admin, _ = kit.make_fleet(tmp_path, ids=("d1",))
+    code, _, err = kit.cli(capsys, "receipts", "a" * 32, "--admin-dir", admin.root, "--broker", "mqtt://10.1.2.3:1883")
+    assert code == 2
+    kit.assert_one_error(err, "plain-text broker URL mqtt://10.1.2.3:1883", "--insecure")
