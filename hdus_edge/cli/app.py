@@ -33,9 +33,16 @@ _debug = {"on": False}
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")] = False,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (-v info, -vv debug).")] = 0,
+    insecure: Annotated[bool, typer.Option("--insecure", help="Allow plain-text mqtt:// to a host that is not loopback (a lab).")] = False,
 ) -> None:
     """hdus-edge: train, distill, share seeds over MQTT, and forget any device exactly."""
     _debug["on"] = debug
+    if insecure:
+        import os
+
+        from hdus_edge.transport.url import INSECURE_ENV
+
+        os.environ[INSECURE_ENV] = "1"  # read by every MQTT connection, also in child processes
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -75,6 +82,7 @@ def _register_lifecycle() -> None:
         predict_cmd,
         profiles_cmd,
         provision_cmd,
+        readmit_cmd,
         unlearn_cmd,
     )
 
@@ -93,6 +101,8 @@ def _register_lifecycle() -> None:
     app.command("leave")(unlearn_cmd.leave)
     app.command("unlearn")(unlearn_cmd.unlearn)
     app.command("receipts")(unlearn_cmd.receipts)
+    app.command("revoke")(unlearn_cmd.revoke)
+    app.command("readmit")(readmit_cmd.readmit)
 
 
 _register()

@@ -57,13 +57,14 @@ from hdus_edge.protocol.messages import (
     Hello,
     NeighborList,
     Receipt,
+    RevocationList,
     SeedEnvelope,
     TombstoneDigest,
     UnlearnOrder,
 )
 from hdus_edge.protocol.topics import Topics
 from hdus_edge.state import StateDir
-from hdus_edge.transport.mqtt import MqttTransport
+from hdus_edge.transport.mqtt import MqttTransport, TlsFiles
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +133,7 @@ class DeviceAgent:
         profile: str = "generic-x86_64",
         settings: AgentSettings = AgentSettings(),
         watch: StateDir | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.device_id = device_id
         self.fleet = fleet
@@ -160,6 +162,7 @@ class DeviceAgent:
         self._hellos: dict[str, Hello] = {}
         self._forgotten = False
         self._connects_seen = 0
+        self._revocation_version = 0  # the newest admin revocation list applied
         self._digest_due = False  # an order was applied: publish the digest on the next housekeeping tick
         # Encoded orders already applied here, as they travel inside digests: skipped unverified.
         self._applied_order_bytes: set[bytes] = set()
@@ -178,7 +181,7 @@ class DeviceAgent:
         # Client ids are per broker: qualify with the fleet so two fleets can share one broker.
         self.transport = MqttTransport(
             broker_url, f"{fleet.fleet.name}.{device_id}", handler=self._on_message, outbox_dir=outbox_dir,
-            presence_topic=self.topics.presence(device_id),
+            presence_topic=self.topics.presence(device_id), tls=tls,
         )
         self._stop = threading.Event()
         self._digest_thread: threading.Thread | None = None
@@ -210,12 +213,13 @@ class DeviceAgent:
             main_arch=main_prov.arch if main_prov else profile.model.main_arch, seed_arch=seed_arch,
             reference_sha256=reference_sha or "0" * 64,
         )
+        url = broker_url or device.device.broker or fleet.fleet.broker
         return cls(
             device_id=device.device.id, fleet=fleet, key=state.key(), certificate=state.certificate(),
             admin_key=state.admin_key(), models=models, neighbors=device.neighbors,
-            broker_url=broker_url or device.device.broker or fleet.fleet.broker, store_dir=state.store_dir,
+            broker_url=url, store_dir=state.store_dir,
             outbox_dir=state.outbox_dir, status_file=state.status_file, profile=device.device.profile,
-            settings=settings, watch=state,
+            settings=settings, watch=state, tls=TlsFiles.for_url(url, state.tls_dir),
         )
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -346,6 +350,8 @@ class DeviceAgent:
                 self._on_unlearn(topic, signed, raw)
             elif kind == topic_kinds.TOMBSTONES:
                 self._on_digest(topic, signed)
+            elif kind == topic_kinds.REVOCATIONS:
+                self._on_revocations(topic, signed)
             else:
                 logger.debug("agent %s: ignoring %s", self.device_id, topic)
 
@@ -441,6 +447,36 @@ class DeviceAgent:
             if not self.store.is_request_seen(order.request_id):
                 logger.info("agent %s: order %s learned from %s's digest", self.device_id, order.request_id, digest.device_id)
                 self._apply_order(order, order_signed.raw)
+
+    def _on_revocations(self, topic: str, signed: codec.SignedMessage) -> None:
+        """The admin's signed list: apply the orders in it this device missed, then refuse the revoked
+        certificates. The admin's signature over the list vouches for its orders, so they are applied
+        even when this device never saw the revoked device's certificate (e.g. after a restart)."""
+        rl = codec.verify(signed, self.trust)
+        assert isinstance(rl, RevocationList)
+        self.topics.check_matches(topic, rl)
+        if rl.version <= self._revocation_version:
+            self.counters.duplicates += 1
+            return
+        for raw in rl.orders:
+            try:
+                order = codec.decode(raw, max_bytes=self.settings.max_seed_bytes + 64 * 1024).msg
+            except HdusError as exc:  # one bad entry must not hold back the revocations
+                logger.warning("agent %s: revocation list entry refused: %s", self.device_id, exc.message)
+                continue
+            revoked = rl.revoked_epoch(order.target) if isinstance(order, UnlearnOrder) else None
+            if revoked is not None and order.epoch <= revoked and not self.store.is_request_seen(order.request_id):
+                logger.info("agent %s: order %s learned from the revocation list", self.device_id, order.request_id)
+                self._apply_order(order, raw)
+        for device, epoch in rl.revoked:
+            self.trust.revoke(device, epoch)
+            self._parked.pop(device, None)
+            held = self.store.seed_info(device)
+            if held is not None and held.epoch <= epoch:  # no order of it reached us: the list alone decides
+                self.runtime.remove(device)
+                self.store.delete_seed(device, reason="certificate revoked by the admin")
+        self._revocation_version = rl.version
+        self._write_status()
 
     def _already_applied(self, raw: bytes) -> bool:
         """True when ``raw`` (an encoded order from a digest) names a request this device has seen.

@@ -75,7 +75,9 @@ class ProcessFleet:
         ready = state.root / "agent.ready"
         ready.unlink(missing_ok=True)
         log = state.root / "agent.log"
-        cmd = [*prefix, sys.executable, "-m", "hdus_edge", "agent", "--state-dir", str(state.root), "--broker", url,
+        # --insecure: plain-text MQTT to a 198.18.x address is the lab's own link (lab.netns), not a network.
+        cmd = [*prefix, sys.executable, "-m", "hdus_edge", "--insecure", "agent", "--state-dir", str(state.root),
+               "--broker", url,
                "--ready-file", str(ready), "--digest-interval", str(self.digest_interval_s)]
         if not self.probe_in_subprocess:
             cmd.append("--no-probe-subprocess")

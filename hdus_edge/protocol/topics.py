@@ -6,10 +6,16 @@ topic                           retained payload
 ``devices/<id>/hello``          yes      ``Hello``
 ``seeds/<to>/<from>``           yes      ``SeedEnvelope`` (empty payload = cleared)
 ``membership/<id>``             yes      ``NeighborList``
-``unlearn/<target>``            yes      ``UnlearnOrder``
+``unlearn/<target>``            yes      ``UnlearnOrder`` (only the admin writes here)
+``leave/<id>``                  yes      ``UnlearnOrder`` signed by ``<id>`` itself
 ``receipts/<request_id>/<from>`` no      ``Receipt``
 ``tombstones/<id>``             yes      ``TombstoneDigest``
+``revocations``                 yes      ``RevocationList`` (only the admin writes here)
 =============================== ======== =====================================================
+
+Orders about a device live where the device cannot clear them: the broker lets only the admin write
+``unlearn/<target>``; a device asks to be forgotten on ``leave/<itself>``, and the admin relays that
+order onto ``unlearn/<target>`` when it revokes the device (``hdus_edge.admin.revocation``).
 
 Every id segment is validated (``fields.ID_PATTERN``), so no id can smuggle in ``/``, ``+`` or ``#``.
 To clear a forgotten seed from the broker, device ``me`` publishes an empty retained payload on
@@ -22,12 +28,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from hdus_edge.errors import DecodeError
-from hdus_edge.protocol.fields import check_device_id, check_fleet, check_request_id
+from hdus_edge.protocol.fields import (
+    ADMIN_ID,
+    check_device_id,
+    check_fleet,
+    check_request_id,
+)
 from hdus_edge.protocol.messages import (
     Hello,
     Message,
     NeighborList,
     Receipt,
+    RevocationList,
     SeedEnvelope,
     TombstoneDigest,
     UnlearnOrder,
@@ -41,6 +53,7 @@ MEMBERSHIP = "membership"
 UNLEARN = "unlearn"
 RECEIPT = "receipt"
 TOMBSTONES = "tombstones"
+REVOCATIONS = "revocations"
 
 RETAINED: dict[str, bool] = {
     HELLO: True,
@@ -49,6 +62,7 @@ RETAINED: dict[str, bool] = {
     UNLEARN: True,
     RECEIPT: False,
     TOMBSTONES: True,
+    REVOCATIONS: True,
 }
 """Whether each kind of topic is published retained (DESIGN.md section 4)."""
 
@@ -65,6 +79,7 @@ class ParsedTopic:
     device: str
     to: str | None = None
     request_id: str | None = None
+    self_issued: bool = False  # an order on leave/<device>: only <device> itself may have signed it
 
 
 @dataclass(frozen=True)
@@ -101,6 +116,18 @@ class Topics:
         """Where the order to forget ``target`` is published."""
         return f"{self.root}/unlearn/{check_device_id(target, 'target')}"
 
+    def leave(self, device: str) -> str:
+        """Where ``device`` publishes the order to forget itself (the admin relays it to ``unlearn``)."""
+        return f"{self.root}/leave/{check_device_id(device)}"
+
+    def order(self, order: UnlearnOrder) -> str:
+        """Where ``order`` is published by its issuer: ``unlearn/<target>`` (admin) or ``leave/<target>``."""
+        return self.unlearn(order.target) if order.issuer == ADMIN_ID else self.leave(order.target)
+
+    def revocations(self) -> str:
+        """Where the admin keeps the signed revocation list (retained)."""
+        return f"{self.root}/revocations"
+
     def receipt(self, request_id: str, frm: str) -> str:
         """Where ``frm`` answers unlearn request ``request_id``."""
         return f"{self.root}/receipts/{check_request_id(request_id)}/{check_device_id(frm, 'sender')}"
@@ -110,8 +137,10 @@ class Topics:
         return f"{self.root}/tombstones/{check_device_id(device)}"
 
     def fleet_state_filters(self) -> list[str]:
-        """What an observer reads to know the fleet: every hello, membership and unlearn order (all retained)."""
-        return [f"{self.root}/devices/+/hello", f"{self.root}/membership/+", f"{self.root}/unlearn/+"]
+        """What an observer reads to know the fleet: every hello, membership, unlearn order and request
+        to leave (all retained)."""
+        return [f"{self.root}/devices/+/hello", f"{self.root}/membership/+", f"{self.root}/unlearn/+",
+                f"{self.root}/leave/+"]
 
     def hello_filter(self) -> str:
         """Every device's hello (the certified keys of the fleet)."""
@@ -122,7 +151,7 @@ class Topics:
         the seed each neighbour addresses to it (one topic per neighbour, so the ACL's per-pair rule
         and a neighbour removed later leave nothing behind)."""
         check_device_id(device)
-        return [*self.fleet_state_filters(), f"{self.root}/tombstones/+",
+        return [*self.fleet_state_filters(), f"{self.root}/tombstones/+", self.revocations(),
                 *(self.seed(device, j) for j in sorted(neighbors))]
 
     def receipts_filter(self, request_id: str) -> str:
@@ -145,6 +174,10 @@ class Topics:
                     return ParsedTopic(MEMBERSHIP, check_device_id(device))
                 case ["unlearn", target]:
                     return ParsedTopic(UNLEARN, check_device_id(target))
+                case ["leave", target]:
+                    return ParsedTopic(UNLEARN, check_device_id(target), self_issued=True)
+                case ["revocations"]:
+                    return ParsedTopic(REVOCATIONS, ADMIN_ID)
                 case ["receipts", request_id, frm]:
                     return ParsedTopic(RECEIPT, check_device_id(frm), request_id=check_request_id(request_id))
                 case ["tombstones", device]:
@@ -176,12 +209,16 @@ class Topics:
             expected = (MEMBERSHIP, msg.device_id, None)
         elif isinstance(msg, UnlearnOrder):
             expected = (UNLEARN, msg.target, None)
+            if parsed.self_issued and msg.issuer != msg.target:
+                raise DecodeError(f"order from {msg.issuer!r} about {msg.target!r} does not belong on {topic!r}")
         elif isinstance(msg, Receipt):
             expected = (RECEIPT, msg.device_id, None)
             if parsed.request_id != msg.request_id:
                 raise DecodeError(f"receipt for {msg.request_id!r} arrived on {topic!r}")
         elif isinstance(msg, TombstoneDigest):
             expected = (TOMBSTONES, msg.device_id, None)
+        elif isinstance(msg, RevocationList):
+            expected = (REVOCATIONS, ADMIN_ID, None)
         else:
             raise TypeError(f"not a protocol message: {type(msg).__name__}")
         if (parsed.kind, parsed.device, parsed.to) != expected:
