@@ -69,6 +69,7 @@ def _register_lifecycle() -> None:
     # The device lifecycle, in the order a user meets it: set up, train, share, forget.
     from hdus_edge.cli import (
         broker_config_cmd,
+        dashboard_cmd,
         device_cmd,
         fleet_cmd,
         lifecycle_cmd,
@@ -93,6 +94,7 @@ def _register_lifecycle() -> None:
     app.command("leave")(unlearn_cmd.leave)
     app.command("unlearn")(unlearn_cmd.unlearn)
     app.command("receipts")(unlearn_cmd.receipts)
+    app.command("dashboard")(dashboard_cmd.dashboard)
 
 
 _register()

@@ -119,6 +119,25 @@ class Topics:
             f"{self.root}/tombstones/+",
         ]
 
+    def everything(self) -> str:
+        """``hdus/v1/<fleet>/#``: every topic of this fleet, for a read-only observer (the dashboard)."""
+        return f"{self.root}/#"
+
+    def parse_presence(self, topic: str) -> str | None:
+        """The device id of a presence topic (``devices/<id>/presence``), None for any other topic.
+
+        Presence is the transport's plain ``online``/``offline`` (not a signed message), so it has no
+        kind in ``parse``.
+        """
+        prefix, suffix = f"{self.root}/devices/", "/presence"
+        if not (isinstance(topic, str) and topic.startswith(prefix) and topic.endswith(suffix)):
+            return None
+        device = topic[len(prefix) : -len(suffix)]
+        try:
+            return check_device_id(device)
+        except (TypeError, ValueError):
+            return None
+
     def receipts_filter(self, request_id: str) -> str:
         """The filter a requester subscribes to, to collect every receipt for ``request_id``."""
         return f"{self.root}/receipts/{check_request_id(request_id)}/+"

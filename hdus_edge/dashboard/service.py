@@ -1,0 +1,80 @@
+"""``Dashboard``: the broker mirror, the admin dir and the web server joined into one running service.
+
+It needs the admin's public key only (``keys/admin.pub``), never the private one: the dashboard can
+read and check everything and sign nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from hdus_edge.dashboard.admin_files import read_admin_view
+from hdus_edge.dashboard.feed import FleetFeed
+from hdus_edge.dashboard.fleet_view import build_snapshot
+from hdus_edge.dashboard.mirror import BrokerMirror
+from hdus_edge.dashboard.server import DashboardServer
+from hdus_edge.protocol.crypto import load_verify_key
+from hdus_edge.protocol.topics import Topics
+from hdus_edge.state import AdminDir
+
+logger = logging.getLogger(__name__)
+
+
+class Dashboard:
+    """``start()`` connects to the broker and serves the page; ``stop()`` undoes both."""
+
+    def __init__(
+        self,
+        admin: AdminDir,
+        *,
+        broker_url: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        token: str | None = None,
+        state_dirs: Sequence[Path] = (),
+    ) -> None:
+        fleet = admin.fleet()
+        self.admin = admin
+        self.fleet = fleet.fleet.name
+        self.admin_key = load_verify_key(admin.pub_file)
+        self.state_dirs = tuple(Path(p) for p in state_dirs)
+        self.mirror = BrokerMirror(broker_url or fleet.fleet.broker, Topics(self.fleet))
+        self.feed = FleetFeed(self.render, self.mirror.wait_change)
+        self.server = DashboardServer(self.feed, host, port, token=token)
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def render(self) -> dict[str, Any]:
+        """The current fleet view as JSON (what ``/api/fleet.json`` serves), with the broker link's state."""
+        view = read_admin_view(self.admin, self.fleet, self.admin_key, self.state_dirs)
+        doc = build_snapshot(view, self.mirror.messages()).to_json()
+        doc["broker"] = {"url": self.mirror.url, "connected": self.mirror.connected,
+                         "topics": len(self.mirror.messages()), "dropped": self.mirror.dropped}
+        return doc
+
+    def start(self, connect_timeout: float = 10.0) -> Dashboard:
+        try:
+            self.mirror.start(timeout=connect_timeout)
+            self.feed.start()
+            self.server.start()
+        except BaseException:
+            self.stop()
+            raise
+        logger.info("dashboard for fleet %s on %s", self.fleet, self.server.url.split("?")[0])
+        return self
+
+    def stop(self) -> None:
+        self.feed.stop()
+        self.server.stop()
+        self.mirror.close()
+
+    def __enter__(self) -> Dashboard:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,175 @@
+"""The dashboard's I/O without a broker: the HTTP server (access rules, SSE), the feed, the mirror's bounds."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+
+import pytest
+
+from hdus_edge.dashboard.feed import FleetFeed
+from hdus_edge.dashboard.mirror import BrokerMirror
+from hdus_edge.dashboard.server import DashboardServer, is_loopback, parse_listen
+from hdus_edge.errors import ConfigError
+from hdus_edge.protocol.topics import Topics
+
+
+class Source:
+    """A render function and a change counter standing in for the broker mirror."""
+
+    def __init__(self) -> None:
+        self.doc = {"fleet": "lab", "generated_at": 1.0, "devices": []}
+        self.changes = 0
+        self.cond = threading.Condition()
+
+    def render(self) -> dict:
+        return dict(self.doc)
+
+    def change(self, **fields) -> None:
+        with self.cond:
+            self.doc.update(fields)
+            self.changes += 1
+            self.cond.notify_all()
+
+    def wait_change(self, seen: int, timeout: float) -> int:
+        with self.cond:
+            self.cond.wait_for(lambda: self.changes > seen, timeout)
+            return self.changes
+
+
+@pytest.fixture
+def served():
+    made = []
+
+    def make(token=None, host="127.0.0.1"):
+        source = Source()
+        feed = FleetFeed(source.render, source.wait_change, poll_s=0.05).start()
+        server = DashboardServer(feed, host, 0, token=token).start()
+        made.append((feed, server))
+        return source, feed, server
+
+    yield make
+    for feed, server in made:
+        feed.stop()
+        server.stop()
+
+
+def get(server: DashboardServer, path: str, headers: dict | None = None) -> tuple[int, bytes, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.request("GET", path, headers=headers or {})
+    resp = conn.getresponse()
+    body = resp.read()
+    conn.close()
+    return resp.status, body, dict(resp.getheaders())
+
+
+def test_page_api_and_assets_are_served_with_a_strict_policy(served):
+    source, _, server = served()
+    status, body, headers = get(server, "/")
+    assert status == 200 and b'src="static/dashboard.js"' in body and b"http" not in body.split(b"<body>")[0].lower()
+    assert "script-src 'self'" in headers["Content-Security-Policy"] and headers["Cache-Control"] == "no-store"
+    status, body, _ = get(server, "/api/fleet.json")
+    assert status == 200 and json.loads(body)["fleet"] == "lab"
+    assert get(server, "/static/dashboard.js")[0] == 200 and get(server, "/static/dashboard.css")[0] == 200
+    assert get(server, "/static/../server.py")[0] == 404 and get(server, "/etc/passwd")[0] == 404
+
+
+def test_the_page_and_assets_load_nothing_from_the_internet(served):
+    _, _, server = served()
+    for path in ("/", "/static/dashboard.js", "/static/dashboard.css"):
+        text = get(server, path)[1].decode()
+        assert "http://" not in text.replace("http://www.w3.org/2000/svg", "") and "https://" not in text, path
+        assert "//cdn" not in text and "@import" not in text
+
+
+def test_a_token_guards_the_page_and_the_api_but_not_the_assets(served):
+    _, _, server = served(token="s3cret")
+    assert get(server, "/api/fleet.json")[0] == 401
+    assert get(server, "/api/fleet.json?token=wrong")[0] == 401
+    assert get(server, "/")[0] == 401 and get(server, "/api/events")[0] == 401
+    assert get(server, "/api/fleet.json?token=s3cret")[0] == 200
+    assert get(server, "/api/fleet.json", {"Authorization": "Bearer s3cret"})[0] == 200
+    assert get(server, "/static/dashboard.js")[0] == 200
+    assert server.url.endswith("/?token=s3cret")
+
+
+def test_on_loopback_a_foreign_host_name_is_refused(served):
+    # A page on another site that rebinds its name to 127.0.0.1 sends its own name as Host.
+    _, _, server = served()
+    assert get(server, "/api/fleet.json", {"Host": "evil.example:8080"})[0] == 403
+    assert get(server, "/api/fleet.json", {"Host": f"localhost:{server.port}"})[0] == 200
+    assert get(server, "/api/fleet.json", {"Host": f"[::1]:{server.port}"})[0] == 200
+
+
+def test_listening_beyond_loopback_without_a_token_is_refused():
+    source = Source()
+    feed = FleetFeed(source.render, source.wait_change)
+    with pytest.raises(ConfigError, match="token"):
+        DashboardServer(feed, "0.0.0.0", 0)
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost") and not is_loopback("0.0.0.0")
+    assert parse_listen("127.0.0.1:8080") == ("127.0.0.1", 8080) and parse_listen("[::1]:0") == ("::1", 0)
+    for bad in ("8080", "host:", "a:b", ":80", "h:70000"):
+        with pytest.raises(ConfigError):
+            parse_listen(bad)
+
+
+def test_events_stream_the_current_view_then_each_change(served):
+    source, _, server = served()
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.request("GET", "/api/events")
+    resp = conn.getresponse()
+    assert resp.status == 200 and resp.getheader("Content-Type") == "text/event-stream"
+
+    def next_event() -> dict:
+        data = None
+        while True:
+            line = resp.fp.readline().decode().rstrip("\n")
+            if line.startswith("data: "):
+                data = json.loads(line[len("data: "):])
+            elif line == "" and data is not None:
+                return data
+
+    assert next_event()["devices"] == []
+    source.change(devices=[{"device_id": "dev-0"}])
+    assert next_event()["devices"] == [{"device_id": "dev-0"}]
+    conn.close()
+
+
+def test_the_feed_publishes_a_new_version_only_when_the_view_changes():
+    source = Source()
+    feed = FleetFeed(source.render, source.wait_change, poll_s=0.05)
+    assert feed.refresh() and feed.current()[0] == 1
+    source.doc["generated_at"] = 2.0  # only the time stamp moved
+    assert not feed.refresh() and feed.current()[0] == 1
+    source.doc["devices"] = ["x"]
+    assert feed.refresh() and feed.current()[0] == 2
+    assert feed.wait_newer(2, 0.01) is None and feed.wait_newer(1, 0.01)[0] == 2
+
+
+def test_a_render_error_keeps_the_last_good_view():
+    source = Source()
+    feed = FleetFeed(source.render, source.wait_change)
+    feed.refresh()
+
+    def broken() -> dict:
+        raise RuntimeError("bug")
+
+    feed._render = broken
+    assert not feed.refresh() and json.loads(feed.current()[1])["fleet"] == "lab"
+
+
+def test_the_mirror_is_bounded_and_follows_cleared_topics():
+    mirror = BrokerMirror("mqtt://127.0.0.1:9", Topics("lab"), max_topics=3, max_bytes=10)
+    try:
+        for k in range(5):
+            mirror._on_message(f"hdus/v1/lab/x/{k}", b"payload", True)
+        assert len(mirror.messages()) == 3 and mirror.dropped == 2
+        mirror._on_message("hdus/v1/lab/x/0", b"", False)  # cleared: room again
+        mirror._on_message("hdus/v1/lab/x/9", b"y" * 1000, False)
+        held = {m.topic: m for m in mirror.messages()}
+        assert "hdus/v1/lab/x/0" not in held and len(held["hdus/v1/lab/x/9"].payload) == 11
+        assert held["hdus/v1/lab/x/9"].live and not held["hdus/v1/lab/x/1"].live
+        assert mirror.wait_change(0, 0.01) == 7
+    finally:
+        mirror.close()
