@@ -100,8 +100,9 @@
       svg.append(el("svg:g", { class: "node " + state, "data-node": id, "data-state": state },
         el("svg:title", {}, `${id}: ${state}`),
         el("svg:circle", { cx: x, cy: y, r: 14 }),
-        el("svg:text", { x, y: y + 30 }, id),
-        el("svg:text", { class: "sub", x, y: y + 43 }, state === "forgotten" ? "forgotten" : d.profile || "")));
+        // Labels away from the middle, where the edges run.
+        el("svg:text", { x, y: y < H / 2 ? y - 34 : y + 30 }, id),
+        el("svg:text", { class: "sub", x, y: y < H / 2 ? y - 21 : y + 43 }, state === "forgotten" ? "forgotten" : d.profile || "")));
     }
     $("#graph").replaceChildren(svg);
   }
@@ -126,7 +127,7 @@
         el("h4", {}, "forget ", el("b", {}, r.target || "?"), " ", verdict),
         el("div", { class: "meta" },
           `ordered by ${r.issuer || "?"} at ${clock(r.issued_at)}` +
-          (r.reason ? ` (${r.reason})` : "") + ` · holders: ${r.holders.join(", ") || "none"}` +
+          (r.reason ? ` · reason: ${r.reason}` : "") + ` · holders: ${r.holders.join(", ") || "none"}` +
           (r.latency_s !== null ? ` · last receipt after ${(r.latency_s * 1000).toFixed(0)} ms` : "") +
           ` · request `, el("code", {}, r.request_id)),
         el("table", {}, el("thead", {}, el("tr", {}, ["holder", "seed", "members after", "latency", "found in"].map((h) => el("th", {}, h)))),
