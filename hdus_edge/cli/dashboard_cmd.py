@@ -44,9 +44,8 @@ def dashboard(
     service = Dashboard(admin, broker_url=broker or None, host=host, port=port, token=token,
                         state_dirs=tuple(state_dir or ()))
     stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
     service.start()
+    previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         if json_out:
             print_json({"url": service.url, "api": service.url.replace("/?", "/api/fleet.json?") if token else service.url + "api/fleet.json",
@@ -55,4 +54,6 @@ def dashboard(
             console.print(f"fleet {service.fleet}: dashboard on {service.url}  (Ctrl-C to stop)", markup=False, soft_wrap=True)
         stop.wait()
     finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         service.stop()

@@ -102,7 +102,8 @@ class DashboardServer:
         return self
 
     def stop(self) -> None:
-        self.httpd.shutdown()
+        if self._thread.is_alive():  # shutdown() waits for serve_forever, which never ran otherwise
+            self.httpd.shutdown()
         self.httpd.server_close()
 
     def allowed(self, token: str | None) -> bool:
