@@ -65,3 +65,13 @@ def test_an_unreachable_broker_or_a_bad_listen_address_is_one_error_line(tmp_pat
     code, _, err = cli(capsys, "dashboard", "--admin-dir", tmp_path / "no-admin")
     assert code == 2
     assert_one_error(err, "not a fleet admin directory")
+
+
+def test_bench_dashboard_measures_render_and_push_on_a_real_broker(tmp_path, mosquitto_broker):
+    from hdus_edge.bench.dashboard import push_figures, render_figures
+
+    render = render_figures(3)
+    assert render["devices"] == 3 and render["messages"] == 15 and render["json_kib"] > 0
+    push = push_figures(3, mosquitto_broker.url, tmp_path, flips=2)
+    # Figures, not assertions on time: each sample is a matching event the page received.
+    assert push["presence_samples"] == 2 and push["unlearn_s"] > 0 and isinstance(push["within_target"], bool)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from hdus_edge.dashboard.admin_files import read_admin_view
-from hdus_edge.dashboard.fleet_view import AdminView, BrokerMessage, FleetSnapshot, build_snapshot
+from hdus_edge.dashboard.fleet_view import AdminView, BrokerMessage, FleetSnapshot, VerifyMemo, build_snapshot
 from hdus_edge.protocol import codec
 from hdus_edge.protocol.crypto import SigningKey, issue_certificate
 from hdus_edge.protocol.messages import Hello, NeighborList, Receipt, SeedEnvelope, TombstoneDigest, UnlearnOrder
@@ -229,3 +229,24 @@ def test_a_corrupt_registry_or_evidence_file_is_a_problem_line_not_a_crash(tmp_p
     assert view.registry == {} and len(view.problems) == 2
     snap = build_snapshot(view, fleet_messages())
     assert len(snap.devices) == 3 and len(snap.problems) == 2
+
+
+def test_the_memo_changes_no_outcome_and_rechecks_when_the_trust_changes(monkeypatch):
+    memo = VerifyMemo()
+    hello_1 = next(m for m in fleet_messages() if m.topic == T.hello("dev-1"))
+    early = [m for m in after_forgetting("dev-2") if m.topic != T.hello("dev-1")]
+    # dev-1's hello is not there yet: its list, seeds and receipt are parked, with or without the memo.
+    without = snapshot(early)
+    assert build_snapshot(admin_view(), early, now=200.0, memo=memo) == without
+    assert build_snapshot(admin_view(), early, now=200.0, memo=memo) == without
+    assert len(without.parked) >= 3
+    # Then it arrives: the same memo must check the parked messages again with the new trust.
+    later = early + [hello_1]
+    assert build_snapshot(admin_view(), later, now=200.0, memo=memo) == snapshot(later)
+    assert build_snapshot(admin_view(), later, now=200.0, memo=memo).parked == ()
+    # And an unchanged message is not verified again.
+    calls = []
+    real = codec.verify
+    monkeypatch.setattr(codec, "verify", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    build_snapshot(admin_view(), later, now=200.0, memo=memo)
+    assert calls == []

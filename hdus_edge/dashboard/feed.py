@@ -37,7 +37,7 @@ class FleetFeed:
         self._cond = threading.Condition()
         self._version = 0
         self._body = b"{}"
-        self._compare: str | None = None
+        self._compare: dict[str, Any] | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="hdus-dashboard-feed", daemon=True)
 
@@ -76,7 +76,7 @@ class FleetFeed:
         except Exception:  # a bug in rendering must not take the page down; the last version stays
             logger.exception("dashboard: rendering the fleet view failed")
             return False
-        compare = json.dumps({k: v for k, v in doc.items() if k != "generated_at"}, sort_keys=True, default=str)
+        compare = {k: v for k, v in doc.items() if k != "generated_at"}
         with self._cond:
             if compare == self._compare:
                 return False

@@ -162,26 +162,89 @@ class FleetSnapshot:
         return out
 
 
+class VerifyMemo:
+    """Remembers decode and verify outcomes between snapshots, so an unchanged message is checked once.
+
+    A 100-device fleet keeps ~10k retained seeds on the broker; checking them all again on every change
+    took seconds, past the page's one-second promise. Decoding depends on the bytes only; verifying on
+    the bytes, the recipient and the trust (every certificate held), so verified outcomes are kept for
+    one trust state and dropped when it changes. After each snapshot only the entries it used are kept,
+    so the memo is bounded by what the broker holds. Outcomes are the same as without it: a memo entry
+    is the value or the ``ProtocolError`` the codec gave for exactly these inputs.
+    """
+
+    def __init__(self) -> None:
+        self._tables: dict[str, dict[Any, Any]] = {"hello": {}, "verify": {}, "digest": {}}
+        self._used: dict[str, dict[Any, Any]] = {name: {} for name in self._tables}
+        self._trust_state: tuple[Any, ...] | None = None
+
+    def call(self, table: str, key: Any, compute: Any) -> Any:
+        """``compute()``'s value for ``key`` (its ``ProtocolError`` re-raised), computed at most once."""
+        held = self._tables[table]
+        if key in held:
+            outcome = held[key]
+        else:
+            try:
+                outcome = compute()
+            except ProtocolError as exc:
+                outcome = exc
+            held[key] = outcome
+        self._used[table][key] = outcome
+        if isinstance(outcome, ProtocolError):
+            raise outcome
+        return outcome
+
+    def trust_is(self, state: tuple[Any, ...]) -> None:
+        """Forget verified outcomes unless the trust is ``state`` (the certificates held) as before."""
+        if state != self._trust_state:
+            self._trust_state = state
+            self._tables["verify"].clear()
+            self._tables["digest"].clear()
+
+    def done(self) -> None:
+        """End of one snapshot: keep only what it used."""
+        self._tables, self._used = self._used, {name: {} for name in self._tables}
+
+
 @dataclass
 class _Verified:
     topic: str
     msg: Any
-    raw: bytes
     received_at: float
     live: bool
 
 
-def build_snapshot(admin: AdminView, messages: Sequence[BrokerMessage], now: float | None = None) -> FleetSnapshot:
+@dataclass(frozen=True)
+class _SeedSummary:
+    """A verified seed's header: what the view needs, without the ONNX bytes (the memo keeps thousands)."""
+
+    owner: str
+    to: str
+    version: int
+    sha256: str
+    arch: str
+    epoch: int
+
+    @classmethod
+    def of(cls, env: SeedEnvelope) -> _SeedSummary:
+        return cls(env.owner, env.to, env.version, env.sha256, env.arch, env.epoch)
+
+
+def build_snapshot(
+    admin: AdminView, messages: Sequence[BrokerMessage], now: float | None = None, memo: VerifyMemo | None = None
+) -> FleetSnapshot:
     """The fleet view of ``messages`` (the broker's latest payload per topic) checked with ``admin``'s trust.
 
     Never raises for anything a message or an evidence file holds: such input becomes a rejection.
+    ``memo`` (kept by the caller from one snapshot to the next) saves checking unchanged messages again.
     """
+    memo = memo or VerifyMemo()
     topics = Topics(admin.fleet)
     trust = TrustStore(admin.fleet, admin.admin_key)
     rejected: list[Rejection] = []
     parked: list[Rejection] = []
     presence: dict[str, tuple[bool, BrokerMessage]] = {}
-    pending: list[tuple[str, BrokerMessage, codec.SignedMessage]] = []
+    pending: list[tuple[str, BrokerMessage]] = []
     hellos: dict[str, _Verified] = {}
 
     def refuse(m: BrokerMessage, exc: Exception, into: list[Rejection] | None = None) -> None:
@@ -189,7 +252,13 @@ def build_snapshot(admin: AdminView, messages: Sequence[BrokerMessage], now: flo
         (rejected if into is None else into).append(
             Rejection(m.topic[-200:], type(exc).__name__, detail[:_DETAIL_CHARS], m.received_at))
 
-    # 1. Structure: every payload decodes, every topic is ours; presence is plain text.
+    def check(m: BrokerMessage, recipient: str | None = None) -> Any:
+        # decode -> verify signer and authority -> belongs on its topic; a seed is kept without its ONNX.
+        msg = codec.verify(codec.decode(m.payload), trust, recipient=recipient)
+        topics.check_matches(m.topic, msg)
+        return _SeedSummary.of(msg) if isinstance(msg, SeedEnvelope) else msg
+
+    # 1. Topics: ours, and of a known kind; presence is plain text.
     for m in sorted(messages, key=lambda m: m.topic):
         if codec.is_clear(m.payload):
             continue
@@ -201,41 +270,40 @@ def build_snapshot(admin: AdminView, messages: Sequence[BrokerMessage], now: flo
                 refuse(m, ProtocolError(f"presence must be 'online' or 'offline', got {len(m.payload)} other bytes"))
             continue
         try:
-            kind = topics.parse(m.topic).kind
-            pending.append((kind, m, codec.decode(m.payload)))
+            pending.append((topics.parse(m.topic).kind, m))
         except ProtocolError as exc:
             refuse(m, exc)
 
     # 2. Hellos: certificates the admin signed become the trust every other message is checked with.
-    for kind, m, signed in pending:
+    for kind, m in pending:
         if kind != kinds.HELLO:
             continue
         try:
-            msg = codec.verify(signed, trust)
-            topics.check_matches(m.topic, msg)
+            # Checked against the admin's key alone: the outcome never depends on the trust held.
+            msg = memo.call("hello", (m.topic, m.payload), lambda: check(m))
             assert isinstance(msg, Hello)
             trust.certify(msg.certificate)
         except ProtocolError as exc:
             refuse(m, exc)
             continue
-        hellos[msg.device_id] = _Verified(m.topic, msg, signed.raw, m.received_at, m.live)
+        hellos[msg.device_id] = _Verified(m.topic, msg, m.received_at, m.live)
 
     # 3. Everything else, with that trust.
+    memo.trust_is(tuple(trust.certificates()))
     verified: dict[str, list[_Verified]] = defaultdict(list)
-    for kind, m, signed in pending:
+    for kind, m in pending:
         if kind == kinds.HELLO:
             continue
         try:
             recipient = topics.parse(m.topic).to if kind == kinds.SEED else None
-            msg = codec.verify(signed, trust, recipient=recipient)
-            topics.check_matches(m.topic, msg)
+            msg = memo.call("verify", (m.topic, m.payload), lambda: check(m, recipient))
         except UnknownSenderError as exc:
             refuse(m, exc, parked)
             continue
         except ProtocolError as exc:
             refuse(m, exc)
             continue
-        verified[kind].append(_Verified(m.topic, msg, signed.raw, m.received_at, m.live))
+        verified[kind].append(_Verified(m.topic, msg, m.received_at, m.live))
 
     def current_epoch(device: str) -> int:
         entry = admin.registry.get(device)
@@ -250,7 +318,7 @@ def build_snapshot(admin: AdminView, messages: Sequence[BrokerMessage], now: flo
         orders[v.msg.request_id] = v.msg
     for v in verified[kinds.TOMBSTONES]:
         digest: TombstoneDigest = v.msg
-        accepted, bad = codec.open_digest(digest, trust)
+        accepted, bad = memo.call("digest", digest, lambda: codec.open_digest(digest, trust))
         for signed_order in accepted:
             order = signed_order.msg
             orders.setdefault(order.request_id, order)
@@ -265,9 +333,9 @@ def build_snapshot(admin: AdminView, messages: Sequence[BrokerMessage], now: flo
     # 5. Neighbour lists and seeds.
     neighbors = {v.msg.device_id: tuple(v.msg.neighbors) for v in verified[kinds.MEMBERSHIP]}
     inbox: dict[str, set[str]] = defaultdict(set)
-    own_seed: dict[str, SeedEnvelope] = {}
+    own_seed: dict[str, _SeedSummary] = {}
     for v in verified[kinds.SEED]:
-        env: SeedEnvelope = v.msg
+        env: _SeedSummary = v.msg
         order = forgotten_by.get(env.owner)
         if order is not None and env.epoch <= order.epoch:
             refuse(BrokerMessage(v.topic, b"", v.received_at),
@@ -334,6 +402,7 @@ def build_snapshot(admin: AdminView, messages: Sequence[BrokerMessage], now: flo
     )
     agent_reasons = {d: dict(row.agent.get("reasons", {})) for d, row in ((r.device_id, r) for r in devices)
                      if row.agent and isinstance(row.agent.get("reasons"), Mapping)}
+    memo.done()
     return FleetSnapshot(
         fleet=admin.fleet,
         generated_at=time.time() if now is None else now,
@@ -349,7 +418,7 @@ def build_snapshot(admin: AdminView, messages: Sequence[BrokerMessage], now: flo
 
 
 def _author(msg: Any) -> str:
-    if isinstance(msg, SeedEnvelope):
+    if isinstance(msg, _SeedSummary):
         return msg.owner
     if isinstance(msg, UnlearnOrder):
         return msg.issuer

@@ -13,7 +13,7 @@ from typing import Any
 
 from hdus_edge.dashboard.admin_files import read_admin_view
 from hdus_edge.dashboard.feed import FleetFeed
-from hdus_edge.dashboard.fleet_view import build_snapshot
+from hdus_edge.dashboard.fleet_view import VerifyMemo, build_snapshot
 from hdus_edge.dashboard.mirror import BrokerMirror
 from hdus_edge.dashboard.server import DashboardServer
 from hdus_edge.protocol.crypto import load_verify_key
@@ -41,6 +41,7 @@ class Dashboard:
         self.fleet = fleet.fleet.name
         self.admin_key = load_verify_key(admin.pub_file)
         self.state_dirs = tuple(Path(p) for p in state_dirs)
+        self.memo = VerifyMemo()  # used by the feed's one render thread only
         self.mirror = BrokerMirror(broker_url or fleet.fleet.broker, Topics(self.fleet))
         self.feed = FleetFeed(self.render, self.mirror.wait_change)
         self.server = DashboardServer(self.feed, host, port, token=token)
@@ -52,7 +53,7 @@ class Dashboard:
     def render(self) -> dict[str, Any]:
         """The current fleet view as JSON (what ``/api/fleet.json`` serves), with the broker link's state."""
         view = read_admin_view(self.admin, self.fleet, self.admin_key, self.state_dirs)
-        doc = build_snapshot(view, self.mirror.messages()).to_json()
+        doc = build_snapshot(view, self.mirror.messages(), memo=self.memo).to_json()
         doc["broker"] = {"url": self.mirror.url, "connected": self.mirror.connected,
                          "topics": len(self.mirror.messages()), "dropped": self.mirror.dropped}
         return doc
