@@ -173,3 +173,45 @@ def test_the_mirror_is_bounded_and_follows_cleared_topics():
         assert mirror.wait_change(0, 0.01) == 7
     finally:
         mirror.close()
+
+
+def test_the_mirror_caps_the_bytes_it_holds():
+    mirror = BrokerMirror("mqtt://127.0.0.1:9", Topics("lab"), max_bytes=100, max_total_bytes=250)
+    try:
+        for k in range(4):
+            mirror._on_message(f"hdus/v1/lab/x/{k}", b"p" * 100, True)
+        assert len(mirror.messages()) == 2 and mirror.dropped == 2
+        mirror._on_message("hdus/v1/lab/x/0", b"q" * 50, False)  # a smaller replacement frees room
+        mirror._on_message("hdus/v1/lab/x/7", b"r" * 100, False)
+        assert sorted(m.topic for m in mirror.messages()) == ["hdus/v1/lab/x/0", "hdus/v1/lab/x/1", "hdus/v1/lab/x/7"]
+    finally:
+        mirror.close()
+
+
+def test_after_a_broker_restart_the_mirror_holds_only_what_the_new_session_delivers(mosquitto_broker):
+    import time
+
+    from hdus_edge.transport.mqtt import MqttTransport
+
+    topics = Topics("lab")
+    writer = MqttTransport(mosquitto_broker.url, "writer", clean_session=True)
+    writer.connect(timeout=10)
+    mirror = BrokerMirror(mosquitto_broker.url, topics).start()
+    try:
+        assert writer.publish(topics.presence("old"), b"online", retain=True, wait=True)
+        mirror.wait_change(0, 10)
+        assert [m.topic for m in mirror.messages()] == [topics.presence("old")]
+        mosquitto_broker.restart()  # no persistence: the retained message is gone with it
+        deadline = time.monotonic() + 60
+        while mirror.transport.connect_count < 2 or not writer.connected:
+            assert time.monotonic() < deadline, "no reconnect"
+            time.sleep(0.05)
+        assert mirror.messages() == ()  # nothing from the old session lingers
+        assert writer.publish(topics.presence("new"), b"online", retain=True, wait=True)
+        while not mirror.messages():
+            assert time.monotonic() < deadline, "nothing after the reconnect"
+            time.sleep(0.05)
+        assert [m.topic for m in mirror.messages()] == [topics.presence("new")]
+    finally:
+        mirror.close()
+        writer.close()

@@ -6,8 +6,12 @@ we listen. An empty payload clears its topic, as it does on the broker. Nothing 
 a payload: that is ``fleet_view``'s job, on a copy.
 
 Bounded, because anyone who can publish to the fleet's topics can fill it: at most ``max_topics``
-topics (later new topics are counted in ``dropped`` and not kept), and a payload over ``max_bytes`` is
-kept cut to ``max_bytes + 1`` bytes so that the codec still rejects it as oversized.
+topics and ``max_total_bytes`` of payloads (later new topics are counted in ``dropped`` and not kept),
+and a payload over ``max_bytes`` is kept cut to ``max_bytes + 1`` bytes so that the codec still rejects
+it as oversized. What it holds is about what the broker retains for the fleet (mostly seeds).
+
+After a reconnect the broker hands over every retained message again, and topics cleared while the
+link was down must not linger: the mirror starts afresh for each new session.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from hdus_edge.transport.mqtt import MqttTransport
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_TOPICS = 20_000  # a 100-device complete graph has ~10k seed topics
+DEFAULT_MAX_TOTAL_BYTES = 1 << 30  # ~10k seeds of ~30 KB fit three times over
 
 
 class BrokerMirror:
@@ -37,11 +42,14 @@ class BrokerMirror:
         *,
         max_topics: int = DEFAULT_MAX_TOPICS,
         max_bytes: int = DEFAULT_MAX_BYTES,
+        max_total_bytes: int = DEFAULT_MAX_TOTAL_BYTES,
     ) -> None:
         self.topics = topics
         self.max_topics = max_topics
         self.max_bytes = max_bytes
+        self.max_total_bytes = max_total_bytes
         self.dropped = 0
+        self._total_bytes = 0
         self._messages: dict[str, BrokerMessage] = {}
         self._changes = 0
         self._seen_connects = 0
@@ -66,9 +74,20 @@ class BrokerMirror:
         return self
 
     def messages(self) -> tuple[BrokerMessage, ...]:
-        """A copy of what the mirror holds now."""
+        """A copy of what the mirror holds now (nothing from a session before the current one)."""
         with self._cond:
+            self._follow_session()
             return tuple(self._messages.values())
+
+    def _follow_session(self) -> None:
+        # Called with the lock held, from the handler and from readers, so whichever comes first
+        # after a reconnect drops the old session's messages, and the other sees it done.
+        connects = self.transport.connect_count
+        if connects != self._seen_connects:
+            if self._seen_connects:
+                self._messages.clear()
+                self._total_bytes = 0
+            self._seen_connects = connects
 
     @property
     def changes(self) -> int:
@@ -91,19 +110,18 @@ class BrokerMirror:
     def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
         # Runs on the transport's worker thread: short, never raises.
         now = time.time()
-        connects = self.transport.connect_count
         with self._cond:
-            if connects != self._seen_connects:
-                # A new session: the broker hands over every retained message again, and topics
-                # cleared while we were away must not linger.
-                if self._seen_connects:
-                    self._messages.clear()
-                self._seen_connects = connects
+            self._follow_session()
+            held = self._messages.get(topic)
+            kept = payload if len(payload) <= self.max_bytes else payload[: self.max_bytes + 1]
+            if held is not None:
+                self._total_bytes -= len(held.payload)
+                del self._messages[topic]
             if not payload:
-                self._messages.pop(topic, None)
-            elif topic in self._messages or len(self._messages) < self.max_topics:
-                kept = payload if len(payload) <= self.max_bytes else payload[: self.max_bytes + 1]
+                pass  # cleared, as on the broker
+            elif len(self._messages) < self.max_topics and self._total_bytes + len(kept) <= self.max_total_bytes:
                 self._messages[topic] = BrokerMessage(topic, kept, now, live=not retained)
+                self._total_bytes += len(kept)
             else:
                 self.dropped += 1
                 if self.dropped == 1 or self.dropped % 1000 == 0:
