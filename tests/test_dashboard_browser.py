@@ -27,6 +27,9 @@ from hdus_edge.config import DataSection, EnsembleSection, FleetConfig, FleetSec
 from hdus_edge.device.agent import AgentSettings
 from hdus_edge.lab.agents import AgentFleet, DeviceModels
 from hdus_edge.lab.synthetic import REFERENCE_SHA, synthetic_models
+from hdus_edge.protocol import codec
+from hdus_edge.protocol.crypto import SigningKey
+from hdus_edge.protocol.messages import NeighborList
 from hdus_edge.protocol.topics import Topics
 from hdus_edge.topology import complete
 from hdus_edge.transport.mqtt import MqttTransport
@@ -63,6 +66,10 @@ def _publish_junk(broker_url: str) -> list[str]:
         writer.connect(timeout=10)
         for topic, payload in junk.items():
             assert writer.publish(topic, payload, retain=True, wait=True, timeout=10)
+        # Well formed, but from a device that never announced itself: parked, by the agents and the page.
+        stranger = SigningKey.from_seed(bytes([7]) * 32)
+        parked = codec.encode(NeighborList("dev-7", ("dev-0",), 1), stranger, "dev-7")
+        assert writer.publish(t.membership("dev-7"), parked, retain=True, wait=True, timeout=10)
     return sorted(junk)
 
 
@@ -115,6 +122,8 @@ def test_the_page_shows_the_fleet_and_an_unlearn_live_in_chromium(tmp_path, mosq
                 rejected = page.locator("#rejected tr.rejected")
                 expect(rejected).to_have_count(len(junk_topics), timeout=WAIT_MS)
                 expect(page.locator("#rejected td.topic", has_text=HTML_TOPIC_TAIL)).to_have_count(1)
+                expect(page.locator('#rejected tr.parked[data-reason="UnknownSenderError"]')).to_have_count(1)
+                expect(page.locator('[data-card="parked"] b')).to_have_text("1")
                 assert page.evaluate("window.__xss") is None
                 # The agents rejected the junk too: their own counters, from their status files.
                 expect(page.locator("#agent-reasons tr")).to_have_count(3, timeout=WAIT_MS)
@@ -136,6 +145,8 @@ def test_the_page_shows_the_fleet_and_an_unlearn_live_in_chromium(tmp_path, mosq
                 expect(page.locator('#devices tr[data-device="dev-1"] td.members')).to_have_text("main, dev-0", timeout=WAIT_MS)
                 # Evidence written by the CLI shows up as a source of the receipts too.
                 expect(request.locator('tr.receipt[data-device="dev-0"]')).to_contain_text("evidence", timeout=WAIT_MS)
+                # The agents parked the stranger's list too (their status files, rewritten after the unlearn).
+                expect(page.locator('#devices tr[data-device="dev-0"]')).to_contain_text("1 parked", timeout=WAIT_MS)
                 assert page.evaluate("window.__sameDocument") is True  # no reload happened
                 assert page.evaluate("window.__xss") is None
                 # --- the JSON API says the same ---------------------------------------------------------

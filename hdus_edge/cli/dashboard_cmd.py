@@ -29,6 +29,7 @@ def dashboard(
     Built from the broker's retained messages (each verified with the fleet admin's public key) and the
     admin's devices.json and evidence files; changes reach the open page within a second. Read-only: it
     needs no private key and publishes nothing. /api/fleet.json gives the same data. Runs until Ctrl-C.
+    On a broker with an ACL, pass --broker with the admin's credentials ('hdus-edge broker-config' writes them).
     With --json, prints {"url", "api", "token", "fleet", "broker"} once it serves.
 
     Example: hdus-edge dashboard --admin-dir ./admin --listen 127.0.0.1:8080
