@@ -250,3 +250,41 @@ def test_the_memo_changes_no_outcome_and_rechecks_when_the_trust_changes(monkeyp
     monkeypatch.setattr(codec, "verify", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     build_snapshot(admin_view(), later, now=200.0, memo=memo)
     assert calls == []
+
+
+def _evidence(target: str = "dev-2", request_id: str = "r1", key: SigningKey = ADMIN) -> dict:
+    order_raw = codec.encode(UnlearnOrder(target, "admin", request_id, 150.0, "test", 0), key, "admin")
+    receipt = Receipt(request_id, target, "dev-0", seed(target, "dev-0").sha256, ("dev-1",), 150.5)
+    return {"request_id": request_id, "target": target, "issuer": "admin", "issued_at": 150.0, "reason": "test",
+            "order": order_raw.hex(), "holders": ["dev-0"],
+            "receipts": [{"device_id": "dev-0", "removed_sha256": receipt.removed_sha256, "members_after": ["dev-1"],
+                          "at": 150.5, "signed": codec.encode(receipt, KEYS["dev-0"], "dev-0").hex()}],
+            "certificates": [CERTS["dev-0"].to_dict()]}
+
+
+def test_evidence_fields_shown_come_from_its_signed_order_and_receipts():
+    ev = {**_evidence(), "target": "dev-1", "issued_at": 1.0}  # the unsigned summary lies
+    ev["receipts"][0] = {**ev["receipts"][0], "members_after": ["dev-9"], "at": 999.0}
+    snap = snapshot(fleet_messages(), evidence=(ev,))
+    [req] = snap.requests
+    assert (req.target, req.issued_at) == ("dev-2", 150.0)
+    assert (req.receipts[0].members_after, req.receipts[0].at) == (("dev-1",), 150.5)
+    # The broker lost the order: the evidence alone still shows dev-2 forgotten.
+    assert device(snap, "dev-2").forgotten and not device(snap, "dev-1").forgotten
+
+
+def test_evidence_with_a_forged_order_is_rejected_and_forgets_nobody():
+    forged = _evidence(key=STRANGER)
+    snap = snapshot(fleet_messages(), evidence=({**forged, "file": "/admin/evidence/r1.json"},))
+    assert snap.requests == () and not device(snap, "dev-2").forgotten
+    assert [(r.topic, r.reason) for r in snap.rejected] == [("evidence /admin/evidence/r1.json", "ProtocolError")]
+
+
+def test_a_receipt_for_another_target_than_its_request_is_rejected():
+    messages = after_forgetting("dev-2")
+    lie = Receipt("r1", "dev-1", "dev-0", None, (), 151.0)  # dev-0 answers r1 about dev-1
+    messages = [m for m in messages if m.topic != T.receipt("r1", "dev-0")]
+    messages.append(msg(T.receipt("r1", "dev-0"), lie, KEYS["dev-0"], "dev-0"))
+    snap = snapshot(messages)
+    [req] = snap.requests
+    assert req.missing == ("dev-0",) and [r.topic for r in snap.rejected] == [T.receipt("r1", "dev-0")]

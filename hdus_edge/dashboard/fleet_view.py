@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -325,6 +325,9 @@ def build_snapshot(
             applied_by[order.request_id].add(digest.device_id)
         for index, exc in bad:
             refuse(BrokerMessage(f"{v.topic} [order {index}]", b"", v.received_at), exc)
+    evidence = _read_evidence(admin, refuse)
+    for rid, e in evidence.items():
+        orders.setdefault(rid, e.order)
     forgotten_by: dict[str, UnlearnOrder] = {}
     for order in sorted(orders.values(), key=lambda o: (o.issued_at, o.request_id)):
         if order.epoch >= current_epoch(order.target):
@@ -349,7 +352,7 @@ def build_snapshot(
             own_seed[env.owner] = env
 
     # 6. Receipts, evidence, requests.
-    requests = _requests(admin, trust, orders, verified[kinds.RECEIPT], neighbors, forgotten_by, applied_by, refuse)
+    requests = _requests(orders, evidence, verified[kinds.RECEIPT], neighbors, forgotten_by, applied_by, refuse)
 
     # 7. Devices.
     last_seen: dict[str, float] = {}
@@ -439,43 +442,69 @@ def _agent_counters(status: Mapping[str, Any] | None) -> Mapping[str, Any] | Non
     return keep
 
 
-def _requests(
-    admin: AdminView,
-    trust: TrustStore,
-    orders: Mapping[str, UnlearnOrder],
-    receipts: Sequence[_Verified],
-    neighbors: Mapping[str, tuple[str, ...]],
-    forgotten_by: Mapping[str, UnlearnOrder],
-    applied_by: Mapping[str, set[str]],
-    refuse: Any,
-) -> tuple[RequestRow, ...]:
+@dataclass(frozen=True)
+class _Evidence:
+    """A saved evidence file, as far as it verifies: the signed order and the signed receipts in it."""
+
+    order: UnlearnOrder
+    holders: tuple[str, ...]
+    receipts: tuple[Receipt, ...]
+    file: str | None
+
+
+def _read_evidence(admin: AdminView, refuse: Callable[[BrokerMessage, Exception], None]) -> dict[str, _Evidence]:
+    """Evidence files by request id; every field shown comes from a signed message that verified."""
     from hdus_edge.unlearn.request import verify_evidence
 
-    by_request: dict[str, dict[str, ReceiptRow]] = defaultdict(dict)
-    evidence: dict[str, Mapping[str, Any]] = {}
+    out: dict[str, _Evidence] = {}
     for ev in admin.evidence:
         rid = ev.get("request_id") if isinstance(ev, Mapping) else None
         if not isinstance(rid, str):
             continue
+        where = BrokerMessage(f"evidence {str(ev.get('file', rid))[-150:]}", b"", 0.0)
         try:
             problems = verify_evidence(dict(ev), admin.admin_key, admin.fleet)
-        except (HdusError, TypeError, ValueError, KeyError, AttributeError) as exc:
-            problems = [str(exc)]
-        if any(p.startswith("order") or p.startswith("the order") for p in problems):
-            refuse(BrokerMessage(f"evidence {rid}", b"", 0.0), ProtocolError("; ".join(problems)[:_DETAIL_CHARS]))
+            if any(p.startswith(("order", "the order")) for p in problems):
+                raise ProtocolError("; ".join(problems)[:_DETAIL_CHARS])
+            order = codec.decode(bytes.fromhex(ev["order"])).msg
+        except (ProtocolError, TypeError, ValueError, KeyError, AttributeError) as exc:
+            refuse(where, exc if isinstance(exc, ProtocolError) else ProtocolError(f"unreadable evidence: {exc}"))
             continue
-        evidence[rid] = ev
         bad = {p.split("'")[1] for p in problems if p.startswith("receipt of '")}
+        receipts = []
         for r in ev.get("receipts", []):
             if not isinstance(r, Mapping) or r.get("device_id") in bad:
                 continue
-            by_request[rid][str(r["device_id"])] = ReceiptRow(
-                str(r["device_id"]), r.get("removed_sha256"), r.get("removed_sha256") is not None,
-                tuple(r.get("members_after", ())), float(r.get("at", 0.0)), None, ("evidence",))
+            try:
+                msg = codec.decode(bytes.fromhex(r["signed"])).msg
+            except (ProtocolError, TypeError, ValueError, KeyError):
+                continue
+            if isinstance(msg, Receipt) and msg.request_id == order.request_id and msg.target == order.target:
+                receipts.append(msg)
+        holders = ev.get("holders") if isinstance(ev.get("holders"), list) else []
+        out[rid] = _Evidence(order, tuple(sorted(h for h in holders if isinstance(h, str))), tuple(receipts),
+                             str(ev["file"]) if "file" in ev else None)
+    return out
+
+
+def _requests(
+    orders: Mapping[str, UnlearnOrder],
+    evidence: Mapping[str, _Evidence],
+    receipts: Sequence[_Verified],
+    neighbors: Mapping[str, tuple[str, ...]],
+    forgotten_by: Mapping[str, UnlearnOrder],
+    applied_by: Mapping[str, set[str]],
+    refuse: Callable[[BrokerMessage, Exception], None],
+) -> tuple[RequestRow, ...]:
+    by_request: dict[str, dict[str, ReceiptRow]] = defaultdict(dict)
+    for rid, e in evidence.items():
+        for r in e.receipts:
+            by_request[rid][r.device_id] = ReceiptRow(r.device_id, r.removed_sha256, r.removed_sha256 is not None,
+                                                      r.members_after, r.at, None, ("evidence",))
     for v in receipts:
         receipt: Receipt = v.msg
         order = orders.get(receipt.request_id)
-        target = order.target if order else evidence.get(receipt.request_id, {}).get("target")
+        target = order.target if order else None
         if target is not None and receipt.target != target:
             refuse(BrokerMessage(v.topic, b"", v.received_at),
                    ProtocolError(f"receipt of {receipt.device_id!r} names target {receipt.target!r}, "
@@ -487,13 +516,12 @@ def _requests(
             receipt.device_id, receipt.removed_sha256, receipt.removed_sha256 is not None, receipt.members_after,
             receipt.at, None, tuple(sorted(set(sources))))
     rows = []
-    for rid in sorted(set(orders) | set(evidence) | set(by_request)):
-        order = orders.get(rid)
-        ev = evidence.get(rid, {})
-        target = order.target if order else ev.get("target")
-        issued_at = order.issued_at if order else ev.get("issued_at")
-        if "holders" in ev:
-            holders = tuple(sorted(str(h) for h in ev["holders"]))
+    for rid in sorted(set(orders) | set(by_request)):
+        order = orders.get(rid)  # evidence orders are among them; None: receipts whose order is gone
+        e = evidence.get(rid)
+        target = order.target if order else None
+        if e is not None:
+            holders = e.holders
         elif target is not None:
             holders = tuple(sorted(i for i, nbrs in neighbors.items()
                                    if target in nbrs and i != target and i not in forgotten_by))
@@ -501,24 +529,28 @@ def _requests(
             holders = ()
         got = {}
         for device, r in by_request.get(rid, {}).items():
-            latency = r.at - float(issued_at) if isinstance(issued_at, (int, float)) else None
+            latency = r.at - order.issued_at if order else None
             got[device] = ReceiptRow(r.device_id, r.removed_sha256, r.held, r.members_after, r.at, latency, r.sources)
         missing = tuple(h for h in holders if h not in got)
         latencies = [got[h].latency_s for h in holders if h in got and got[h].latency_s is not None]
         rows.append(RequestRow(
             request_id=rid,
-            target=target,
-            issuer=order.issuer if order else ev.get("issuer"),
-            issued_at=float(issued_at) if isinstance(issued_at, (int, float)) else None,
-            reason=order.reason if order else ev.get("reason"),
+            target=target if target else next((r.target for r in _receipts_of(receipts, rid)), None),
+            issuer=order.issuer if order else None,
+            issued_at=order.issued_at if order else None,
+            reason=order.reason if order else None,
             holders=holders,
             receipts=tuple(got[d] for d in sorted(got)),
             missing=missing,
             complete=not missing and bool(got or not holders),
             latency_s=max(latencies) if latencies and not missing else None,
             applied_by=tuple(sorted(applied_by.get(rid, ()))),
-            evidence_file=str(ev["file"]) if "file" in ev else None,
+            evidence_file=e.file if e else None,
         ))
     rows.sort(key=lambda r: (r.issued_at or 0.0, r.request_id), reverse=True)
     return tuple(rows)
 
+
+
+def _receipts_of(receipts: Sequence[_Verified], request_id: str) -> list[Receipt]:
+    return [v.msg for v in receipts if v.msg.request_id == request_id]
