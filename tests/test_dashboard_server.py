@@ -215,3 +215,30 @@ def test_after_a_broker_restart_the_mirror_holds_only_what_the_new_session_deliv
     finally:
         mirror.close()
         writer.close()
+
+
+def test_the_mirror_gets_every_retained_seed_past_the_brokers_queue_limit(mosquitto_factory):
+    # Found by 'bench dashboard': one subscription to the whole fleet made Mosquitto hand over every
+    # retained seed at once and drop those past its per-client queue (1000 by default), so a 50-device
+    # fleet showed missing seeds. Here the queue holds 40; the fleet retains 132 seeds.
+    import time
+
+    from hdus_edge.bench.dashboard import FLEET, signed_fleet
+    from hdus_edge.transport.mqtt import MqttTransport
+
+    broker = mosquitto_factory(max_queued_messages=40)
+    _, keys, retained = signed_fleet(12)
+    writer = MqttTransport(broker.url, "writer", clean_session=True)
+    writer.connect(timeout=10)
+    for topic, payload in retained.items():
+        assert writer.publish(topic, payload, retain=True, wait=True)
+    mirror = BrokerMirror(broker.url, Topics(FLEET)).start()
+    try:
+        mirror.want_seeds_for(keys)
+        deadline = time.monotonic() + 120
+        while len(mirror.messages()) < len(retained) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert {m.topic for m in mirror.messages()} == set(retained)
+    finally:
+        mirror.close()
+        writer.close()

@@ -54,8 +54,10 @@ class Dashboard:
         """The current fleet view as JSON (what ``/api/fleet.json`` serves), with the broker link's state."""
         view = read_admin_view(self.admin, self.fleet, self.admin_key, self.state_dirs)
         doc = build_snapshot(view, self.mirror.messages(), memo=self.memo).to_json()
+        self.mirror.want_seeds_for(d["device_id"] for d in doc["devices"])
         doc["broker"] = {"url": self.mirror.url, "connected": self.mirror.connected,
-                         "topics": len(self.mirror.messages()), "dropped": self.mirror.dropped}
+                         "topics": len(self.mirror.messages()), "dropped": self.mirror.dropped,
+                         "seed_inboxes": self.mirror.following}
         return doc
 
     def start(self, connect_timeout: float = 10.0) -> Dashboard:

@@ -119,9 +119,20 @@ class Topics:
             f"{self.root}/tombstones/+",
         ]
 
-    def everything(self) -> str:
-        """``hdus/v1/<fleet>/#``: every topic of this fleet, for a read-only observer (the dashboard)."""
-        return f"{self.root}/#"
+    def observer_filters(self) -> list[str]:
+        """What a read-only observer (the dashboard) subscribes to first: every kind but the seeds.
+
+        Seeds (one retained message per ordered pair of neighbours) come per recipient
+        (``seed_inbox``), one subscription at a time: a broker hands over every retained message
+        matching a new subscription at once and drops what its per-client queue cannot hold
+        (Mosquitto's ``max_queued_messages``, 1000 by default).
+        """
+        r = self.root
+        return [f"{r}/+", f"{r}/devices/#", f"{r}/membership/#", f"{r}/unlearn/#", f"{r}/tombstones/#", f"{r}/receipts/#"]
+
+    def seed_inbox(self, to: str) -> str:
+        """Every seed addressed to ``to`` (and anything else under it): ``seeds/<to>/#``."""
+        return f"{self.root}/seeds/{check_device_id(to, 'recipient')}/#"
 
     def parse_presence(self, topic: str) -> str | None:
         """The device id of a presence topic (``devices/<id>/presence``), None for any other topic.
