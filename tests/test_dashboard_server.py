@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import threading
+import time
 
 import pytest
 
@@ -42,10 +43,10 @@ class Source:
 def served():
     made = []
 
-    def make(token=None, host="127.0.0.1"):
+    def make(token=None, host="127.0.0.1", max_streams=32):
         source = Source()
         feed = FleetFeed(source.render, source.wait_change, poll_s=0.05).start()
-        server = DashboardServer(feed, host, 0, token=token).start()
+        server = DashboardServer(feed, host, 0, token=token, max_streams=max_streams).start()
         made.append((feed, server))
         return source, feed, server
 
@@ -242,3 +243,37 @@ def test_the_mirror_gets_every_retained_seed_past_the_brokers_queue_limit(mosqui
     finally:
         mirror.close()
         writer.close()
+
+
+def test_event_streams_are_capped_so_a_flood_of_clients_cannot_take_every_thread(served, monkeypatch):
+    import hdus_edge.dashboard.server as server_module
+
+    # No keep-alive write would ever notice the closed client: only the server's own check frees its slot.
+    monkeypatch.setattr(server_module, "KEEPALIVE_S", 3600.0)
+    _, _, server = served(max_streams=2)
+    streams = []
+    for _ in range(2):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        conn.request("GET", "/api/events")
+        resp = conn.getresponse()
+        assert resp.status == 200
+        resp.fp.readline()  # the stream is open and served
+        streams.append(conn)
+    assert get(server, "/api/events")[0] == 503
+    assert get(server, "/api/fleet.json")[0] == 200  # the rest still answers
+    streams.pop().close()
+    deadline = time.monotonic() + 60
+    while stream_status(server) != 200:  # the closed stream's slot comes back
+        assert time.monotonic() < deadline, "a closed client kept its stream slot"
+        time.sleep(0.2)
+    for conn in streams:
+        conn.close()
+
+
+def stream_status(server: DashboardServer) -> int:
+    """The status of a new event stream (closed again at once; its body never ends)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.request("GET", "/api/events")
+    status = conn.getresponse().status
+    conn.close()
+    return status

@@ -19,6 +19,8 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+import select
+import socket
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,6 +33,7 @@ from hdus_edge.errors import ConfigError
 logger = logging.getLogger(__name__)
 
 KEEPALIVE_S = 15.0  # an SSE comment this often keeps proxies from closing an idle stream
+GONE_CHECK_S = 1.0  # how soon a closed client's stream slot is freed
 MAX_STREAMS = 32
 _STATIC = {
     "/": ("index.html", "text/html; charset=utf-8"),
@@ -185,18 +188,33 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             version, body = d.feed.current()
             self._send_event(version, body, first=True)
+            idle = 0.0
             while not d.feed.stopped:
-                got = d.feed.wait_newer(version, KEEPALIVE_S)
-                if got is None:
+                got = d.feed.wait_newer(version, GONE_CHECK_S)
+                if got is not None:
+                    version, body = got
+                    self._send_event(version, body)
+                    idle = 0.0
+                    continue
+                if self._client_gone():
+                    return  # frees its stream slot now, not at the next failed write
+                idle += GONE_CHECK_S
+                if idle >= KEEPALIVE_S:
                     self.wfile.write(b": keep-alive\n\n")
                     self.wfile.flush()
-                    continue
-                version, body = got
-                self._send_event(version, body)
+                    idle = 0.0
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             pass  # the browser went away
         finally:
             d.streams.release()
+
+    def _client_gone(self) -> bool:
+        # An EventSource sends nothing after its request: a readable socket means it closed.
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
 
     def _send_event(self, version: int, body: bytes, first: bool = False) -> None:
         head = b"retry: 1000\n" if first else b""

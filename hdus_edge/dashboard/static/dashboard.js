@@ -155,7 +155,9 @@
       $("#fleet-name").textContent = f.fleet;
       document.title = "hdus-edge fleet " + f.fleet;
       const b = f.broker || {};
-      $("#broker").textContent = (b.url || "") + (b.connected === false ? " (broker link down)" : "");
+      const loading = b.seed_inboxes !== undefined && b.seed_inboxes < f.devices.length
+        ? ` (loading seeds ${b.seed_inboxes}/${f.devices.length})` : "";
+      $("#broker").textContent = (b.url || "") + (b.connected === false ? " (broker link down)" : loading);
       $("#updated").textContent = "updated " + clock(f.generated_at);
       const problems = f.problems || [];
       $("#problems").hidden = !problems.length;
