@@ -75,3 +75,33 @@ def test_bench_dashboard_measures_render_and_push_on_a_real_broker(tmp_path, mos
     push = push_figures(3, mosquitto_broker.url, tmp_path, flips=2)
     # Figures, not assertions on time: each sample is a matching event the page received.
     assert push["presence_samples"] == 2 and push["unlearn_s"] > 0 and isinstance(push["within_target"], bool)
+
+
+def test_the_dashboard_reads_a_fleet_on_either_broker(tmp_path, broker_url):
+    # The README's fleet runs on the embedded amqtt broker; real fleets on Mosquitto.
+    import time
+
+    from hdus_edge.bench.dashboard import FLEET, signed_fleet
+    from hdus_edge.config import DataSection, EnsembleSection, FleetConfig, FleetSection
+    from hdus_edge.dashboard.service import Dashboard
+    from hdus_edge.state import init_fleet
+    from hdus_edge.transport.mqtt import MqttTransport
+
+    admin_key, _, retained = signed_fleet(3)
+    config = FleetConfig(FleetSection(FLEET, broker_url), DataSection((1, 8, 8), 10, "public", "0" * 64), EnsembleSection())
+    admin = init_fleet(tmp_path / "admin", config, key=admin_key)
+    with MqttTransport(broker_url, "writer", clean_session=True) as writer:
+        writer.connect(timeout=10)
+        for topic, payload in retained.items():
+            assert writer.publish(topic, payload, retain=True, wait=True)
+    with Dashboard(admin, port=0) as dashboard:
+        deadline = time.monotonic() + 60
+        while True:
+            with urllib.request.urlopen(dashboard.url + "api/fleet.json", timeout=10) as resp:
+                doc = json.loads(resp.read())
+            if [len(d["members"]) for d in doc["devices"]] == [2, 2, 2] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    assert [(d["device_id"], d["online"], len(d["members"])) for d in doc["devices"]] == [
+        ("dev-000", True, 2), ("dev-001", True, 2), ("dev-002", True, 2)]
+    assert doc["rejected"] == [] and doc["broker"]["connected"]
