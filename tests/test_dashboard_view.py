@@ -219,6 +219,14 @@ def test_the_json_caps_the_listed_rejections_but_counts_them_all():
     assert doc["rejected_total"] == 250 and len(doc["rejected"]) == 200 and doc["reasons"] == {"DecodeError": 250}
 
 
+def test_a_registry_id_that_is_no_device_id_is_a_problem_line(tmp_path):
+    admin = AdminDir(tmp_path / "admin")
+    admin.root.mkdir()
+    admin.registry_file.write_text('{"dev-0": {"epoch": 0}, "../x/#": {"epoch": 0}}')
+    view = read_admin_view(admin, FLEET, ADMIN.public_key)
+    assert list(view.registry) == ["dev-0"] and "invalid device id" in view.problems[0]
+
+
 def test_a_corrupt_registry_or_evidence_file_is_a_problem_line_not_a_crash(tmp_path):
     admin = AdminDir(tmp_path / "admin")
     admin.root.mkdir()

@@ -15,6 +15,7 @@ from typing import Any
 from hdus_edge.dashboard.fleet_view import AdminView
 from hdus_edge.errors import HdusError
 from hdus_edge.protocol.crypto import VerifyKey
+from hdus_edge.protocol.fields import is_device_id
 from hdus_edge.state import AdminDir, StateDir, read_json
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,9 @@ def read_admin_view(admin: AdminDir, fleet: str, admin_key: VerifyKey, state_dir
     except HdusError as exc:
         problems.append(exc.message)
         registry = {}
+    for bad in sorted(str(k) for k in registry if not is_device_id(k)):
+        problems.append(f"device registry {admin.registry_file} names an invalid device id {bad[:80]!r}")
+    registry = {k: v for k, v in registry.items() if is_device_id(k)}
     evidence = []
     folder = admin.evidence_dir
     paths = sorted(folder.glob("*.json"), key=_mtime)[-MAX_EVIDENCE_FILES:] if folder.is_dir() else []

@@ -403,8 +403,8 @@ def build_snapshot(
         Edge(i, j, j in inbox.get(i, ()) and i not in forgotten_by and j not in forgotten_by)
         for i in sorted(neighbors) for j in neighbors[i]
     )
-    agent_reasons = {d: dict(row.agent.get("reasons", {})) for d, row in ((r.device_id, r) for r in devices)
-                     if row.agent and isinstance(row.agent.get("reasons"), Mapping)}
+    agent_reasons = {r.device_id: dict(r.agent["reasons"]) for r in devices
+                     if r.agent and isinstance(r.agent.get("reasons"), Mapping)}
     memo.done()
     return FleetSnapshot(
         fleet=admin.fleet,

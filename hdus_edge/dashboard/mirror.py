@@ -30,6 +30,7 @@ from collections.abc import Iterable
 
 from hdus_edge.dashboard.fleet_view import BrokerMessage
 from hdus_edge.protocol.codec import DEFAULT_MAX_BYTES
+from hdus_edge.protocol.fields import is_device_id
 from hdus_edge.protocol.topics import Topics
 from hdus_edge.transport.mqtt import MqttTransport
 
@@ -96,7 +97,7 @@ class BrokerMirror:
     def want_seeds_for(self, device_ids: Iterable[str]) -> None:
         """Watch the seeds addressed to these devices too (subscribed in the background, one at a time)."""
         with self._cond:
-            new = sorted(set(device_ids) - self._seed_ids)
+            new = sorted({d for d in device_ids if is_device_id(d)} - self._seed_ids)
             if new:
                 self._seed_ids.update(new)
                 self._todo.extend(new)
