@@ -277,3 +277,29 @@ def stream_status(server: DashboardServer) -> int:
     status = conn.getresponse().status
     conn.close()
     return status
+
+
+def test_an_idle_fleet_is_not_rendered_again_until_the_broker_or_the_disk_changes():
+    source = Source()
+    renders = []
+    stamp = {"value": 1}
+
+    def render() -> dict:
+        renders.append(1)
+        return source.render()
+
+    feed = FleetFeed(render, source.wait_change, stamp=lambda: stamp["value"], poll_s=0.02).start()
+    try:
+        time.sleep(0.3)  # about 15 polls, nothing changed
+        assert len(renders) == 1  # the first one, at start
+        stamp["value"] = 2  # e.g. a new evidence file
+        deadline = time.monotonic() + 30
+        while len(renders) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        source.change(devices=["x"])  # a broker message
+        while feed.current()[0] < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        feed.stop()

@@ -1,9 +1,10 @@
 """``FleetFeed``: rebuilds the fleet snapshot when anything changes and hands the latest JSON to the web.
 
-One thread renders; any number of HTTP threads read. It wakes on every broker message (debounced, so a
-burst renders once) and at least every ``poll_s`` seconds for what changes on disk (a new evidence file,
-the registry). A new version is published only when the JSON differs apart from its time stamp, so an
-idle fleet pushes nothing. Rendering errors are logged and the last good version stays up.
+One thread renders; any number of HTTP threads read. It renders on every broker message (debounced, so
+a burst renders once) and when ``stamp()`` (checked every ``poll_s`` seconds: file times of the admin
+dir, the broker link's state) changes, so an idle fleet costs a few ``stat`` calls, not a render. A new
+version is published only when the JSON differs apart from its time stamp. Rendering errors are
+logged and the last good version stays up.
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ class FleetFeed:
         render: Callable[[], dict[str, Any]],
         wait_change: Callable[[int, float], int],
         *,
+        stamp: Callable[[], object] = lambda: None,
         poll_s: float = POLL_S,
     ) -> None:
         self._render = render
         self._wait_change = wait_change
+        self._stamp = stamp
         self._poll_s = poll_s
         self._cond = threading.Condition()
         self._version = 0
@@ -87,12 +90,17 @@ class FleetFeed:
             return True
 
     def _loop(self) -> None:
-        seen = -1
+        seen = self._wait_change(-1, 0)
+        last_stamp = self._stamp()
         while not self._stop.is_set():
             changed = self._wait_change(seen, self._poll_s)
             if self._stop.is_set():
                 return
+            stamp = self._stamp()
+            if changed == seen and stamp == last_stamp:
+                continue
             if changed != seen:
                 time.sleep(DEBOUNCE_S)
                 seen = self._wait_change(changed, 0)
+            last_stamp = self._stamp()
             self.refresh()

@@ -43,7 +43,7 @@ class Dashboard:
         self.state_dirs = tuple(Path(p) for p in state_dirs)
         self.memo = VerifyMemo()  # used by the feed's one render thread only
         self.mirror = BrokerMirror(broker_url or fleet.fleet.broker, Topics(self.fleet))
-        self.feed = FleetFeed(self.render, self.mirror.wait_change)
+        self.feed = FleetFeed(self.render, self.mirror.wait_change, stamp=self.stamp)
         self.server = DashboardServer(self.feed, host, port, token=token)
 
     @property
@@ -59,6 +59,12 @@ class Dashboard:
                          "topics": len(self.mirror.messages()), "dropped": self.mirror.dropped,
                          "seed_inboxes": self.mirror.following}
         return doc
+
+    def stamp(self) -> tuple[object, ...]:
+        """What, besides broker messages, changes the view: file times in the admin dir and state dirs,
+        and the broker link (a new evidence file renames into ``evidence/``, changing its time)."""
+        paths = [self.admin.registry_file, self.admin.evidence_dir, *(s / "status.json" for s in self.state_dirs)]
+        return (*(_mtime_ns(p) for p in paths), self.mirror.connected, self.mirror.following)
 
     def start(self, connect_timeout: float = 10.0) -> Dashboard:
         try:
@@ -81,3 +87,10 @@ class Dashboard:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _mtime_ns(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None

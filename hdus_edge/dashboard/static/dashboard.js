@@ -61,7 +61,7 @@
         el("td", {}, d.epoch ?? "—"),
         el("td", { class: "own-seed" }, d.seed_version ? "v" + d.seed_version + " " : "—", d.seed_sha256 ? el("span", { class: "hash", title: d.seed_sha256 }, short(d.seed_sha256)) : null),
         el("td", { class: "members" }, d.forgotten ? "—" : ["main", ...d.members].join(", ")),
-        el("td", {}, d.online && !d.forgotten ? "now (online)" : ago(d.last_seen, f.generated_at)),
+        el("td", {}, d.online && !d.forgotten ? "now (online)" : ago(d.last_seen, Date.now() / 1000)),
         el("td", { class: "muted" }, agent));
     });
     $("#devices tbody").replaceChildren(...rows);
@@ -181,9 +181,18 @@
     pill.className = "pill " + (on ? "pill-live" : "pill-wait");
   }
 
-  fetch("api/fleet.json" + query, { cache: "no-store" }).then((r) => r.json()).then(render).catch(() => setLive(false));
+  // "… ago" moves on between pushes (an idle fleet pushes nothing).
+  let last = null;
+  const show = (f) => {
+    if (last && f.generated_at < last.generated_at) return; // an older answer that arrived late
+    last = f;
+    render(f);
+  };
+  setInterval(() => { if (last) render(last); }, 5000);
+
+  fetch("api/fleet.json" + query, { cache: "no-store" }).then((r) => r.json()).then(show).catch(() => setLive(false));
   const events = new EventSource("api/events" + query);
-  events.addEventListener("fleet", (ev) => render(JSON.parse(ev.data)));
+  events.addEventListener("fleet", (ev) => show(JSON.parse(ev.data)));
   events.onopen = () => setLive(true);
   events.onerror = () => setLive(false);
 })();
