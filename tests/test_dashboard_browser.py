@@ -35,7 +35,7 @@ from hdus_edge.topology import complete
 from hdus_edge.transport.mqtt import MqttTransport
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 IDS = ("dev-0", "dev-1", "dev-2")
 PROFILES = ("raspberry-pi-4", "jetson-nano", "generic-x86_64")
