@@ -46,7 +46,8 @@ HTML_TOPIC_TAIL = "<img src=x onerror=window.__xss=1>"
 
 def _fleet(root: Path, broker_url: str) -> AgentFleet:
     models = synthetic_models(3)
-    by_id = {d: DeviceModels(m.main_onnx, m.seed_onnx, profile) for d, m, profile in zip(IDS, models.values(), PROFILES)}
+    by_id = {d: DeviceModels(m.main_onnx, m.seed_onnx, profile)
+             for d, m, profile in zip(IDS, models.values(), PROFILES, strict=True)}
     config = FleetConfig(FleetSection("lab", broker_url), DataSection((1, 8, 8), 10, "public", REFERENCE_SHA),
                          EnsembleSection(0.5, "probs"))
     settings = AgentSettings(lam=0.5, space="probs", probe_in_subprocess=False, digest_interval_s=0.5)
@@ -112,7 +113,8 @@ def test_the_page_shows_the_fleet_and_an_unlearn_live_in_chromium(tmp_path, mosq
                 rows = page.locator("#devices tbody tr")
                 expect(rows).to_have_count(3, timeout=WAIT_MS)
                 for d in IDS:
-                    expect(page.locator(f'#devices tr[data-device="{d}"]')).to_have_attribute("data-state", "online", timeout=WAIT_MS)
+                    row = page.locator(f'#devices tr[data-device="{d}"]')
+                    expect(row).to_have_attribute("data-state", "online", timeout=WAIT_MS)
                     expect(page.locator(f'#graph g.node[data-node="{d}"]')).to_have_count(1)
                 expect(page.locator("#graph line.edge")).to_have_count(3)
                 expect(page.locator("#graph line.edge.unseeded")).to_have_count(0, timeout=WAIT_MS)
@@ -134,7 +136,8 @@ def test_the_page_shows_the_fleet_and_an_unlearn_live_in_chromium(tmp_path, mosq
                 assert done.returncode == 0, done.stderr[-3000:]
                 outcome = json.loads(done.stdout)
                 assert outcome["complete"] and outcome["holders"] == ["dev-0", "dev-1"]
-                expect(page.locator('#devices tr[data-device="dev-2"]')).to_have_attribute("data-state", "forgotten", timeout=WAIT_MS)
+                dev_2 = page.locator('#devices tr[data-device="dev-2"]')
+                expect(dev_2).to_have_attribute("data-state", "forgotten", timeout=WAIT_MS)
                 expect(page.locator('#graph g.node[data-node="dev-2"]')).to_have_attribute("data-state", "forgotten")
                 request = page.locator(f'.request[data-request="{outcome["request_id"]}"]')
                 expect(request).to_have_attribute("data-complete", "true", timeout=WAIT_MS)

@@ -41,7 +41,8 @@ def fleet_messages(ids=IDS) -> list[BrokerMessage]:
     """What the broker retains for a running complete-graph fleet of ``ids``."""
     out = []
     for d in ids:
-        out.append(msg(T.hello(d), Hello(d, KEYS[d].public_key.raw, CERTS[d], "raspberry-pi-4", "resnet-8", "seed-cnn"), KEYS[d], d))
+        hello = Hello(d, KEYS[d].public_key.raw, CERTS[d], "raspberry-pi-4", "resnet-8", "seed-cnn")
+        out.append(msg(T.hello(d), hello, KEYS[d], d))
         others = tuple(j for j in ids if j != d)
         out.append(msg(T.membership(d), NeighborList(d, others, 5), KEYS[d], d))
         out.append(BrokerMessage(T.presence(d), b"online", 100.0))

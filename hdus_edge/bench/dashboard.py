@@ -58,7 +58,8 @@ def signed_fleet(n: int, seed: int = 0) -> tuple[SigningKey, dict[str, SigningKe
     for d in ids:
         cert = issue_certificate(admin, fleet=FLEET, device_id=d, public_key=keys[d].public_key, issued_at=1.0)
         others = tuple(j for j in ids if j != d)
-        retained[t.hello(d)] = codec.encode(Hello(d, keys[d].public_key.raw, cert, "generic-x86_64", "resnet-8", "seed-cnn"), keys[d], d)
+        hello = Hello(d, keys[d].public_key.raw, cert, "generic-x86_64", "resnet-8", "seed-cnn")
+        retained[t.hello(d)] = codec.encode(hello, keys[d], d)
         retained[t.membership(d)] = codec.encode(NeighborList(d, others, 1), keys[d], d)
         retained[t.presence(d)] = PRESENCE_ONLINE
         onnx = rng.bytes(SEED_BYTES)
@@ -153,7 +154,8 @@ def push_figures(n: int, broker_url: str, root: Path, flips: int = 6, seed: int 
             raise TimeoutError("the broker did not take the fleet's retained messages")
         dashboard = Dashboard(admin, host="127.0.0.1", port=0).start()
         client = _EventClient(dashboard.server.port)
-        _, seen = client.wait(lambda doc: len(doc["devices"]) == n and all(len(d["members"]) == n - 1 for d in doc["devices"]), 0, 300)
+        converged = lambda doc: len(doc["devices"]) == n and all(len(d["members"]) == n - 1 for d in doc["devices"])  # noqa: E731
+        _, seen = client.wait(converged, 0, 300)
         device = f"dev-{0:03d}"
         samples = []
         for k in range(flips):

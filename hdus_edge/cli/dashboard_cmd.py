@@ -17,7 +17,8 @@ from hdus_edge.cli.output import console, print_json
 def dashboard(
     admin_dir: AdminDirOpt,
     broker: BrokerOpt = "",
-    listen: Annotated[str, typer.Option(help="HOST:PORT to serve on (port 0: any free port). Loopback by default.")] = "127.0.0.1:8080",
+    listen: Annotated[str, typer.Option(
+        help="HOST:PORT to serve on (port 0: any free port). Loopback by default.")] = "127.0.0.1:8080",
     token: Annotated[str | None, typer.Option(
         help="Access token the page and API require (generated and printed when listening beyond loopback).")] = None,
     state_dir: Annotated[list[Path] | None, typer.Option(
@@ -49,8 +50,8 @@ def dashboard(
     previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         if json_out:
-            print_json({"url": service.url, "api": service.url.replace("/?", "/api/fleet.json?") if token else service.url + "api/fleet.json",
-                        "token": token, "fleet": service.fleet, "broker": service.mirror.url})
+            api = service.url.replace("/?", "/api/fleet.json?") if token else service.url + "api/fleet.json"
+            print_json({"url": service.url, "api": api, "token": token, "fleet": service.fleet, "broker": service.mirror.url})
         else:
             console.print(f"fleet {service.fleet}: dashboard on {service.url}  (Ctrl-C to stop)", markup=False, soft_wrap=True)
         stop.wait()

@@ -34,7 +34,6 @@ from hdus_edge.protocol import topics as kinds
 from hdus_edge.protocol.crypto import TrustStore, VerifyKey
 from hdus_edge.protocol.messages import (
     Hello,
-    NeighborList,
     Receipt,
     SeedEnvelope,
     TombstoneDigest,
@@ -280,7 +279,7 @@ def build_snapshot(
             continue
         try:
             # Checked against the admin's key alone: the outcome never depends on the trust held.
-            msg = memo.call("hello", (m.topic, m.payload), lambda: check(m))
+            msg = memo.call("hello", (m.topic, m.payload), lambda m=m: check(m))
             assert isinstance(msg, Hello)
             trust.certify(msg.certificate)
         except ProtocolError as exc:
@@ -296,7 +295,7 @@ def build_snapshot(
             continue
         try:
             recipient = topics.parse(m.topic).to if kind == kinds.SEED else None
-            msg = memo.call("verify", (m.topic, m.payload), lambda: check(m, recipient))
+            msg = memo.call("verify", (m.topic, m.payload), lambda m=m, to=recipient: check(m, to))
         except UnknownSenderError as exc:
             refuse(m, exc, parked)
             continue
@@ -318,7 +317,7 @@ def build_snapshot(
         orders[v.msg.request_id] = v.msg
     for v in verified[kinds.TOMBSTONES]:
         digest: TombstoneDigest = v.msg
-        accepted, bad = memo.call("digest", digest, lambda: codec.open_digest(digest, trust))
+        accepted, bad = memo.call("digest", digest, lambda d=digest: codec.open_digest(d, trust))
         for signed_order in accepted:
             order = signed_order.msg
             orders.setdefault(order.request_id, order)

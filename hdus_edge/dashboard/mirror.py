@@ -115,7 +115,7 @@ class BrokerMirror:
         with self._cond:
             while time.monotonic() < deadline and not self._stop.is_set():
                 seen = self._changes
-                self._cond.wait_for(lambda: self._changes != seen or self._stop.is_set(), QUIET_S)
+                self._cond.wait_for(lambda seen=seen: self._changes != seen or self._stop.is_set(), QUIET_S)
                 if self._changes == seen:
                     return
 
