@@ -297,3 +297,17 @@ def test_a_receipt_for_another_target_than_its_request_is_rejected():
     snap = snapshot(messages)
     [req] = snap.requests
     assert req.missing == ("dev-0",) and [r.topic for r in snap.rejected] == [T.receipt("r1", "dev-0")]
+
+
+def test_evidence_is_verified_once_while_its_content_stays_the_same(monkeypatch):
+    memo = VerifyMemo()
+    ev = _evidence()
+    first = build_snapshot(admin_view(evidence=(ev,)), fleet_messages(), now=200.0, memo=memo)
+    calls = []
+    real = codec.verify
+    monkeypatch.setattr(codec, "verify", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    again = build_snapshot(admin_view(evidence=(ev,)), fleet_messages(), now=200.0, memo=memo)
+    assert again == first and calls == []
+    changed = {**ev, "holders": ["dev-0", "dev-1"]}
+    later = build_snapshot(admin_view(evidence=(changed,)), fleet_messages(), now=200.0, memo=memo)
+    assert calls and later.requests[0].missing == ("dev-1",)

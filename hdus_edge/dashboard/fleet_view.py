@@ -22,6 +22,7 @@ What each field means:
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -173,7 +174,7 @@ class VerifyMemo:
     """
 
     def __init__(self) -> None:
-        self._tables: dict[str, dict[Any, Any]] = {"hello": {}, "verify": {}, "digest": {}}
+        self._tables: dict[str, dict[Any, Any]] = {"hello": {}, "verify": {}, "digest": {}, "evidence": {}}
         self._used: dict[str, dict[Any, Any]] = {name: {} for name in self._tables}
         self._trust_state: tuple[Any, ...] | None = None
 
@@ -324,7 +325,7 @@ def build_snapshot(
             applied_by[order.request_id].add(digest.device_id)
         for index, exc in bad:
             refuse(BrokerMessage(f"{v.topic} [order {index}]", b"", v.received_at), exc)
-    evidence = _read_evidence(admin, refuse)
+    evidence = _read_evidence(admin, refuse, memo)
     for rid, e in evidence.items():
         orders.setdefault(rid, e.order)
     forgotten_by: dict[str, UnlearnOrder] = {}
@@ -451,10 +452,13 @@ class _Evidence:
     file: str | None
 
 
-def _read_evidence(admin: AdminView, refuse: Callable[[BrokerMessage, Exception], None]) -> dict[str, _Evidence]:
-    """Evidence files by request id; every field shown comes from a signed message that verified."""
-    from hdus_edge.unlearn.request import verify_evidence
+def _read_evidence(admin: AdminView, refuse: Callable[[BrokerMessage, Exception], None],
+                   memo: VerifyMemo) -> dict[str, _Evidence]:
+    """Evidence files by request id; every field shown comes from a signed message that verified.
 
+    An evidence file carries its own certificates, so its outcome depends on its content alone: the
+    memo keeps it (keyed by the content) across snapshots and trust changes.
+    """
     out: dict[str, _Evidence] = {}
     for ev in admin.evidence:
         rid = ev.get("request_id") if isinstance(ev, Mapping) else None
@@ -462,28 +466,39 @@ def _read_evidence(admin: AdminView, refuse: Callable[[BrokerMessage, Exception]
             continue
         where = BrokerMessage(f"evidence {str(ev.get('file', rid))[-150:]}", b"", 0.0)
         try:
-            problems = verify_evidence(dict(ev), admin.admin_key, admin.fleet)
-            if any(p.startswith(("order", "the order")) for p in problems):
-                raise ProtocolError("; ".join(problems)[:_DETAIL_CHARS])
-            order = codec.decode(bytes.fromhex(ev["order"])).msg
-        except (ProtocolError, TypeError, ValueError, KeyError, AttributeError) as exc:
-            refuse(where, exc if isinstance(exc, ProtocolError) else ProtocolError(f"unreadable evidence: {exc}"))
-            continue
-        bad = {p.split("'")[1] for p in problems if p.startswith("receipt of '")}
-        receipts = []
-        for r in ev.get("receipts", []):
-            if not isinstance(r, Mapping) or r.get("device_id") in bad:
-                continue
-            try:
-                msg = codec.decode(bytes.fromhex(r["signed"])).msg
-            except (ProtocolError, TypeError, ValueError, KeyError):
-                continue
-            if isinstance(msg, Receipt) and msg.request_id == order.request_id and msg.target == order.target:
-                receipts.append(msg)
-        holders = ev.get("holders") if isinstance(ev.get("holders"), list) else []
-        out[rid] = _Evidence(order, tuple(sorted(h for h in holders if isinstance(h, str))), tuple(receipts),
-                             str(ev["file"]) if "file" in ev else None)
+            key = json.dumps(ev, sort_keys=True, default=str)
+            out[rid] = memo.call("evidence", key, lambda ev=ev: _open_evidence(ev, admin))
+        except ProtocolError as exc:
+            refuse(where, exc)
     return out
+
+
+def _open_evidence(ev: Mapping[str, Any], admin: AdminView) -> _Evidence:
+    from hdus_edge.unlearn.request import verify_evidence
+
+    try:
+        problems = verify_evidence(dict(ev), admin.admin_key, admin.fleet)
+        if any(p.startswith(("order", "the order")) for p in problems):
+            raise ProtocolError("; ".join(problems)[:_DETAIL_CHARS])
+        order = codec.decode(bytes.fromhex(ev["order"])).msg
+    except ProtocolError:
+        raise
+    except (HdusError, TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise ProtocolError(f"unreadable evidence: {exc}") from None
+    bad = {p.split("'")[1] for p in problems if p.startswith("receipt of '")}
+    receipts = []
+    for r in ev.get("receipts", []):
+        if not isinstance(r, Mapping) or r.get("device_id") in bad:
+            continue
+        try:
+            msg = codec.decode(bytes.fromhex(r["signed"])).msg
+        except (ProtocolError, TypeError, ValueError, KeyError):
+            continue
+        if isinstance(msg, Receipt) and msg.request_id == order.request_id and msg.target == order.target:
+            receipts.append(msg)
+    holders = ev.get("holders") if isinstance(ev.get("holders"), list) else []
+    return _Evidence(order, tuple(sorted(h for h in holders if isinstance(h, str))), tuple(receipts),
+                     str(ev["file"]) if "file" in ev else None)
 
 
 def _requests(
