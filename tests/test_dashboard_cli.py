@@ -49,6 +49,8 @@ def test_beyond_loopback_the_dashboard_makes_up_a_token_and_requires_it(tmp_path
         assert [(d["device_id"], d["registered"], d["announced"], d["online"]) for d in doc["devices"]] == [
             ("d1", True, False, None), ("d2", True, False, None), ("d3", True, False, None)]
         assert doc["broker"]["connected"] and doc["fleet"] == "kit"
+        maps = open(f"/proc/{proc.pid}/maps").read()
+        assert "libtorch" not in maps and "onnxruntime" not in maps, "the dashboard loaded torch or onnxruntime"
     finally:
         proc.terminate()
         assert proc.wait(15) == 0

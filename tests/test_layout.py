@@ -31,7 +31,7 @@ FORBIDDEN = {
     "learning": {"device", "admin", "unlearn", "transport"} | ABOVE_RUNTIME,
     "admin": {"learning", "device", "unlearn"} | ABOVE_RUNTIME,
     "unlearn": {"learning", "admin"} | ABOVE_RUNTIME,
-    "dashboard": {"learning", "lab"} | ABOVE_RUNTIME,
+    "dashboard": {"learning"} | ABOVE_RUNTIME,
     "lab": {"sim", "bench", "reliability", "cli"},
     "sim": {"bench", "reliability", "cli"},
     "bench": {"sim", "reliability", "cli"},
