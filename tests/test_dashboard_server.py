@@ -303,3 +303,13 @@ def test_an_idle_fleet_is_not_rendered_again_until_the_broker_or_the_disk_change
             time.sleep(0.01)
     finally:
         feed.stop()
+
+
+def test_the_dashboard_listens_on_ipv6_loopback_too(served):
+    _, _, server = served(host="::1")
+    assert server.url == f"http://[::1]:{server.port}/"
+    conn = http.client.HTTPConnection("::1", server.port, timeout=10)
+    conn.request("GET", "/api/fleet.json")
+    resp = conn.getresponse()
+    assert resp.status == 200 and json.loads(resp.read())["fleet"] == "lab"
+    conn.close()

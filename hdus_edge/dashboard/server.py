@@ -81,8 +81,9 @@ class DashboardServer:
         self.streams = threading.BoundedSemaphore(max_streams)
         self.pages = {path: (_static(name), ctype) for path, (name, ctype) in _STATIC.items()}
         handler = type("Handler", (_Handler,), {"dashboard": self})
+        server_class = _ThreadingHTTPServerV6 if ":" in host else ThreadingHTTPServer
         try:
-            self.httpd = ThreadingHTTPServer((host, port), handler)
+            self.httpd = server_class((host, port), handler)
         except OSError as exc:
             raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
                               hint="choose another --listen port") from None
@@ -111,6 +112,10 @@ class DashboardServer:
 
     def allowed(self, token: str | None) -> bool:
         return self.token is None or (token is not None and hmac.compare_digest(token.encode(), self.token.encode()))
+
+
+class _ThreadingHTTPServerV6(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
 
 
 class _Handler(BaseHTTPRequestHandler):
