@@ -205,13 +205,20 @@ def test_evidence_supplies_holders_and_tampered_evidence_receipts_do_not_count()
     assert req.receipts[0].sources == ("evidence",) and req.evidence_file == "/admin/evidence/r1.json"
 
 
-def test_agent_counters_are_shown_where_a_status_file_is_given():
-    status = {"device_id": "dev-0", "parked": 2, "updated_at": 1.0,
+def test_agent_counters_and_members_are_shown_where_a_status_file_is_given():
+    # dev-0's agent refused dev-2's seed (say, a wrong reference set): the broker still holds it.
+    status = {"device_id": "dev-0", "parked": 2, "updated_at": 1.0, "connected": True, "members": ["dev-1"],
               "counters": {"accepted": 2, "rejected": 3, "reasons": {"SignatureError": 3}}}
     snap = snapshot(fleet_messages(), agent_status={"dev-0": status})
     assert device(snap, "dev-0").agent["parked"] == 2 and device(snap, "dev-0").agent["rejected"] == 3
     assert snap.agent_reasons == {"dev-0": {"SignatureError": 3}}
     assert device(snap, "dev-1").agent is None
+    assert (device(snap, "dev-0").members, device(snap, "dev-0").members_source) == (("dev-1",), "agent")
+    assert (device(snap, "dev-1").members, device(snap, "dev-1").members_source) == (("dev-0", "dev-2"), "broker")
+    # A status file of an agent that is not running says nothing about the ensemble now.
+    offline = [m if m.topic != T.presence("dev-0") else BrokerMessage(m.topic, b"offline", 1.0) for m in fleet_messages()]
+    snap = snapshot(offline, agent_status={"dev-0": status})
+    assert device(snap, "dev-0").members_source == "broker"
 
 
 def test_the_json_caps_the_listed_rejections_but_counts_them_all():

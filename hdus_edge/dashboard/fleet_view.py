@@ -33,6 +33,7 @@ from hdus_edge.errors import HdusError, ProtocolError, UnknownSenderError
 from hdus_edge.protocol import codec
 from hdus_edge.protocol import topics as kinds
 from hdus_edge.protocol.crypto import TrustStore, VerifyKey
+from hdus_edge.protocol.fields import is_device_id
 from hdus_edge.protocol.messages import (
     Hello,
     Receipt,
@@ -93,6 +94,7 @@ class DeviceRow:
     seed_sha256: str | None
     neighbors: tuple[str, ...]
     members: tuple[str, ...]
+    members_source: str  # "agent": its running agent's status file says so; "broker": the seeds the broker holds for it
     last_seen: float | None
     agent: Mapping[str, Any] | None  # counters from the agent's status.json, where the admin can read it
 
@@ -381,6 +383,8 @@ def build_snapshot(
         order = forgotten_by.get(device)
         seed = own_seed.get(device)
         status = admin.agent_status.get(device)
+        members, members_source = _members(device, order is not None, inbox, forgotten_by, status,
+                                           presence.get(device, (None,))[0])
         devices.append(DeviceRow(
             device_id=device,
             profile=(hello.profile if hello else None) or (str(reg.get("profile")) if reg and reg.get("profile") else None),
@@ -395,7 +399,8 @@ def build_snapshot(
             seed_version=seed.version if seed else None,
             seed_sha256=seed.sha256 if seed else None,
             neighbors=neighbors.get(device, ()),
-            members=tuple(sorted(j for j in inbox.get(device, ()) if j not in forgotten_by)) if order is None else (),
+            members=members,
+            members_source=members_source,
             last_seen=last_seen.get(device),
             agent=_agent_counters(status),
         ))
@@ -418,6 +423,20 @@ def build_snapshot(
         agent_reasons=agent_reasons,
         problems=admin.problems,
     )
+
+
+def _members(device: str, forgotten: bool, inbox: Mapping[str, set[str]], forgotten_by: Mapping[str, UnlearnOrder],
+             status: Mapping[str, Any] | None, online: bool | None) -> tuple[tuple[str, ...], str]:
+    """Whose seeds ``device`` runs: its running agent's own word when the admin can read it, else what
+    the broker holds for it (a seed the agent refused, e.g. for a wrong reference set, is on the broker
+    but not in its ensemble)."""
+    if forgotten:
+        return (), "broker"
+    listed = status.get("members") if isinstance(status, Mapping) else None
+    if online and isinstance(status, Mapping) and status.get("connected") is True and isinstance(listed, list) \
+            and all(is_device_id(m) for m in listed):
+        return tuple(sorted(listed)), "agent"
+    return tuple(sorted(j for j in inbox.get(device, ()) if j not in forgotten_by)), "broker"
 
 
 def _author(msg: Any) -> str:

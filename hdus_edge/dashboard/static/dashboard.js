@@ -60,7 +60,8 @@
         el("td", {}, d.profile || "—", d.main_arch ? el("div", { class: "muted" }, d.main_arch + " + " + (d.seed_arch || "?")) : null),
         el("td", {}, d.epoch ?? "—"),
         el("td", { class: "own-seed" }, d.seed_version ? "v" + d.seed_version + " " : "—", d.seed_sha256 ? el("span", { class: "hash", title: d.seed_sha256 }, short(d.seed_sha256)) : null),
-        el("td", { class: "members" }, d.forgotten ? "—" : ["main", ...d.members].join(", ")),
+        el("td", { class: "members", title: d.members_source === "agent" ? "as its running agent reports" : "seeds the broker holds for it" },
+          d.forgotten ? "—" : ["main", ...d.members].join(", ")),
         el("td", {}, d.online && !d.forgotten ? "now (online)" : ago(d.last_seen, Date.now() / 1000)),
         el("td", { class: "muted" }, agent));
     });
