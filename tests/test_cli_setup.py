@@ -108,6 +108,7 @@ COMMANDS = [
     ["train"], ["distill"], ["export"], ["publish"], ["agent"], ["predict"], ["status"], ["members"],
     ["neighbors", "list"], ["neighbors", "add"], ["neighbors", "remove"], ["leave"], ["unlearn"], ["receipts"],
     ["inspect"], ["broker"], ["demo"], ["models", "list"], ["models", "show"], ["bench", "accuracy"],
+    ["dashboard"], ["bench", "dashboard"],
 ]
 
 

@@ -92,6 +92,15 @@ def test_parse_rejects_foreign_and_malformed_topics(topic):
         T.parse(topic)
 
 
+def test_presence_topics_parse_to_their_device_and_nothing_else_does():
+    assert T.parse_presence(T.presence("dev-1")) == "dev-1"
+    assert "hdus/v1/lab/devices/#" in T.observer_filters() and not any("seeds" in f for f in T.observer_filters())
+    assert T.seed_inbox("dev-1") == "hdus/v1/lab/seeds/dev-1/#"
+    for other in (T.hello("dev-1"), "hdus/v1/other/devices/a/presence", "hdus/v1/lab/devices/a/b/presence",
+                  "hdus/v1/lab/devices/admin/presence", "hdus/v1/lab/devices//presence"):
+        assert T.parse_presence(other) is None, other
+
+
 def test_parse_seed_topic_rejects_other_kinds():
     with pytest.raises(DecodeError, match="not a seed topic"):
         T.parse_seed_topic(T.hello("a"))

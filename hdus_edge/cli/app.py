@@ -76,6 +76,7 @@ def _register_lifecycle() -> None:
     # The device lifecycle, in the order a user meets it: set up, train, share, forget.
     from hdus_edge.cli import (
         broker_config_cmd,
+        dashboard_cmd,
         device_cmd,
         fleet_cmd,
         lifecycle_cmd,
@@ -103,6 +104,7 @@ def _register_lifecycle() -> None:
     app.command("receipts")(unlearn_cmd.receipts)
     app.command("revoke")(unlearn_cmd.revoke)
     app.command("readmit")(readmit_cmd.readmit)
+    app.command("dashboard")(dashboard_cmd.dashboard)
 
 
 _register()

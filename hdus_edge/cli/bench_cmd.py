@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 import typer
@@ -127,6 +129,46 @@ def unlearn(
     console.print(table)
     console.print(f"Retraining one device (resnet-8 main + seed, digits) measured {result['retrain_one_device_s']:.1f} s; "
                   "the fleet estimate multiplies it by the remaining devices.")
+
+
+@bench_app.command("dashboard")
+def dashboard(
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="Smaller fleets (under a minute).")] = False,
+) -> None:
+    """Fleet dashboard: render time by fleet size, and publish-to-page push latency on a real broker.
+
+    Example: hdus-edge bench dashboard --quick
+    """
+    from hdus_edge.bench.dashboard import run_dashboard_bench
+
+    render_sizes, push_sizes = ((3, 20, 50), (3, 20)) if quick else ((3, 20, 50, 100), (3, 20, 50))
+    with console.status("starting") if not json_out else _no_status() as status:
+        result = run_dashboard_bench(render_sizes, push_sizes,
+                                     (lambda what: status.update(f"measuring {what}")) if status else None)
+    if json_out:
+        print_json(result)
+        return
+    table = Table(title="Dashboard render (complete graph; every seed signed, ~30 KB)")
+    for col in ("devices", "retained messages", "first render", "re-render (memo)", "JSON pushed"):
+        table.add_column(col, justify="right")
+    for r in result["render"]:
+        table.add_row(str(r["devices"]), str(r["messages"]), f"{1e3 * r['first_render_s']:.0f} ms",
+                      f"{1e3 * r['rerender_s']:.0f} ms", f"{r['json_kib']:.0f} KiB")
+    console.print(table)
+    table = Table(title=f"Publish to page (server-sent events) on {result['broker']}; target {result['target_push_s']:.0f} s")
+    for col in ("devices", "presence flip p50", "presence flip max", "unlearn order", "within target"):
+        table.add_column(col, justify="right")
+    for r in result["push"]:
+        table.add_row(str(r["devices"]), f"{1e3 * r['presence_p50_s']:.0f} ms", f"{1e3 * r['presence_max_s']:.0f} ms",
+                      f"{1e3 * r['unlearn_s']:.0f} ms", "yes" if r["within_target"] else "NO")
+    console.print(table)
+    console.print(f"Finished in {result['seconds']:.0f} s.")
+
+
+@contextmanager
+def _no_status() -> Iterator[None]:
+    yield None
 
 
 @bench_app.command("reliability")

@@ -296,6 +296,7 @@ class DeviceAgent:
                                for t in self.store.tombstones()],
                 "pending_receipts": [r.request_id for r in self.store.pending_receipts()],
                 "forgotten": self._forgotten,
+                "parked": sum(len(v) for v in self._parked.values()),  # awaiting their sender's hello
                 "counters": {k: v for k, v in vars(self.counters).items() if k != "reasons"}
                 | {"reasons": dict(self.counters.reasons)},
                 "updated_at": time.time(),

@@ -154,6 +154,37 @@ class Topics:
         return [*self.fleet_state_filters(), f"{self.root}/tombstones/+", self.revocations(),
                 *(self.seed(device, j) for j in sorted(neighbors))]
 
+    def observer_filters(self) -> list[str]:
+        """What a read-only observer (the dashboard) subscribes to first: every kind but the seeds.
+
+        Seeds (one retained message per ordered pair of neighbours) come per recipient
+        (``seed_inbox``), one subscription at a time: a broker hands over every retained message
+        matching a new subscription at once and drops what its per-client queue cannot hold
+        (Mosquitto's ``max_queued_messages``, 1000 by default).
+        """
+        r = self.root
+        return [f"{r}/+", f"{r}/devices/#", f"{r}/membership/#", f"{r}/unlearn/#", f"{r}/leave/#", f"{r}/tombstones/#",
+                f"{r}/receipts/#"]
+
+    def seed_inbox(self, to: str) -> str:
+        """Every seed addressed to ``to`` (and anything else under it): ``seeds/<to>/#``."""
+        return f"{self.root}/seeds/{check_device_id(to, 'recipient')}/#"
+
+    def parse_presence(self, topic: str) -> str | None:
+        """The device id of a presence topic (``devices/<id>/presence``), None for any other topic.
+
+        Presence is the transport's plain ``online``/``offline`` (not a signed message), so it has no
+        kind in ``parse``.
+        """
+        prefix, suffix = f"{self.root}/devices/", "/presence"
+        if not (isinstance(topic, str) and topic.startswith(prefix) and topic.endswith(suffix)):
+            return None
+        device = topic[len(prefix) : -len(suffix)]
+        try:
+            return check_device_id(device)
+        except (TypeError, ValueError):
+            return None
+
     def receipts_filter(self, request_id: str) -> str:
         """The filter a requester subscribes to, to collect every receipt for ``request_id``."""
         return f"{self.root}/receipts/{check_request_id(request_id)}/+"
