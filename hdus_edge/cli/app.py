@@ -76,6 +76,7 @@ def _register_lifecycle() -> None:
         profiles_cmd,
         provision_cmd,
         unlearn_cmd,
+        verify_cmd,
     )
 
     app.add_typer(profiles_cmd.profiles_app, name="profiles")
@@ -93,6 +94,7 @@ def _register_lifecycle() -> None:
     app.command("leave")(unlearn_cmd.leave)
     app.command("unlearn")(unlearn_cmd.unlearn)
     app.command("receipts")(unlearn_cmd.receipts)
+    app.command("verify")(verify_cmd.verify)
 
 
 _register()
