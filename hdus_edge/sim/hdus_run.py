@@ -267,6 +267,9 @@ def run_hdus(
                     mia[t] |= {k: _mean_result(v) for k, v in rows.items()}
                     mia[t] |= {"members": len(attacks[t].members_y), "nonmembers": len(attacks[t].nonmembers_y),
                                "reference_models": MIA_REFERENCE_MODELS,
+                               # What there is to find: the main model's fit on members vs held-out.
+                               "target_train_accuracy": by_id[t].train_report.train_accuracy,
+                               "target_heldout_accuracy": main_acc[t]["local"],
                                "loss_attack_target_main": _loss_baseline(by_id[t], clients[t], mia_seed)}
     finally:
         meter.close()

@@ -187,7 +187,9 @@ def _mia_lines(mia: dict[str, Any]) -> list[str]:
             f"- Membership inference on {target} (calibrated attack: offline LiRA with {m.get('reference_models')} "
             f"reference models trained on the public reference set; members: its {m.get('members')} training "
             f"samples, non-members: its {m.get('nonmembers')} held-out samples; AUC [95% bootstrap CI]): "
-            f"its main model {_ci(m.get('target_main'))} (raw loss attack {_ci(m.get('loss_attack_target_main'))}), "
+            f"its main model {_ci(m.get('target_main'))} (raw loss attack {_ci(m.get('loss_attack_target_main'))}; "
+            f"it fits its training samples to {_pct(m.get('target_train_accuracy'))} and its held-out ones to "
+            f"{_pct(m.get('target_heldout_accuracy'))}), "
             f"its seed {_ci(m.get('target_seed'))}; former neighbours' ensembles (mean) before {_ci(m.get('before'))}, "
             f"after {_ci(m.get('after'))}, never-joined fleet {_ci(m.get('never_joined'))}.")
     return lines
