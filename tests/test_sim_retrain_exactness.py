@@ -68,7 +68,7 @@ def _run(tmp_path):
     with broker_for(SMALL) as url:
         return hdus_run.run_hdus(data=data, specs=device_specs(SMALL), graph=build_topology(SMALL),
                                  learning=learning_config(SMALL), broker_url=url, root=tmp_path, forget=SMALL.forget,
-                                 workers=1, name=f"leak-{tmp_path.name[-8:]}")
+                                 workers=1, name=f"leak-{tmp_path.name[-8:]}", membership_inference=False)
 
 
 @pytest.mark.parametrize("kind, part", [("seed-from-ensemble", "seed"), ("main-taught-by-neighbours", "main")])

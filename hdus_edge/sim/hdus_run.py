@@ -192,6 +192,7 @@ def run_hdus(
     mia_seed: int = 0,
     devices: Sequence[TrainedDevice] | None = None,
     forget_at_once: bool = False,
+    membership_inference: bool = True,
 ) -> HdusSim:
     """Train, export, run agents, forget ``forget``, and prove the result against a never-joined fleet.
 
@@ -200,6 +201,8 @@ def run_hdus(
     ``hdus_edge.sim.exactness`` for the two checks. ``devices``: already trained devices (in
     ``specs`` order) to use instead of training the first fleet (the never-joined one is always
     retrained). ``forget_at_once``: publish every order at the same moment.
+    ``membership_inference``: run the calibrated attack (trains reference models; studies that do
+    not report it switch it off).
     """
     times = HdusPhaseTimes()
     index = {s.device_id: k for k, s in enumerate(specs)}
@@ -214,21 +217,22 @@ def run_hdus(
     t0 = time.perf_counter()
     models = export_models(devices, data.input_shape, data.num_classes, data.reference_sha256)
     times.export = time.perf_counter() - t0
-    attacks = {t: _attack_for(t, by_id[t], clients[t], data, learning, mia_seed) for t in forget}
+    attacks = ({t: _attack_for(t, by_id[t], clients[t], data, learning, mia_seed) for t in forget}
+               if membership_inference else {})
     cfg = fleet_config(name, broker_url, data, learning)
     settings = AgentSettings(lam=learning.lam, space=learning.space, probe_in_subprocess=False, digest_interval_s=30.0)
     meter = TrafficMeter(broker_url, name).start()
     outcomes: list[UnlearnOutcome] = []
     mia: dict[str, Any] = {t: {"target_main": attacks[t].run(_torch_probs(by_id[t].main)).to_json(),
                                "target_seed": attacks[t].run(_torch_probs(by_id[t].seed_model)).to_json()}
-                           for t in forget}
+                           for t in attacks}
     try:
         with AgentFleet(root / "hdus", broker_url, cfg, models, graph, settings) as fleet:
             times.publish = fleet.start()
             fleet.wait_settled(60)
             before = evaluate_agents(fleet, data, index)
             holders = {t: [i for i in sorted(graph) if t in graph[i] and i not in forget] for t in forget}
-            mia_before = {t: {i: attacks[t].run(_agent_probs(fleet, i)) for i in holders[t]} for t in forget}
+            mia_before = {t: {i: attacks[t].run(_agent_probs(fleet, i)) for i in holders[t]} for t in attacks}
             if forget_at_once and len(forget) > 1:
                 t0 = time.perf_counter()
                 outcomes.extend(fleet.unlearn_together(list(forget)))
@@ -260,7 +264,7 @@ def run_hdus(
                 never.start()
                 never.wait_settled(60)
                 outputs = compare_outputs(fleet.predict, never.predict, remaining, data.test.x)
-                for t in forget:
+                for t in attacks:
                     rows = {"before": mia_before[t],
                             "after": {i: attacks[t].run(_agent_probs(fleet, i)) for i in holders[t]},
                             "never_joined": {i: attacks[t].run(_agent_probs(never, i)) for i in holders[t]}}

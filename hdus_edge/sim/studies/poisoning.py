@@ -114,7 +114,7 @@ def run_poisoning(cfg: PoisoningConfig, announce: Announce = quiet) -> dict[str,
     with tempfile.TemporaryDirectory(prefix="hdus-poison-") as tmp, broker_for(sim) as url:
         run = run_hdus(data=poisoned_data, specs=specs, graph=graph, learning=learning, broker_url=url,
                        root=Path(tmp), forget=(cfg.poisoned,), name=f"poison{cfg.seed}-{uuid.uuid4().hex[:8]}", mia_seed=cfg.seed,
-                       devices=poisoned_devices)
+                       devices=poisoned_devices, membership_inference=False)
     neighbours = sorted(i for i in graph if cfg.poisoned in graph[i])
     clean = _in_process(honest, graph, cfg.lam, data, ids)
     clean_fleet, bad_fleet = _fleet(honest, graph, cfg.lam), _fleet(poisoned_devices, graph, cfg.lam)
