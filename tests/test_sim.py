@@ -6,7 +6,6 @@ import json
 import pytest
 
 from hdus_edge.cli.app import run
-
 from hdus_edge.sim.config import SimConfig
 from hdus_edge.sim.runner import run_sim
 

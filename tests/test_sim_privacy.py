@@ -14,7 +14,12 @@ from hdus_edge.data import load_digits
 from hdus_edge.ensemble.combine import softmax
 from hdus_edge.learning.train import TrainConfig, predict_logits, torch_threads, train
 from hdus_edge.models import build_model
-from hdus_edge.sim.privacy import MembershipAttack, auc, auc_with_ci, train_reference_models
+from hdus_edge.sim.privacy import (
+    MembershipAttack,
+    auc,
+    auc_with_ci,
+    train_reference_models,
+)
 
 OVERFIT = TrainConfig(epochs=60, augment=False, seed=3)
 

@@ -15,12 +15,18 @@ import pytest
 import torch
 from torch import nn
 
-import hdus_edge.sim.hdus_run as hdus_run
 from hdus_edge.learning.distill import DistillConfig, distill
 from hdus_edge.learning.inprocess import InProcessFleet, train_devices
+from hdus_edge.sim import hdus_run
 from hdus_edge.sim.config import SimConfig
 from hdus_edge.sim.exactness import compare_fleets
-from hdus_edge.sim.runner import broker_for, build_data, build_topology, device_specs, learning_config
+from hdus_edge.sim.runner import (
+    broker_for,
+    build_data,
+    build_topology,
+    device_specs,
+    learning_config,
+)
 from hdus_edge.topology import complete
 
 SMALL = SimConfig(archs=("resnet-8", "resnet-8", "resnet-8"), train_epochs=1, distill_epochs=2, reference_size=200,

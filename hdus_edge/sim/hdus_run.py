@@ -29,8 +29,18 @@ from hdus_edge.learning.inprocess import (
 )
 from hdus_edge.learning.train import accuracy
 from hdus_edge.protocol.topics import Topics
-from hdus_edge.sim.exactness import EXACT_TOLERANCE, ModelsCheck, compare_models, compare_outputs
-from hdus_edge.sim.privacy import AttackResult, MembershipAttack, loss_attack, train_reference_models
+from hdus_edge.sim.exactness import (
+    EXACT_TOLERANCE,
+    ModelsCheck,
+    compare_models,
+    compare_outputs,
+)
+from hdus_edge.sim.privacy import (
+    AttackResult,
+    MembershipAttack,
+    loss_attack,
+    train_reference_models,
+)
 from hdus_edge.topology import Graph, without
 from hdus_edge.transport.mqtt import MqttTransport
 from hdus_edge.unlearn.request import UnlearnOutcome, verify_evidence

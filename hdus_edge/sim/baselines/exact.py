@@ -94,7 +94,7 @@ def retrained_check(after: Baseline, never_joined_devices: Sequence[TrainedDevic
     from hdus_edge.sim.baselines.local import LocallyTrained, LocalModels
 
     if not isinstance(after, LocallyTrained):
-        raise ValueError(f"{after.name} does not hold per-device main models; use exact_check")
+        raise TypeError(f"{after.name} does not hold per-device main models; use exact_check")
     reference = type(after)(local_models=LocalModels.from_fleet(never_joined_devices, 0.0))
     setup = after.setup
     reference.fit(setup.data, setup.device_ids, setup.archs, setup.graph, after.budget)
