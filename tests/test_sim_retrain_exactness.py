@@ -100,3 +100,39 @@ def test_a_planted_leak_is_reported_not_exact(tmp_path, monkeypatch, kind, part)
                                  complete(["dev-0", "dev-1"]), 0.5, "probs")
     same_models.exchange_seeds()
     assert compare_fleets(after, same_models, build_data(SMALL).test.x).exact
+
+
+@pytest.fixture(scope="module")
+def three_devices():
+    data, specs = build_data(SMALL), device_specs(SMALL)
+    return data, specs, train_devices(specs, {s.device_id: data.clients[k] for k, s in enumerate(specs)},
+                                      data.reference, learning_config(SMALL), workers=1)
+
+
+@pytest.mark.parametrize("method", ["isgd", "sisa-a"])
+def test_isgd_and_sisa_exactness_is_checked_against_retrained_mains(method, three_devices):
+    # Prepare: three devices trained once; forget dev-2; the "retrained" mains are copies of the same
+    # models, then one of them is perturbed (what a leak in training would leave).
+    from hdus_edge.sim.baselines import LocalModels, make_baseline, retrained_check
+
+    data, specs, devices = three_devices
+    run = make_baseline(method, local_models=LocalModels.from_fleet(devices, 0.0))
+    run.fit(data, SMALL.device_ids, tuple(s.main_arch for s in specs), build_topology(SMALL), _budget())
+    run.forget("dev-2")
+    retrained = [_fresh_copy_device(d) for d in devices if d.spec.device_id != "dev-2"]
+    # Execute / Assert: identical mains -> exact; one changed weight -> not exact.
+    assert retrained_check(run, retrained).exact
+    with torch.no_grad():
+        next(retrained[0].main.parameters()).add_(0.05)
+    check = retrained_check(run, retrained)
+    assert not check.exact and not check.weights_identical
+
+
+def _fresh_copy_device(device):
+    return replace(device, main=_fresh_copy(device.main))
+
+
+def _budget():
+    from hdus_edge.sim.baselines import BaselineBudget
+
+    return BaselineBudget(epochs=1, rounds=1, local_epochs=1, batch_size=16, lr=1e-2, seed=0)

@@ -1,6 +1,8 @@
 """HDUS in the simulator: train and distil (torch, worker processes), export to ONNX, then run every
-device as a real agent on a real broker, forget devices with signed orders, and check exactness
-against a fleet that never had them.
+device as a real agent on a real broker, forget devices with signed orders, and prove exactness
+against a fleet that never had them, trained from scratch and run as agents too
+(``hdus_edge.sim.exactness``); the calibrated membership attack (``hdus_edge.sim.privacy``) runs on
+the forgotten device's data before, after, and in that fleet.
 """
 
 from __future__ import annotations
