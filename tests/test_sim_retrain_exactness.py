@@ -29,8 +29,8 @@ from hdus_edge.sim.runner import (
 )
 from hdus_edge.topology import complete
 
-SMALL = SimConfig(archs=("resnet-8", "resnet-8", "resnet-8"), train_epochs=1, distill_epochs=2, reference_size=200,
-                  test_size=200, client_size=100, forget=("dev-2",), methods=(), workers=1)
+SMALL = SimConfig(archs=("resnet-8", "resnet-8", "resnet-8"), train_epochs=1, distill_epochs=2, reference_size=100,
+                  test_size=100, client_size=60, forget=("dev-2",), methods=(), workers=1)
 
 
 class _Mixture(nn.Module):

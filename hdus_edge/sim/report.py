@@ -184,7 +184,7 @@ def _mia_lines(mia: dict[str, Any]) -> list[str]:
     lines = []
     for target, m in mia.items():
         lines.append(
-            f"- Membership inference on {target} (calibrated attack: offline LiRA with {m.get('reference_models')} "
+            f"- Membership inference on {target} (calibrated attack: offline RMIA with {m.get('reference_models')} "
             f"reference models trained on the public reference set; members: its {m.get('members')} training "
             f"samples, non-members: its {m.get('nonmembers')} held-out samples; AUC [95% bootstrap CI]): "
             f"its main model {_ci(m.get('target_main'))} (raw loss attack {_ci(m.get('loss_attack_target_main'))}; "
