@@ -61,7 +61,7 @@ def _print_human(report: dict[str, Any]) -> None:
                       f"signed by {report['issuer']} at {when}: {report['reason']}", markup=False)
     table = Table(title="What each verified receipt attests")
     for col in ("device", "at (UTC)", "deleted seed sha256", "ensemble members after"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # an auditor compares whole hashes
     for r in report["receipts"]:
         table.add_row(r["device_id"], dt.datetime.fromtimestamp(r["at"], dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
                       r["removed_sha256"] or "held none", ", ".join(r["members_after"]) or "-")
