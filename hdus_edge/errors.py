@@ -215,5 +215,10 @@ class BrokerURLError(ConfigError):
     """A broker URL that does not parse (expected mqtt://host:port or mqtts://host:port)."""
 
 
+class EvidenceRejectedError(HdusError):
+    """A saved evidence file does not prove what it claims (a signature, a certificate, a receipt
+    for another request, or a missing holder); exit 1, the verdict of ``hdus-edge verify``."""
+
+
 class UnlearnIncompleteError(HdusError):
     """Some holders of the forgotten seed did not send a receipt in time."""

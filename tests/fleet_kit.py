@@ -44,13 +44,25 @@ class TrainedFleet:
 @functools.lru_cache(maxsize=1)
 def trained_models() -> TrainedFleet:
     """5 devices on digits, trained briefly, exported to ONNX (cached for the session)."""
+    return _train(IDS)
+
+
+@functools.lru_cache(maxsize=4)
+def retrained_without(*gone: str) -> TrainedFleet:
+    """The fleet in which ``gone`` never existed, trained from scratch: same data split, same
+    per-device seeds, the others' own data (cached). Exactness is proved against this, never against
+    the cached models of ``trained_models`` with a seed left out."""
+    return _train(tuple(i for i in IDS if i not in gone))
+
+
+def _train(ids: tuple[str, ...]) -> TrainedFleet:
     from hdus_edge.onnx.export import export_onnx
     from hdus_edge.onnx.metadata import Provenance
 
     data = split_fleet(load_digits(), len(IDS), scheme="missing-class", reference_size=300, test_size=300, seed=11)
-    specs = [DeviceSpec(i, a, seed=k) for k, (i, a) in enumerate(zip(IDS, ARCHS))]
-    clients = {i: data.clients[k] for k, i in enumerate(IDS)}
-    fleet = build_fleet(specs, clients, data.reference, complete(list(IDS)), LEARNING, workers=1)
+    specs = [DeviceSpec(i, a, seed=k) for k, (i, a) in enumerate(zip(IDS, ARCHS)) if i in ids]
+    clients = {i: data.clients[k] for k, i in enumerate(IDS) if i in ids}
+    fleet = build_fleet(specs, clients, data.reference, complete(list(ids)), LEARNING, workers=1)
     main, seed = {}, {}
     for i, d in fleet.devices.items():
         main[i] = export_onnx(d.main, Provenance(i, "main", d.spec.main_arch, 1, (1, 8, 8), 10, CREATED))
@@ -65,9 +77,10 @@ def fleet_config(name: str, broker: str, reference_sha256: str) -> FleetConfig:
                        EnsembleSection(LEARNING.lam, LEARNING.space))
 
 
-def provision(tmp: Path, broker: str, ids=IDS, neighbors=None, fleet_name: str = "t") -> tuple[AdminDir, dict[str, StateDir]]:
-    """An admin dir and one state dir per device with the cached models installed."""
-    tf = trained_models()
+def provision(tmp: Path, broker: str, ids=IDS, neighbors=None, fleet_name: str = "t",
+              models: TrainedFleet | None = None) -> tuple[AdminDir, dict[str, StateDir]]:
+    """An admin dir and one state dir per device with ``models`` (default: the cached fleet's) installed."""
+    tf = models or trained_models()
     admin = init_fleet(tmp / "admin", fleet_config(fleet_name, broker, tf.data.reference_sha256))
     states = {}
     for i in ids:

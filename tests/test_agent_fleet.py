@@ -1,7 +1,8 @@
 """Five real agents, each with its own state dir and MQTT connection, on amqtt and on Mosquitto.
 
-Seeds are exchanged, forgetting is exact and proved by receipts, offline devices catch up, and
-forged, replayed or misaddressed messages change nothing.
+Seeds are exchanged, forgetting is exact (proved against a fleet retrained from scratch without the
+device) and attested by receipts, offline devices catch up, and forged, replayed or misaddressed
+messages change nothing.
 """
 
 from __future__ import annotations
@@ -71,14 +72,23 @@ def test_unlearn_collects_receipts_and_equals_never_joined(fleet, tmp_path, mess
     assert verify_evidence(outcome.evidence(), admin.key().public_key, admin.fleet().fleet.name) == []
     remaining = [i for i in fk.IDS if i != "d2"]
     fk.wait_members(agents, fk.complete_members(remaining))
-    # A fleet that never had d2, on its own fleet name on the same broker.
-    _, never_states = fk.provision(tmp_path / "never", broker, ids=tuple(remaining), fleet_name="never")
+    # A fleet that never had d2, trained from scratch (same seeds, the others' own data), on its own
+    # fleet name on the same broker. (a) Its models are the very bytes the others hold.
+    retrained = fk.retrained_without("d2")
+    for i in remaining:
+        assert retrained.main_onnx[i] == fk.trained_models().main_onnx[i], i
+        assert retrained.seed_onnx[i] == fk.trained_models().seed_onnx[i], i
+    # (b) Its running agents' ensembles, once both fleets predict with settled fused graphs.
+    _, never_states = fk.provision(tmp_path / "never", broker, ids=tuple(remaining), fleet_name="never",
+                                   models=retrained)
     never = {i: fk.start_agent(never_states[i], broker) for i in remaining}
     try:
         fk.wait_members(never, fk.complete_members(remaining))
         for i in remaining:
+            assert agents[i].runtime.wait_fused(30) and never[i].runtime.wait_fused(30), i
             assert fk.max_diff(agents[i].predict(x), before[i]) > 1e-4  # d2's seed mattered
             assert fk.max_diff(agents[i].predict(x), never[i].predict(x)) <= 1e-6
+            assert np.array_equal(agents[i].predict(x).argmax(1), never[i].predict(x).argmax(1))
     finally:
         for a in never.values():
             a.stop()

@@ -2,8 +2,9 @@
 
 fleet init -> provision three devices (three profiles) -> broker -> train / distill / export on each
 device's own data -> publish -> three agents -> predict -> status -> device 2 leaves -> signed receipts
-from both others -> status shows the new ensemble -> predict still works, and equals main + the one
-seed left (the fleet in which device 2 never existed, as far as each device's ensemble goes).
+from both others -> status shows the new ensemble -> the fleet in which device 2 never existed is
+trained from scratch through the CLI: its models are bit-identical to the ones the others had, and
+their predictions equal its ensembles'.
 """
 
 from __future__ import annotations
@@ -56,6 +57,34 @@ def _write_pgm(path: Path, image: np.ndarray) -> None:
     path.write_bytes(f"P5\n{w} {h}\n16\n".encode() + np.round(image * 16).astype(np.uint8).tobytes())
 
 
+CREATED_AT = "2026-01-01T00:00:00Z"  # fixed, so a retrained device exports the very same bytes
+
+
+def _device_steps(tmp_path: Path, states: dict[str, Path], ids) -> dict[str, object]:
+    """train / distill / export on each device's own data, devices in parallel; their JSON reports."""
+    results: dict[str, object] = {}
+
+    def steps(i: str) -> None:
+        try:
+            results[i] = (
+                hd_json("train", "--state-dir", states[i], "--data", tmp_path / "data" / i, "--epochs", "6"),
+                hd_json("distill", "--state-dir", states[i], "--epochs", "8"),
+                hd_json("export", "--state-dir", states[i], "--created-at", CREATED_AT),
+            )
+        except BaseException as exc:  # re-raised in the test thread
+            results[i] = exc
+
+    threads = [threading.Thread(target=steps, args=(i,)) for i in ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    for i in ids:
+        if isinstance(results[i], BaseException):
+            raise results[i]  # type: ignore[misc]
+    return results
+
+
 def test_device_lifecycle_end_to_end_through_the_cli(tmp_path):
     started = time.monotonic()
     # --- data, as three device owners and a fleet admin would have it -----------------------------------
@@ -82,24 +111,7 @@ def test_device_lifecycle_end_to_end_through_the_cli(tmp_path):
         # --- each device trains on its own data, distils, exports (devices work in parallel) ------------
         results: dict[str, object] = {}
 
-        def device_steps(i: str) -> None:
-            try:
-                results[i] = (
-                    hd_json("train", "--state-dir", states[i], "--data", tmp_path / "data" / i, "--epochs", "6"),
-                    hd_json("distill", "--state-dir", states[i], "--epochs", "8"),
-                    hd_json("export", "--state-dir", states[i]),
-                )
-            except BaseException as exc:  # re-raised in the test thread
-                results[i] = exc
-
-        threads = [threading.Thread(target=device_steps, args=(i,)) for i in IDS]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(300)
-        for i in IDS:
-            if isinstance(results[i], BaseException):
-                raise results[i]  # type: ignore[misc]
+        results = _device_steps(tmp_path, states, IDS)
         archs = {i: results[i][0]["arch"] for i in IDS}  # type: ignore[index]
         assert archs == {"d1": "mobilenet-s", "d2": "mobilenet-m", "d3": "resnet-20"}
         assert all(results[i][2]["seed_version"] == 1 for i in IDS)  # type: ignore[index]
@@ -146,16 +158,32 @@ def test_device_lifecycle_end_to_end_through_the_cli(tmp_path):
         for r in receipts["receipts"]:
             assert r["removed_sha256"] == sha256_hex(d2_seed) and set(r["sources"]) == {"broker", "evidence"}
         assert {r["device_id"]: r["members_after"] for r in receipts["receipts"]} == {"d1": ["d3"], "d3": ["d1"]}
+        # --- the fleet in which d2 never existed, trained from scratch through the CLI ----------------------
+        # Its own admin and fleet; d1 and d3 train on their own data with the same seeds and settings.
+        never_admin, never_states = tmp_path / "never-admin", {i: tmp_path / f"never-{i}" for i in ("d1", "d3")}
+        hd_json("fleet", "init", "--admin-dir", never_admin, "--fleet", "e2e-never", "--broker", url,
+                "--reference", tmp_path / "public")
+        for i, rest in (("d1", "d3"), ("d3", "d1")):
+            hd("provision", "--admin-dir", never_admin, "--profile", PROFILES[i], "--device-id", i,
+               "--state-dir", never_states[i], "--neighbors", rest)
+        _device_steps(tmp_path, never_states, ("d1", "d3"))
+        # (a) every remaining model is bit-identical to the one it had (ONNX bytes, created_at fixed)
+        for i in ("d1", "d3"):
+            for name in ("main.onnx", "seed.onnx"):
+                assert (never_states[i] / "models" / name).read_bytes() == (states[i] / "models" / name).read_bytes(), (i, name)
         # --- the new ensembles ---------------------------------------------------------------------------------
         for i, rest in (("d1", "d3"), ("d3", "d1")):
             status = _wait_members(states[i], [rest])
             assert [u["target"] for u in status["unlearns"]["completed"]] == ["d2"]
             out = hd_json("predict", "--state-dir", states[i], tmp_path / "test.npy")
             assert out["members"] == [rest]
-            never = EnsembleRuntime((states[i] / "models" / "main.onnx").read_bytes(), 0.5, "probs", "sessions")
-            never.add_seed(rest, (states[rest] / "models" / "seed.onnx").read_bytes())
+            # The ensemble of the fleet in which d2 never existed, from the retrained files.
+            never = EnsembleRuntime((never_states[i] / "models" / "main.onnx").read_bytes(), 0.5, "probs", "sessions")
+            never.add_seed(rest, (never_states[rest] / "models" / "seed.onnx").read_bytes())
             got = np.array([p["probabilities"] for p in out["predictions"]])
-            np.testing.assert_allclose(got, never.predict(data.test.x), atol=2e-6)
+            expected = never.predict(data.test.x)
+            np.testing.assert_allclose(got, expected, atol=1e-6)  # predict rounds to 6 decimals
+            assert np.array_equal(got.argmax(1), expected.argmax(1))
             for path in (states[i] / "store").rglob("*"):
                 if path.is_file():
                     assert d2_seed not in path.read_bytes(), path

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from hdus_edge.cli.app import run
 from hdus_edge.sim.config import SimConfig
 from hdus_edge.sim.runner import run_sim
 
@@ -32,8 +33,11 @@ def test_small_simulation_reports_exact_hdus_and_forgetting_baselines(tmp_path, 
         assert {"acc_before", "acc_after", "forget_seconds", "exact"} <= set(method)
     assert {"max_abs_diff", "receipts", "mia_auc_before", "mia_auc_after", "mia_auc_never_joined"} <= set(parsed["hdus"])
     assert "settings" in parsed
-    # HDUS: exact against the never-joined fleet, every holder's signed receipt, evidence verifies.
+    # HDUS: exact against a never-joined fleet retrained from scratch: (a) every remaining model
+    # bit-identical, (b) running agents' outputs equal; every holder's signed receipt, evidence verifies.
     h = report["hdus"]
+    assert h["exact"] and h["exact_models"] and h["models_check"]["differing"] == []
+    assert set(h["models_check"]["devices"]) == {"dev-0", "dev-1", "dev-2", "dev-3"} - gone
     assert h["max_abs_diff"] <= 1e-6 and h["argmax_identical"]
     assert h["receipts_complete"] and len(h["receipts"]) == len(gone)
     for r in h["receipts"]:
@@ -44,13 +48,26 @@ def test_small_simulation_reports_exact_hdus_and_forgetting_baselines(tmp_path, 
         assert set(r["received"]) >= set(r["holders"])
     assert len(report["hdus"]["phase_seconds"]["forget"]) == (1 if cfg.forget_at_once else len(gone))
     assert h["evidence_problems"] == []
-    # After forgetting, the ensemble is the never-joined one, so the attack sees the same thing.
+    # The evidence files are in the out folder, and an auditor verifies them with the admin's key only.
+    assert len(h["evidence_files"]) == len(gone)
+    for name in h["evidence_files"]:
+        code, out = _verify(tmp_path / "report" / name, tmp_path / "report" / "evidence" / "admin.pub")
+        assert code == 0 and out["verified"] and out["complete"] and out["target"] in gone
+    # Membership inference for each forgotten device; after forgetting, the ensembles are the
+    # never-joined ones, so the attack sees the same thing.
+    for target in gone:
+        mia = h["mia"][target]
+        for key in ("target_main", "target_seed", "before", "after", "never_joined"):
+            assert mia[key]["ci_low"] <= mia[key]["auc"] <= mia[key]["ci_high"], key
+        assert mia["after"]["auc"] == pytest.approx(mia["never_joined"]["auc"], abs=1e-9)
     assert h["mia_auc_after"] == pytest.approx(h["mia_auc_never_joined"], abs=1e-9)
     # Baselines: the forgotten device is out everywhere; exact methods match a never-joined refit.
     for name, m in report["methods"].items():
         assert not gone & {d for d, v in m["per_device"].items() if v["after"] is not None}, name
         if name in ("isgd", "sisa-a", "dsgd", "fedunl-retrain"):
             assert m["exact"], name
+        # Every exact claim here was checked against a never-joined run (verify_baselines is on).
+        assert m["exact_basis"] == "retrained", name
     if "fedunl" in report["methods"]:
         assert report["methods"]["fedunl"]["exact"] is False
     assert report["methods"]["hdus"]["forget_epochs"] == 0
@@ -62,3 +79,13 @@ def test_small_simulation_reports_exact_hdus_and_forgetting_baselines(tmp_path, 
     assert versus["sisa-a"]["bytes_ratio"] > 1  # full main models cost more to ship than seeds
     assert versus["dsgd"]["forget_speedup"] > 1
     assert "## HDUS against each baseline" in (tmp_path / "report" / "report.md").read_text()
+
+
+def _verify(evidence, admin_pub):
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        code = run(["verify", str(evidence), "--admin-pub", str(admin_pub), "--json"])
+    return code, json.loads(buffer.getvalue())

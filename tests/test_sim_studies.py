@@ -115,6 +115,7 @@ def test_poisoning_study_measures_the_damage_and_forgetting_removes_it_exactly(e
     cfg = study_config("poisoning", quick=True, broker=embedded_broker)
     r = run_study("poisoning", cfg)
     f = r["forget"]
+    assert f["exact"] and f["exact_models"] and f["models_differing"] == []
     assert f["max_abs_diff_vs_never_joined"] <= 1e-6 and f["argmax_identical"]
     assert f["receipts"] >= f["holders"] == 3 and not f["evidence_problems"]
     assert r["settings"]["neighbours"] == ["dev-0", "dev-2", "dev-3"]

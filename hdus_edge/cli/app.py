@@ -85,6 +85,7 @@ def _register_lifecycle() -> None:
         provision_cmd,
         readmit_cmd,
         unlearn_cmd,
+        verify_cmd,
     )
 
     app.add_typer(profiles_cmd.profiles_app, name="profiles")
@@ -105,6 +106,7 @@ def _register_lifecycle() -> None:
     app.command("revoke")(unlearn_cmd.revoke)
     app.command("readmit")(readmit_cmd.readmit)
     app.command("dashboard")(dashboard_cmd.dashboard)
+    app.command("verify")(verify_cmd.verify)
 
 
 _register()

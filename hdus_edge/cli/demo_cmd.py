@@ -76,10 +76,14 @@ def demo_summary(report: dict[str, Any]) -> dict[str, Any]:
     return {
         "devices": devices,
         "unlearned": list(report["settings"]["forget"]),
-        "exact": bool(h["argmax_identical"] and h["max_abs_diff"] <= 1e-6),
+        # Both checks against a never-joined fleet retrained from scratch: bit-identical models and
+        # equal ensemble outputs of running agents.
+        "exact": bool(h["exact_models"] and h["argmax_identical"] and h["max_abs_diff"] <= 1e-6),
+        "exact_models": h["exact_models"],
         "max_abs_diff": h["max_abs_diff"],
         "receipts_complete": h["receipts_complete"],
-        "methods": {n: {k: m[k] for k in ("acc_before", "acc_after", "forget_seconds", "exact")}
+        "mia": h["mia"],
+        "methods": {n: {k: m.get(k) for k in ("acc_before", "acc_after", "forget_seconds", "exact", "exact_basis")}
                     for n, m in report["methods"].items()},
         "seconds": report["seconds"],
     }

@@ -90,6 +90,8 @@ def distill(
 def export(
     state_dir: StateDirOpt,
     json_out: JsonOpt = False,
+    created_at: Annotated[str | None, typer.Option(
+        help="Creation time written into the models' metadata (default: now); fix it for byte-reproducible exports.")] = None,
 ) -> None:
     """Export main and seed models to ONNX (models/main.onnx, models/seed.onnx) and bump the seed version.
 
@@ -98,7 +100,7 @@ def export(
     from hdus_edge.learning.steps import export_step
 
     state = open_state(state_dir)
-    report = export_step(state)
+    report = export_step(state, created_at=created_at)
     if json_out:
         print_json(report.to_json())
         return

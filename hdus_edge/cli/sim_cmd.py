@@ -104,8 +104,9 @@ def print_comparison(report: dict[str, Any]) -> None:
         table.add_row(*row)
     console.print(table)
     h = report["hdus"]
-    verdict = "[bold green]EXACT[/]" if h["argmax_identical"] and h["max_abs_diff"] <= 1e-6 else "[bold red]NOT EXACT[/]"
-    console.print(f"HDUS after forgetting vs never-joined fleet: max |diff| = {h['max_abs_diff']:.2e} -> {verdict}; "
+    verdict = "[bold green]EXACT[/]" if h["exact"] else "[bold red]NOT EXACT[/]"
+    console.print(f"HDUS after forgetting vs a never-joined fleet retrained from scratch: models bit-identical: "
+                  f"{h['exact_models']}; agents' outputs max |diff| = {h['max_abs_diff']:.2e} -> {verdict}; "
                   f"signed receipts complete: {h['receipts_complete']}; membership-inference AUC before / after / "
                   f"never-joined: {_f(h['mia_auc_before'])} / {_f(h['mia_auc_after'])} / {_f(h['mia_auc_never_joined'])}")
     versus = report.get("comparison") or {}

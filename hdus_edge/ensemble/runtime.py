@@ -104,6 +104,7 @@ class EnsembleRuntime:
         )
         self._build_lock = threading.Lock()  # one rebuild at a time; predict never takes it
         self._swap_lock = threading.Lock()
+        self._swapped = threading.Condition(self._swap_lock)  # notified on every swap: waiters need no polling
         # background_fuse: a membership change swaps in per-member sessions at once (milliseconds,
         # same outputs to 1e-6) and the fused graph follows on a background thread, debounced, so a
         # burst of changes costs one fuse and an unlearn is never waiting on graph building.
@@ -170,10 +171,8 @@ class EnsembleRuntime:
         """Block until the current member set runs as one fused graph (background_fuse); True if so."""
         if self.strategy != "fused":
             return False
-        deadline = time.monotonic() + timeout
-        while self._snapshot.fused is None and time.monotonic() < deadline:
-            time.sleep(0.005)
-        return self._snapshot.fused is not None
+        with self._swapped:
+            return self._swapped.wait_for(lambda: self._snapshot.fused is not None, timeout)
 
     def close(self) -> None:
         """Stop the background fuse thread (the runtime still predicts)."""
@@ -298,8 +297,9 @@ class EnsembleRuntime:
         return snap
 
     def _swap(self, snap: _Snapshot) -> None:
-        with self._swap_lock:
+        with self._swapped:
             self._snapshot = snap
+            self._swapped.notify_all()
 
 
 def _contract_of(main: onnx.ModelProto) -> ModelContract:

@@ -108,6 +108,20 @@ class AgentFleet:
         bad = {i: self.agents[i].members() for i in expected if self.agents[i].members() != expected[i]}
         raise TimeoutError(f"fleet did not converge in {timeout:g} s: {len(bad)} devices differ, e.g. {list(bad.items())[:2]}")
 
+    def wait_settled(self, timeout: float) -> None:
+        """Block until the fleet has converged and every agent predicts with the fused graph of its
+        current member set (agents fuse in the background after each change; until then they run
+        per-member sessions, equal only to 1e-6). Comparisons of outputs start from here."""
+        deadline = time.monotonic() + timeout
+        self.wait_converged(timeout)
+        for device_id, agent in sorted(self.agents.items()):
+            runtime = agent.runtime
+            # With no seeds the output is the main model's alone; no fuse is scheduled for that.
+            if runtime.strategy == "fused" and agent.members() and not runtime.wait_fused(max(0.0, deadline - time.monotonic())):
+                raise TimeoutError(f"{device_id}: no fused graph for members {agent.members()} after {timeout:g} s")
+        if self.expected_members() != {i: a.members() for i, a in self.agents.items()}:
+            raise TimeoutError("fleet membership changed while waiting for fused graphs")
+
     def unlearn(self, target: str, wait_s: float = 30.0) -> UnlearnOutcome:
         """The admin orders ``target`` forgotten; returns the collected receipts."""
         key = self.admin.key()

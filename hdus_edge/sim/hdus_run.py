@@ -1,6 +1,8 @@
 """HDUS in the simulator: train and distil (torch, worker processes), export to ONNX, then run every
-device as a real agent on a real broker, forget devices with signed orders, and check exactness
-against a fleet that never had them.
+device as a real agent on a real broker, forget devices with signed orders, and prove exactness
+against a fleet that never had them, trained from scratch and run as agents too
+(``hdus_edge.sim.exactness``); the calibrated membership attack (``hdus_edge.sim.privacy``) runs on
+the forgotten device's data before, after, and in that fleet.
 """
 
 from __future__ import annotations
@@ -29,6 +31,18 @@ from hdus_edge.learning.inprocess import (
 )
 from hdus_edge.learning.train import accuracy
 from hdus_edge.protocol.topics import Topics
+from hdus_edge.sim.exactness import (
+    EXACT_TOLERANCE,
+    ModelsCheck,
+    compare_models,
+    compare_outputs,
+)
+from hdus_edge.sim.privacy import (
+    AttackResult,
+    MembershipAttack,
+    loss_attack,
+    train_reference_models,
+)
 from hdus_edge.topology import Graph, without
 from hdus_edge.transport.mqtt import MqttTransport
 from hdus_edge.unlearn.request import UnlearnOutcome, verify_evidence
@@ -90,6 +104,7 @@ class HdusPhaseTimes:
     export: float = 0.0
     publish: float = 0.0
     forget: list[float] = field(default_factory=list)
+    never_joined: float = 0.0  # retraining and exporting the never-joined fleet
 
 
 def export_models(devices: Sequence[TrainedDevice], input_shape: tuple[int, int, int], classes: int,
@@ -136,7 +151,12 @@ def fleet_config(name: str, broker_url: str, data: FleetData, learning: Learning
 
 @dataclass
 class HdusSim:
-    """Everything the HDUS part of a simulation produced."""
+    """Everything the HDUS part of a simulation produced.
+
+    ``max_abs_diff`` / ``argmax_identical``: check (b), the running agents' ensembles after
+    forgetting against the agents of a never-joined fleet *retrained from scratch*;
+    ``models_check``: check (a), every remaining device's models against the retrained ones.
+    """
 
     devices: list[TrainedDevice]
     models: dict[str, DeviceModels]
@@ -151,6 +171,22 @@ class HdusSim:
     mia: dict[str, Any]
     unlearn_latency_s: list[float]
     main_acc: dict[str, dict[str, float]]
+    models_check: ModelsCheck = field(default_factory=lambda: ModelsCheck({}))
+    never_devices: list[TrainedDevice] = field(default_factory=list)
+    admin_public_key: str = ""  # hex: what an auditor needs to verify the evidence offline
+
+    @property
+    def exact_models(self) -> bool:
+        """Check (a): every remaining model bit-identical to its retrained twin."""
+        return self.models_check.identical
+
+    @property
+    def exact(self) -> bool:
+        """Both checks: bit-identical models and equal ensemble outputs (<= 1e-6, same argmax)."""
+        return self.exact_models and self.argmax_identical and self.max_abs_diff <= EXACT_TOLERANCE
+
+
+MIA_REFERENCE_MODELS = 4  # reference models per target: enough to calibrate, cheap on the reference set
 
 
 def run_hdus(
@@ -168,14 +204,18 @@ def run_hdus(
     mia_seed: int = 0,
     devices: Sequence[TrainedDevice] | None = None,
     forget_at_once: bool = False,
+    membership_inference: bool = True,
 ) -> HdusSim:
-    """Train, export, run agents, forget ``forget`` one after another, compare with never-joined.
+    """Train, export, run agents, forget ``forget``, and prove the result against a never-joined fleet.
 
-    ``devices``: already trained devices (in ``specs`` order) to use instead of training.
-    ``forget_at_once``: publish every order at the same moment instead of one after another.
+    The never-joined fleet is trained from scratch here (``train_devices`` on the remaining specs,
+    their own data, the same seeds), exported, and run as agents on the same broker; see
+    ``hdus_edge.sim.exactness`` for the two checks. ``devices``: already trained devices (in
+    ``specs`` order) to use instead of training the first fleet (the never-joined one is always
+    retrained). ``forget_at_once``: publish every order at the same moment.
+    ``membership_inference``: run the calibrated attack (trains reference models; studies that do
+    not report it switch it off).
     """
-    from hdus_edge.sim.privacy import loss_attack
-
     times = HdusPhaseTimes()
     index = {s.device_id: k for k, s in enumerate(specs)}
     clients = {s.device_id: data.clients[k] for k, s in enumerate(specs)}
@@ -184,21 +224,27 @@ def run_hdus(
         devices = train_devices(specs, clients, data.reference, learning, progress, workers)
         times.train_distill = time.perf_counter() - t0
     devices = list(devices)
+    by_id = {d.spec.device_id: d for d in devices}
     main_acc = {d.spec.device_id: _main_accuracy(d, clients[d.spec.device_id].test, data) for d in devices}
     t0 = time.perf_counter()
     models = export_models(devices, data.input_shape, data.num_classes, data.reference_sha256)
     times.export = time.perf_counter() - t0
+    attacks = ({t: _attack_for(t, by_id[t], clients[t], data, learning, mia_seed) for t in forget}
+               if membership_inference else {})
     cfg = fleet_config(name, broker_url, data, learning)
     settings = AgentSettings(lam=learning.lam, space=learning.space, probe_in_subprocess=False, digest_interval_s=30.0)
     meter = TrafficMeter(broker_url, name).start()
     outcomes: list[UnlearnOutcome] = []
+    mia: dict[str, Any] = {t: {"target_main": attacks[t].run(_torch_probs(by_id[t].main)).to_json(),
+                               "target_seed": attacks[t].run(_torch_probs(by_id[t].seed_model)).to_json()}
+                           for t in attacks}
     try:
         with AgentFleet(root / "hdus", broker_url, cfg, models, graph, settings) as fleet:
             times.publish = fleet.start()
+            fleet.wait_settled(60)
             before = evaluate_agents(fleet, data, index)
-            holders_before = {t: [i for i in graph if t in graph[i]] for t in forget}
-            probs_before = {t: {i: (probs(fleet, i, clients[t].train.x), probs(fleet, i, data.test.x))
-                                for i in holders_before[t]} for t in forget}
+            holders = {t: [i for i in sorted(graph) if t in graph[i] and i not in forget] for t in forget}
+            mia_before = {t: {i: attacks[t].run(_agent_probs(fleet, i)) for i in holders[t]} for t in attacks}
             if forget_at_once and len(forget) > 1:
                 t0 = time.perf_counter()
                 outcomes.extend(fleet.unlearn_together(list(forget)))
@@ -210,30 +256,46 @@ def run_hdus(
                     outcomes.append(fleet.unlearn(target))
                     fleet.wait_converged(60)
                     times.forget.append(time.perf_counter() - t0)
+            fleet.wait_settled(60)
             after = evaluate_agents(fleet, data, index)
             meter.settle(unlearn=len(outcomes), receipts=sum(len(o.receipts) for o in outcomes))
             traffic = meter.snapshot()
             remaining = sorted(fleet.agents)
+            t0 = time.perf_counter()
+            never_specs = [s for s in specs if s.device_id in remaining]
+            never_devices = train_devices(never_specs, {i: clients[i] for i in remaining}, data.reference, learning,
+                                          None, workers)
+            never_models = export_models(never_devices, data.input_shape, data.num_classes, data.reference_sha256)
+            times.never_joined = time.perf_counter() - t0
+            models_check = compare_models(by_id, {d.spec.device_id: d for d in never_devices}, models, never_models)
             never_graph = graph
             for target in forget:
                 never_graph = without(never_graph, target)
             never_cfg = fleet_config(f"{name}-never", broker_url, data, learning)
-            with AgentFleet(root / "never", broker_url, never_cfg, {i: models[i] for i in remaining}, never_graph,
-                            settings) as never:
+            with AgentFleet(root / "never", broker_url, never_cfg, never_models, never_graph, settings) as never:
                 never.start()
-                worst, same = 0.0, True
-                for i in remaining:
-                    a, b = fleet.predict(i, data.test.x), never.predict(i, data.test.x)
-                    worst = max(worst, float(np.abs(a - b).max()))
-                    same = same and bool(np.array_equal(a.argmax(1), b.argmax(1)))
-                mia = _mia(fleet, never, clients, data, forget, probs_before, loss_attack, mia_seed)
+                never.wait_settled(60)
+                outputs = compare_outputs(fleet.predict, never.predict, remaining, data.test.x)
+                for t in attacks:
+                    rows = {"before": mia_before[t],
+                            "after": {i: attacks[t].run(_agent_probs(fleet, i)) for i in holders[t]},
+                            "never_joined": {i: attacks[t].run(_agent_probs(never, i)) for i in holders[t]}}
+                    mia[t] |= {k: _mean_result(v) for k, v in rows.items()}
+                    mia[t] |= {"members": len(attacks[t].members_y), "nonmembers": len(attacks[t].nonmembers_y),
+                               "reference_models": MIA_REFERENCE_MODELS,
+                               # What there is to find: the main model's fit on members vs held-out.
+                               "target_train_accuracy": by_id[t].train_report.train_accuracy,
+                               "target_heldout_accuracy": main_acc[t]["local"],
+                               "loss_attack_target_main": _loss_baseline(by_id[t], clients[t], mia_seed)}
     finally:
         meter.close()
     admin_pub = fleet.admin.key().public_key
     problems = [p for o in outcomes for p in verify_evidence(o.evidence(), admin_pub, name)]
     latencies = [o.latency_s for o in outcomes if o.latency_s is not None]
-    return HdusSim(devices, models, before, after, outcomes, problems, worst, same, traffic, times, mia, latencies,
-                   main_acc)
+    if not models_check.identical:
+        logger.warning("not exact: models differ from the never-joined fleet's: %s", ", ".join(models_check.differing))
+    return HdusSim(devices, models, before, after, outcomes, problems, outputs.max_abs_diff, outputs.argmax_identical,
+                   traffic, times, mia, latencies, main_acc, models_check, never_devices, admin_pub.hex())
 
 
 def _main_accuracy(device: TrainedDevice, local: Any, data: FleetData) -> dict[str, float]:
@@ -244,25 +306,37 @@ def _main_accuracy(device: TrainedDevice, local: Any, data: FleetData) -> dict[s
             "global": accuracy(predict_logits(device.main, data.test.x), data.test.y)}
 
 
-def _mia(fleet, never, clients, data, forget, probs_before, loss_attack, seed) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    """Attack AUC on each forgotten device's training data, mean over its former neighbours."""
-    results: dict[str, Any] = {}
-    for target in forget:
-        members = clients[target].train
-        n = min(len(members), len(data.test))
-        nonmembers = data.test.subset(np.arange(n))
-        rows = {"before": [], "after": [], "never_joined": []}
-        for i, (p_member, p_test) in probs_before[target].items():
-            if i not in fleet.agents:
-                continue
-            rows["before"].append(loss_attack(p_member, members.y, p_test[:n], nonmembers.y, seed=seed))
-            rows["after"].append(loss_attack(probs(fleet, i, members.x), members.y, probs(fleet, i, nonmembers.x),
-                                             nonmembers.y, seed=seed))
-            rows["never_joined"].append(loss_attack(probs(never, i, members.x), members.y,
-                                                    probs(never, i, nonmembers.x), nonmembers.y, seed=seed))
-        results[target] = {
-            k: {"auc": float(np.mean([r.auc for r in v])), "ci_low": float(np.mean([r.ci_low for r in v])),
-                "ci_high": float(np.mean([r.ci_high for r in v])), "per_neighbour": [r.auc for r in v]}
-            for k, v in rows.items()
-        }
-    return results
+def _torch_probs(model: Any) -> Any:
+    from hdus_edge.ensemble.combine import softmax
+    from hdus_edge.learning.train import predict_logits
+
+    return lambda x: softmax(predict_logits(model, x))
+
+
+def _agent_probs(fleet: AgentFleet, device_id: str) -> Any:
+    return lambda x: probs(fleet, device_id, x)
+
+
+def _attack_for(target: str, device: TrainedDevice, client: Any, data: FleetData, learning: LearningConfig,
+                seed: int) -> MembershipAttack:
+    """The calibrated attack on ``target``: members its training split, non-members its own held-out
+    split; reference models of its main architecture, trained on the public reference set only."""
+    refs = train_reference_models(data.reference, device.spec.main_arch, learning.train, MIA_REFERENCE_MODELS,
+                                  seed=10_000 + 100 * seed)
+    return MembershipAttack.calibrate(refs, client.train.x, client.train.y, client.test.x, client.test.y, seed=seed)
+
+
+def _loss_baseline(device: TrainedDevice, client: Any, seed: int) -> dict[str, float]:
+    """The raw loss-threshold attack on the target's main model, to show what calibration adds."""
+    p = _torch_probs(device.main)
+    return loss_attack(p(client.train.x), client.train.y, p(client.test.x), client.test.y, seed=seed).to_json()
+
+
+def _mean_result(rows: dict[str, AttackResult]) -> dict[str, Any]:
+    """Mean AUC and CI bounds over former neighbours, and each neighbour's own figures."""
+    values = list(rows.values())
+    if not values:
+        return {"auc": None, "ci_low": None, "ci_high": None, "per_neighbour": {}}
+    return {"auc": float(np.mean([r.auc for r in values])), "ci_low": float(np.mean([r.ci_low for r in values])),
+            "ci_high": float(np.mean([r.ci_high for r in values])),
+            "per_neighbour": {i: r.to_json() for i, r in rows.items()}}

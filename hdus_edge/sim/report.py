@@ -33,6 +33,13 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _exact(method: dict[str, Any]) -> str:
+    """'yes (retrained)' only when a never-joined run was trained and compared; otherwise what is claimed."""
+    if not method["exact"]:
+        return "no"
+    return "yes (retrained)" if method.get("exact_basis") == "retrained" else "by construction"
+
+
 def ordered_methods(report: dict[str, Any]) -> list[str]:
     """Method names in the report's canonical order."""
     names = list(report["methods"])
@@ -47,7 +54,7 @@ def comparison_rows(report: dict[str, Any]) -> list[list[str]]:
         rows.append([
             name, _pct(m["acc_before"]), _pct(m["acc_after"]), _pct(m["acc_before_global"]), _pct(m["acc_after_global"]),
             _secs(m["forget_seconds"]), f"{m['forget_epochs']:g}", f"{m['train_bytes'] / 2**20:.2f}",
-            "yes" if m["exact"] else "no",
+            _exact(m),
         ])
     return rows
 
@@ -113,13 +120,14 @@ def render_markdown(report: dict[str, Any], plots: dict[str, str]) -> str:
         *_versus(report.get("comparison") or {}),
         "## HDUS: exactness and evidence",
         "",
-        f"- Ensemble outputs after forgetting vs a fleet that never had the device(s): max |diff| = "
-        f"{h['max_abs_diff']:.2e}, identical predictions: {h['argmax_identical']}.",
+        f"- Exact: {'yes' if h.get('exact') else 'NO'}, against a fleet that never had the device(s), trained from "
+        f"scratch (same seeds, same data for the others): (a) remaining models bit-identical (weights and ONNX "
+        f"bytes): {h.get('exact_models')}{_differing(h)}; (b) running agents' ensembles after the fused graphs "
+        f"settled: max |diff| = {h['max_abs_diff']:.2e}, identical predictions: {h['argmax_identical']}.",
         f"- Signed receipts complete: {h['receipts_complete']} ({_receipt_counts(h['receipts'])}); "
-        f"evidence verified offline: {'yes' if not h['evidence_problems'] else h['evidence_problems']}.",
-        f"- Membership inference (loss-threshold AUC on the forgotten device's training data vs held-out data, "
-        f"mean over former neighbours): before {_f(h['mia_auc_before'])}, after {_f(h['mia_auc_after'])}, "
-        f"never-joined fleet {_f(h['mia_auc_never_joined'])}.",
+        f"evidence verified offline: {'yes' if not h['evidence_problems'] else h['evidence_problems']}"
+        f"{_evidence_files(h)}.",
+        *_mia_lines(h.get("mia") or {}),
         f"- Broker traffic: {_traffic(h['traffic'])}.",
         f"- Phases: train + distill {h['phase_seconds']['train_distill']:.1f} s, export "
         f"{h['phase_seconds']['export']:.1f} s, seeds to every neighbour {h['phase_seconds']['publish']:.2f} s.",
@@ -156,8 +164,35 @@ def _receipt_counts(receipts: list[dict[str, Any]]) -> str:
     return ", ".join(f"{r['target']}: {len(r['received'])}/{len(r['holders'])} holders" for r in receipts)
 
 
-def _f(v: Any) -> str:
-    return "-" if v is None else f"{v:.3f}"
+def _differing(h: dict[str, Any]) -> str:
+    diff = (h.get("models_check") or {}).get("differing") or []
+    return f" (differ: {', '.join(diff)})" if diff else ""
+
+
+def _evidence_files(h: dict[str, Any]) -> str:
+    files = h.get("evidence_files") or []
+    return f"; files: {', '.join(files)} (check with `hdus-edge verify FILE --admin-pub evidence/admin.pub`)" if files else ""
+
+
+def _ci(r: dict[str, Any] | None) -> str:
+    if not r or r.get("auc") is None:
+        return "-"
+    return f"{r['auc']:.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+
+
+def _mia_lines(mia: dict[str, Any]) -> list[str]:
+    lines = []
+    for target, m in mia.items():
+        lines.append(
+            f"- Membership inference on {target} (calibrated attack: offline RMIA with {m.get('reference_models')} "
+            f"reference models trained on the public reference set; members: its {m.get('members')} training "
+            f"samples, non-members: its {m.get('nonmembers')} held-out samples; AUC [95% bootstrap CI]): "
+            f"its main model {_ci(m.get('target_main'))} (raw loss attack {_ci(m.get('loss_attack_target_main'))}; "
+            f"it fits its training samples to {_pct(m.get('target_train_accuracy'))} and its held-out ones to "
+            f"{_pct(m.get('target_heldout_accuracy'))}), "
+            f"its seed {_ci(m.get('target_seed'))}; former neighbours' ensembles (mean) before {_ci(m.get('before'))}, "
+            f"after {_ci(m.get('after'))}, never-joined fleet {_ci(m.get('never_joined'))}.")
+    return lines
 
 
 def _traffic(t: dict[str, Any]) -> str:

@@ -3,7 +3,8 @@
 Thin over ``hdus_edge.unlearn.request``: these pick the signer, the broker and the epoch from a state dir
 or an admin dir, refuse targets the fleet never provisioned, and keep every request's evidence as
 ``<dir>/evidence/<request_id>.json``. ``receipts_report`` merges the receipts the broker still holds
-(verified against the fleet admin's key) with those in saved evidence (verified offline).
+(verified against the fleet admin's key) with those in saved evidence (verified offline);
+``audit_evidence`` is what ``hdus-edge verify`` shows an auditor holding only the admin's public key.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from hdus_edge.transport.mqtt import TlsFiles
 from hdus_edge.transport.url import BrokerURL
 from hdus_edge.unlearn.request import (
     UnlearnOutcome,
+    check_evidence,
     collect_receipts,
+    read_evidence,
     request_unlearn,
     save_evidence,
     verify_evidence,
@@ -165,3 +168,35 @@ def _find_evidence(source: ReceiptSource, request_id: str) -> tuple[dict[str, An
                 raise StateDirError(f"evidence {path} is corrupt: not an object")
             return data, path
     return None, None
+
+
+def audit_evidence(path: Path, admin_key: VerifyKey, fleet: str | None = None) -> dict[str, Any]:
+    """What a saved evidence file proves, offline, trusting only the fleet admin's public key.
+
+    Every field reported comes from signed content that verified (the order, and each receipt:
+    who, when, which seed hash it deleted, its ensemble's members after); summary fields of the file
+    are only compared with it. ``verified``: no problem; ``complete``: every holder the requester
+    listed sent a verified receipt (the holder list is the requester's view, not signed by devices).
+    """
+    evidence = read_evidence(path)
+    check = check_evidence(evidence, admin_key, fleet)
+    order = check.order
+    holders = [h for h in evidence.get("holders", []) if isinstance(h, str)]
+    got = {r.device_id for r in check.receipts}
+    return {
+        "file": str(path),
+        "fleet": fleet or evidence.get("fleet"),
+        "verified": check.verified,
+        "complete": check.verified and all(h in got for h in holders),
+        "request_id": order.request_id if order else None,
+        "target": order.target if order else None,
+        "issuer": order.issuer if order else None,
+        "issued_at": order.issued_at if order else None,
+        "reason": order.reason if order else None,
+        "holders": holders,
+        "missing": [h for h in holders if h not in got],
+        "receipts": [{"device_id": r.device_id, "at": r.at, "removed_sha256": r.removed_sha256,
+                      "held": r.removed_sha256 is not None, "members_after": list(r.members_after)}
+                     for r in check.receipts],
+        "problems": check.problems,
+    }

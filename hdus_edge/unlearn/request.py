@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hdus_edge.errors import HdusError, StateDirError, UnknownSenderError
+from hdus_edge.errors import ConfigError, HdusError, UnknownSenderError
 from hdus_edge.files import write_json
 from hdus_edge.protocol import codec
 from hdus_edge.protocol import topics as topic_kinds
@@ -71,6 +71,7 @@ class UnlearnOutcome:
     certificates: tuple[DeviceCertificate, ...]
     seconds: float
     published_mono: float = 0.0  # time.monotonic() when the order was handed to the broker
+    fleet: str = ""  # the fleet's name: certificates are issued per fleet
 
     @property
     def latency_s(self) -> float | None:
@@ -95,6 +96,7 @@ class UnlearnOutcome:
         signers = {r.receipt.device_id for r in self.receipts} | {self.order.issuer}
         return {
             "format": EVIDENCE_FORMAT,
+            "fleet": self.fleet,
             "request_id": self.order.request_id,
             "target": self.order.target,
             "issuer": self.order.issuer,
@@ -234,7 +236,7 @@ def request_unlearn(
             certs = tuple(trust.certificates())
     finally:
         transport.close()
-    return UnlearnOutcome(order, raw, holders, receipts, certs, time.monotonic() - start, sent_at)
+    return UnlearnOutcome(order, raw, holders, receipts, certs, time.monotonic() - start, sent_at, fleet)
 
 
 def collect_receipts(
@@ -262,40 +264,87 @@ def save_evidence(outcome: UnlearnOutcome, path: Path) -> Path:
     return path
 
 
-def verify_evidence(evidence: dict[str, Any] | Path, admin_key: VerifyKey, fleet: str) -> list[str]:
+def read_evidence(path: Path) -> dict[str, Any]:
+    """An evidence file's JSON object; ``ConfigError`` (exit 2) when it cannot be read as one."""
+    try:
+        evidence = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot read evidence {path}: {exc}") from None
+    if not isinstance(evidence, dict):
+        raise ConfigError(f"evidence {path} is not a JSON object")
+    return evidence
+
+
+def verify_evidence(evidence: dict[str, Any] | Path, admin_key: VerifyKey, fleet: str | None = None) -> list[str]:
     """Check an evidence file offline; return the problems found (empty when it all verifies).
 
-    Verifies the order (signed by the admin or the target itself) and every receipt (signed by a
-    device whose certificate the admin signed, answering this request about this target).
+    Verifies the order (signed by the admin or the target itself, and the summary fields equal to
+    the signed ones) and every receipt: signed by a device whose certificate the fleet admin signed,
+    answering this request about this target, one per device, and its summary equal to what was
+    signed. ``fleet`` defaults to the evidence's own ``fleet`` field (certificates name their fleet,
+    so a changed field fails them). Only the admin's public key is trusted; everything else in the
+    file is checked against it.
     """
+    return check_evidence(evidence, admin_key, fleet).problems
+
+
+@dataclass(frozen=True)
+class EvidenceCheck:
+    """What an evidence file proves: the verified order and receipts (signed content only), and
+    every problem found; ``verified`` when there is none."""
+
+    order: UnlearnOrder | None
+    receipts: tuple[Receipt, ...]
+    problems: list[str]
+
+    @property
+    def verified(self) -> bool:
+        return self.order is not None and not self.problems
+
+
+def check_evidence(evidence: dict[str, Any] | Path, admin_key: VerifyKey, fleet: str | None = None) -> EvidenceCheck:
+    """``verify_evidence`` with the verified order and receipts kept (see there for the checks)."""
     if isinstance(evidence, Path):
-        try:
-            evidence = json.loads(evidence.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise StateDirError(f"cannot read evidence {evidence}: {exc}") from None
-    assert isinstance(evidence, dict)
+        evidence = read_evidence(evidence)
     problems: list[str] = []
+    fleet = fleet or evidence.get("fleet")
+    if not isinstance(fleet, str) or not fleet:
+        return EvidenceCheck(None, (), ["the evidence names no fleet (pass the fleet's name)"])
     trust = TrustStore(fleet, admin_key)
     for cert in evidence.get("certificates", []):
         try:
             trust.certify(DeviceCertificate.from_dict(cert))
-        except HdusError as exc:
-            problems.append(f"certificate of {cert.get('device_id')!r}: {exc.message}")
+        except (HdusError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            who = cert.get("device_id") if isinstance(cert, dict) else None
+            problems.append(f"certificate of {who!r}: {getattr(exc, 'message', exc)}")
     try:
         order = codec.verify(codec.decode(bytes.fromhex(evidence["order"])), trust)
         if not isinstance(order, UnlearnOrder) or order.request_id != evidence["request_id"]:
             problems.append("the order is not this request's unlearn order")
-    except (HdusError, KeyError, ValueError) as exc:
+            return EvidenceCheck(None, (), problems)
+    except (HdusError, KeyError, TypeError, ValueError) as exc:
         problems.append(f"order: {getattr(exc, 'message', exc)}")
-        return problems
+        return EvidenceCheck(None, (), problems)
+    for key, value in (("target", order.target), ("issuer", order.issuer), ("reason", order.reason),
+                       ("issued_at", order.issued_at)):
+        if evidence.get(key) != value:
+            problems.append(f"order: the summary's {key} differs from the signed order")
+    good: dict[str, Receipt] = {}
     for rec in evidence.get("receipts", []):
+        who = rec.get("device_id") if isinstance(rec, dict) else None
         try:
             msg = codec.verify(codec.decode(bytes.fromhex(rec["signed"])), trust)
-        except (HdusError, KeyError, ValueError) as exc:
-            problems.append(f"receipt of {rec.get('device_id')!r}: {getattr(exc, 'message', exc)}")
+        except (HdusError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            problems.append(f"receipt of {who!r}: {getattr(exc, 'message', exc)}")
             continue
         if not isinstance(msg, Receipt) or msg.request_id != order.request_id or msg.target != order.target:
-            problems.append(f"receipt of {rec.get('device_id')!r} answers another request")
-        elif msg.device_id != rec.get("device_id") or msg.removed_sha256 != rec.get("removed_sha256"):
-            problems.append(f"receipt of {rec.get('device_id')!r}: the summary differs from the signed receipt")
-    return problems
+            problems.append(f"receipt of {who!r} answers another request")
+        elif msg.device_id in good:
+            problems.append(f"receipt of {who!r}: a second receipt from the same device")
+        elif (msg.device_id != who or msg.removed_sha256 != rec.get("removed_sha256")
+              or list(msg.members_after) != rec.get("members_after") or msg.at != rec.get("at")
+              or rec.get("held") != (msg.removed_sha256 is not None)):
+            problems.append(f"receipt of {who!r}: the summary differs from the signed receipt")
+        else:
+            good[msg.device_id] = msg
+    return EvidenceCheck(order, tuple(good[d] for d in sorted(good)), problems)

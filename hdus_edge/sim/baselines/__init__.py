@@ -38,6 +38,7 @@ from hdus_edge.sim.baselines.exact import (
     compare_runs,
     exact_check,
     never_joined,
+    retrained_check,
 )
 from hdus_edge.sim.baselines.fedunl import FedUnl, FedUnlRetrain
 from hdus_edge.sim.baselines.isgd import ISGD
@@ -81,5 +82,6 @@ __all__ = [
     "message_bytes",
     "mixing_weights",
     "never_joined",
+    "retrained_check",
     "train_local_models",
 ]

@@ -10,11 +10,13 @@ measures how far the approximate method lands from the exact answer.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from hdus_edge.learning.inprocess import TrainedDevice
 from hdus_edge.sim.baselines.base import Baseline, BaselineProgress
 from hdus_edge.sim.exactness import EXACT_TOLERANCE
 
@@ -83,3 +85,17 @@ def _compare_states(
             if t.numel():
                 worst = max(worst, float((t.double() - u.double()).abs().max()))
     return identical, worst
+
+
+def retrained_check(after: Baseline, never_joined_devices: Sequence[TrainedDevice], x: np.ndarray | None = None) -> ExactCheck:
+    """ISGD or SISA-A after forgetting against the same method built from main models that were
+    trained from scratch without the forgotten devices (the HDUS never-joined fleet's, which are
+    these methods' models by definition), fitted on ``after``'s current fleet, and compared."""
+    from hdus_edge.sim.baselines.local import LocallyTrained, LocalModels
+
+    if not isinstance(after, LocallyTrained):
+        raise TypeError(f"{after.name} does not hold per-device main models; use exact_check")
+    reference = type(after)(local_models=LocalModels.from_fleet(never_joined_devices, 0.0))
+    setup = after.setup
+    reference.fit(setup.data, setup.device_ids, setup.archs, setup.graph, after.budget)
+    return compare_runs(after, reference, x)

@@ -6,8 +6,9 @@ device. The poisoned fleet runs as real agents on a real broker; the admin then 
 poisoned device with a signed order, and the fleet is compared with one that never had it. Because
 every honest device's main model and seed are bit-identical in both runs, the only difference a
 neighbour sees is the poisoned seed, and forgetting removes exactly that (HDUS keeps no state that
-mixes neighbours). What forgetting cannot give back is the honest contribution the device would
-have made: that is the gap between "clean" and "after".
+mixes neighbours); ``run_hdus`` proves it by retraining the honest devices from scratch without the
+poisoned one and comparing models and agents' outputs. What forgetting cannot give back is the
+honest contribution the device would have made: that is the gap between "clean" and "after".
 
 The attack flips every training label y to C - 1 - y ("reverse"), or to (y + 1) mod C ("shift").
 The combine weight of one seed is lam / K for K seeds, so the damage shrinks with the number of
@@ -114,7 +115,7 @@ def run_poisoning(cfg: PoisoningConfig, announce: Announce = quiet) -> dict[str,
     with tempfile.TemporaryDirectory(prefix="hdus-poison-") as tmp, broker_for(sim) as url:
         run = run_hdus(data=poisoned_data, specs=specs, graph=graph, learning=learning, broker_url=url,
                        root=Path(tmp), forget=(cfg.poisoned,), name=f"poison{cfg.seed}-{uuid.uuid4().hex[:8]}", mia_seed=cfg.seed,
-                       devices=poisoned_devices)
+                       devices=poisoned_devices, membership_inference=False)
     neighbours = sorted(i for i in graph if cfg.poisoned in graph[i])
     clean = _in_process(honest, graph, cfg.lam, data, ids)
     clean_fleet, bad_fleet = _fleet(honest, graph, cfg.lam), _fleet(poisoned_devices, graph, cfg.lam)
@@ -151,7 +152,9 @@ def run_poisoning(cfg: PoisoningConfig, announce: Announce = quiet) -> dict[str,
         "residual_global": summary["clean"]["global"] - summary["after_forget"]["global"],
         "attack_success": {"clean": mean([r["attack_success_clean"] for r in rows.values()]),
                            "poisoned": mean([r["attack_success_poisoned"] for r in rows.values()])},
-        "forget": {"max_abs_diff_vs_never_joined": run.max_abs_diff, "argmax_identical": run.argmax_identical,
+        # Against the honest devices retrained from scratch without the poisoned one (run_hdus).
+        "forget": {"exact": run.exact, "exact_models": run.exact_models, "models_differing": run.models_check.differing,
+                   "max_abs_diff_vs_never_joined": run.max_abs_diff, "argmax_identical": run.argmax_identical,
                    "receipts": sum(len(o.receipts) for o in run.outcomes),
                    "holders": sum(len(o.holders) for o in run.outcomes),
                    "latency_s": run.unlearn_latency_s, "evidence_problems": run.evidence_problems},

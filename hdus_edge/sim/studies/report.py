@@ -126,7 +126,9 @@ def _poisoning(s: dict[str, Any]) -> list[str]:
         "",
         f"Change from the poisoned seed: {_pts(-s['drop_local'])} local, {_pts(-s['drop_global'])} global. Forgetting "
         f"it: {_pts(s['recovered_global'])} global; the rest of the way back to the honest fleet "
-        f"({_pts(s['residual_global'])}) is the honest contribution the device would have made. Forgetting was exact: max |diff| vs a never-joined fleet "
+        f"({_pts(s['residual_global'])}) is the honest contribution the device would have made. Forgetting exact: "
+        f"{'yes' if f.get('exact', True) else 'NO'} against the honest devices retrained from scratch without it "
+        f"(models bit-identical: {f.get('exact_models')}); agents' max |diff| "
         f"{f['max_abs_diff_vs_never_joined']:.1e}, identical predictions {f['argmax_identical']}; receipts "
         f"{f['receipts']}/{f['holders']}.",
         "",
