@@ -113,6 +113,29 @@ class AgentCounters:
     reasons: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
+@dataclass(frozen=True)
+class AgentObservation:
+    """What an operator scrapes (``hdus_edge.device.metrics``): read without the agent's lock, so a
+    scrape never waits behind seed work."""
+
+    device_id: str
+    members: tuple[str, ...]
+    seed_versions: dict[str, int]
+    ensemble_generation: int
+    ensemble_built_at: float
+    ensemble_fused: bool
+    accepted: int
+    orders_applied: int
+    receipts_sent: int
+    duplicates: int
+    rejections: dict[str, int]
+    connected: bool
+    connects: int
+    parked: int
+    outbox_pending: int
+    ready: bool
+
+
 class DeviceAgent:
     """One device's daemon: keeps its ensemble in step with the fleet over MQTT."""
 
@@ -175,6 +198,7 @@ class DeviceAgent:
                 providers=settings.providers, intra_op_threads=settings.intra_op_threads,
                 background_fuse=True,  # membership changes take effect in ms; the fused graph follows
                 seeds=self._seeds_from_store(),
+                versions={s.owner: s.version for s in self.store.list_seeds()},
             )
         except BaseException:
             self.store.close()
@@ -275,6 +299,24 @@ class DeviceAgent:
     def predict(self, x: np.ndarray) -> np.ndarray:
         """The ensemble's output for ``x`` [N, C, H, W]."""
         return self.runtime.predict(np.ascontiguousarray(x, dtype=np.float32))
+
+    def observe(self) -> AgentObservation:
+        """Counters and state for metrics, without the lock (every read is one atomic copy)."""
+        c = self.counters
+        parked = sum(len(p) for p in list(self._parked.values()))
+        return AgentObservation(
+            device_id=self.device_id, members=self.runtime.members(), seed_versions=dict(self.runtime.seed_versions()),
+            ensemble_generation=self.runtime.generation, ensemble_built_at=self.runtime.built_at,
+            ensemble_fused=self.runtime.fused_model_bytes is not None, accepted=c.accepted,
+            orders_applied=c.unlearned, receipts_sent=c.receipts_sent, duplicates=c.duplicates,
+            rejections=dict(c.reasons), connected=self.transport.connected, connects=self.transport.connect_count,
+            parked=parked, outbox_pending=self.transport.pending, ready=self.ready,
+        )
+
+    @property
+    def ready(self) -> bool:
+        """True between a successful ``start`` and ``stop``."""
+        return self._ready.is_set() and not self._stop.is_set()
 
     def status(self) -> dict[str, Any]:
         """A JSON-able snapshot: members, seeds, tombstones, receipts, connection."""
@@ -392,7 +434,7 @@ class DeviceAgent:
         if self.settings.probe_in_subprocess:
             probe_in_subprocess(env.onnx, self.contract)
         # Ensemble first (it builds, probes, then swaps): if it fails, the store never saw the seed.
-        self.runtime.add_seed(env.owner, env.onnx)
+        self.runtime.add_seed(env.owner, env.onnx, version=env.version)
         try:
             self.store.put_envelope(env)
         except BaseException:

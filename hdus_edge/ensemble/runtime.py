@@ -7,10 +7,14 @@ member and the combination rule (``hdus_edge.ensemble.fuse``). Every change of t
 new immutable snapshot, probes it, then swaps it in under a lock: a concurrent ``predict`` uses
 either the old or the new snapshot, never a half-built one, and a failed build changes nothing.
 After ``remove(j)`` nothing the runtime holds (member bytes, sessions, fused graph) contains s_j.
+``predict_labelled`` returns the output together with the snapshot's member set, seed versions and
+generation, read from the same snapshot, so a caller can say exactly which ensemble answered.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import logging
 import threading
 import time
@@ -48,6 +52,18 @@ class MemberOutputs:
 
 
 @dataclass(frozen=True)
+class Labelled:
+    """An ensemble output and the one snapshot that produced it."""
+
+    output: np.ndarray
+    members: tuple[str, ...]  # sorted seed owners (the main model is always a member)
+    versions: Mapping[str, int]  # owner -> seed version (0 when the caller gave none)
+    sha256: Mapping[str, str]  # owner -> sha256 of the seed's bytes
+    generation: int  # goes up with every swap (membership change or background fuse)
+    fused: bool  # run as one fused graph (else per-member sessions; same output to 1e-6)
+
+
+@dataclass(frozen=True)
 class _Snapshot:
     """One immutable build of the ensemble; ``predict`` reads exactly one of these."""
 
@@ -57,6 +73,10 @@ class _Snapshot:
     sessions: dict[str, ort.InferenceSession]
     fused: ort.InferenceSession | None
     fused_bytes: bytes | None
+    versions: Mapping[str, int] = field(default_factory=dict)
+    sha256: Mapping[str, str] = field(default_factory=dict)
+    generation: int = 0
+    built_at: float = 0.0  # time.time() of the build
     lock: threading.Lock = field(default_factory=threading.Lock, compare=False)
 
 
@@ -82,6 +102,7 @@ class EnsembleRuntime:
         pack: bool = True,
         background_fuse: bool = False,
         seeds: Mapping[str, bytes] | None = None,
+        versions: Mapping[str, int] | None = None,
     ) -> None:
         if space not in COMBINE_SPACES:
             raise EnsembleError(f"unknown combine space {space!r}", hint=f"use one of {COMBINE_SPACES}")
@@ -111,9 +132,11 @@ class EnsembleRuntime:
         self._fuse_wanted = threading.Event()
         self._fuse_thread: threading.Thread | None = None
         self._closed = False
+        self._generations = itertools.count(1)
         # Start with the given seeds in one build (not main-only, then a rebuild): faster start-up.
         initial = {d: bytes(b) for d, b in (seeds or {}).items()}
-        self._snapshot = self._build(initial, previous=None, fuse=not self.background_fuse)
+        self._snapshot = self._build(initial, previous=None, fuse=not self.background_fuse,
+                                     versions={d: int((versions or {}).get(d, 0)) for d in initial})
         if initial:
             self._request_fuse()
 
@@ -123,8 +146,8 @@ class EnsembleRuntime:
         """Device ids of the seeds in the ensemble, sorted (the main model is always a member)."""
         return self._snapshot.seeds
 
-    def add_seed(self, device_id: str, onnx_bytes: bytes, *, validate: bool = False) -> None:
-        """Add (or replace) ``device_id``'s seed and rebuild.
+    def add_seed(self, device_id: str, onnx_bytes: bytes, *, validate: bool = False, version: int = 0) -> None:
+        """Add (or replace) ``device_id``'s seed (its ``version`` labels answers) and rebuild.
 
         The caller is expected to have validated the bytes (``hdus_edge.onnx.checks``);
         ``validate=True`` runs ``check_onnx`` against the main model's contract first. On any
@@ -139,8 +162,9 @@ class EnsembleRuntime:
             current = self._snapshot
             seeds = dict(current.seed_bytes)
             seeds[device_id] = data
+            versions = dict(current.versions) | {device_id: int(version)}
             try:
-                snap = self._build(seeds, previous=current, fuse=not self.background_fuse)
+                snap = self._build(seeds, previous=current, fuse=not self.background_fuse, versions=versions)
             except ProbeRunError as exc:
                 raise ProbeRunError(f"seed {device_id!r} broke the ensemble: {exc.message}") from None
             self._swap(snap)
@@ -154,16 +178,18 @@ class EnsembleRuntime:
             if device_id not in current.seed_bytes:
                 return False
             seeds = {d: b for d, b in current.seed_bytes.items() if d != device_id}
-            self._swap(self._build(seeds, previous=current, fuse=not self.background_fuse))
+            versions = {d: v for d, v in current.versions.items() if d != device_id}
+            self._swap(self._build(seeds, previous=current, fuse=not self.background_fuse, versions=versions))
         self._request_fuse()
         logger.info("ensemble: removed seed %s (%d seeds)", device_id, len(seeds))
         return True
 
-    def replace_all(self, seeds: Mapping[str, bytes]) -> None:
+    def replace_all(self, seeds: Mapping[str, bytes], versions: Mapping[str, int] | None = None) -> None:
         """Set the whole seed set at once (one rebuild), e.g. when loading the store at start-up."""
         with self._build_lock:
             seed_map = {d: bytes(b) for d, b in seeds.items()}
-            self._swap(self._build(seed_map, previous=self._snapshot, fuse=not self.background_fuse))
+            self._swap(self._build(seed_map, previous=self._snapshot, fuse=not self.background_fuse,
+                                   versions={d: int((versions or {}).get(d, 0)) for d in seed_map}))
         self._request_fuse()
 
     def wait_fused(self, timeout: float = 10.0) -> bool:
@@ -204,7 +230,8 @@ class EnsembleRuntime:
                 if current.fused is not None or self._closed:
                     continue
                 try:
-                    snap = self._build(dict(current.seed_bytes), previous=current, fuse=True)
+                    snap = self._build(dict(current.seed_bytes), previous=current, fuse=True,
+                                       versions=current.versions)
                 except Exception:  # the per-member snapshot keeps serving; log and wait for the next change
                     logger.exception("ensemble: background fuse failed; staying on per-member sessions")
                     continue
@@ -215,6 +242,26 @@ class EnsembleRuntime:
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Ensemble output for float32 ``x`` [N, C, H, W]: logits or probabilities per ``space``."""
         return self._predict(self._snapshot, self._check_input(x))
+
+    def predict_labelled(self, x: np.ndarray) -> Labelled:
+        """``predict`` plus the member set, seed versions and generation of the snapshot that ran it."""
+        snap = self._snapshot  # one read: the output and its labels come from the same snapshot
+        out = self._predict(snap, self._check_input(x))
+        return Labelled(out, snap.seeds, snap.versions, snap.sha256, snap.generation, snap.fused is not None)
+
+    @property
+    def generation(self) -> int:
+        """The current snapshot's generation (goes up with every swap)."""
+        return self._snapshot.generation
+
+    @property
+    def built_at(self) -> float:
+        """``time.time()`` when the current snapshot was built."""
+        return self._snapshot.built_at
+
+    def seed_versions(self) -> Mapping[str, int]:
+        """Owner -> version of the seeds in the current snapshot."""
+        return self._snapshot.versions
 
     def predict_members(self, x: np.ndarray) -> MemberOutputs:
         """Every member's logits for ``x``, each from the member's own session (diagnostics, tests)."""
@@ -264,7 +311,8 @@ class EnsembleRuntime:
     def _session(self, data: bytes) -> ort.InferenceSession:
         return make_session(data, providers=self.providers, intra_op_threads=self.intra_op_threads)
 
-    def _build(self, seeds: dict[str, bytes], previous: _Snapshot | None, fuse: bool = True) -> _Snapshot:
+    def _build(self, seeds: dict[str, bytes], previous: _Snapshot | None, fuse: bool = True,
+               versions: Mapping[str, int] | None = None) -> _Snapshot:
         order = tuple(sorted(seeds))
         sessions: dict[str, ort.InferenceSession] = {}
         fused = fused_bytes = None
@@ -285,7 +333,12 @@ class EnsembleRuntime:
             if previous is not None:  # keep member sessions of unchanged seeds for predict_members
                 sessions = {d: previous.sessions[d] for d in order
                             if d in previous.sessions and previous.seed_bytes.get(d) == seeds[d]}
-        snap = _Snapshot(order, MappingProxyType(dict(seeds)), sessions, fused, fused_bytes)
+        old_sha = previous.sha256 if previous is not None else {}
+        sha = {d: old_sha[d] if previous is not None and previous.seed_bytes.get(d) is seeds[d] and d in old_sha
+               else hashlib.sha256(seeds[d]).hexdigest() for d in order}
+        snap = _Snapshot(order, MappingProxyType(dict(seeds)), sessions, fused, fused_bytes,
+                         MappingProxyType({d: int((versions or {}).get(d, 0)) for d in order}),
+                         MappingProxyType(sha), next(self._generations), time.time())
         # Probe before the swap: a member that loads but fails to run must not replace a good ensemble.
         x = probe_inputs(self.contract, batch=2)
         try:
