@@ -75,6 +75,7 @@ def _register_lifecycle() -> None:
         predict_cmd,
         profiles_cmd,
         provision_cmd,
+        service_cmd,
         unlearn_cmd,
     )
 
@@ -93,6 +94,7 @@ def _register_lifecycle() -> None:
     app.command("leave")(unlearn_cmd.leave)
     app.command("unlearn")(unlearn_cmd.unlearn)
     app.command("receipts")(unlearn_cmd.receipts)
+    app.add_typer(service_cmd.service_app, name="service")
 
 
 _register()
