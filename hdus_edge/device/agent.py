@@ -42,9 +42,10 @@ from hdus_edge.errors import (
     UnknownSenderError,
 )
 from hdus_edge.files import write_json
-from hdus_edge.onnx.checks import DEFAULT_POLICY, LoadPolicy, ModelContract, check_onnx
-from hdus_edge.onnx.metadata import read_provenance
+from hdus_edge.onnx.contract import DEFAULT_POLICY, LoadPolicy, ModelContract
+from hdus_edge.onnx.metadata import Provenance, provenance_of_props
 from hdus_edge.onnx.probe import probe_in_subprocess
+from hdus_edge.onnx.session import make_session
 from hdus_edge.protocol import codec
 from hdus_edge.protocol import topics as topic_kinds
 from hdus_edge.protocol.crypto import (
@@ -82,7 +83,10 @@ class AgentSettings:
     providers: tuple[str, ...] | None = None
     intra_op_threads: int | None = 1
     max_seed_bytes: int = DEFAULT_POLICY.max_bytes
-    probe_in_subprocess: bool = True  # a crash in the native runtime must not take the agent down
+    # A crash in the native runtime must not take the agent down; in production this also keeps
+    # onnx out of the agent process: seed checks run in the probe child, the fused graph is built
+    # by a child too (``hdus_edge.ensemble.fuse_child``).
+    probe_in_subprocess: bool = True
     digest_interval_s: float = 30.0  # how often the tombstone digest is re-published
     connect_timeout_s: float = 10.0
 
@@ -197,9 +201,16 @@ class DeviceAgent:
                 models.main_onnx, settings.lam, settings.space, settings.strategy,  # type: ignore[arg-type]
                 providers=settings.providers, intra_op_threads=settings.intra_op_threads,
                 background_fuse=True,  # membership changes take effect in ms; the fused graph follows
+                fuse_in_subprocess=settings.probe_in_subprocess,
                 seeds=self._seeds_from_store(),
                 versions={s.owner: s.version for s in self.store.list_seeds()},
             )
+            if self.runtime.contract != self.contract:
+                raise StateDirError(
+                    f"the main model takes {list(self.runtime.contract.input_shape)} -> "
+                    f"{self.runtime.contract.num_classes} classes; the fleet's contract is "
+                    f"{list(self.contract.input_shape)} -> {self.contract.num_classes}",
+                    hint="export the main model for this fleet's input shape and classes")
         except BaseException:
             self.store.close()
             raise
@@ -226,12 +237,15 @@ class DeviceAgent:
         seed_onnx = (state.models / "seed.onnx").read_bytes() if (state.models / "seed.onnx").exists() else None
         reference_sha = fleet.data.reference_sha256
         seed_arch = profile.model.seed_arch
+        # Our own models: their provenance read through onnxruntime (no onnx in the agent process);
+        # the runtime loads and probes the main model against the fleet's contract, the neighbours
+        # check our seed before they take it.
         if seed_onnx is not None:
-            prov = read_provenance(check_onnx(seed_onnx, _contract_of(fleet)).model)
+            prov = _own_provenance(seed_onnx, "seed.onnx")
             if prov is not None:
                 reference_sha = prov.reference_sha256 or reference_sha
                 seed_arch = prov.arch
-        main_prov = read_provenance(check_onnx(main_onnx, _contract_of(fleet), LoadPolicy(max_bytes=256 << 20)).model)
+        main_prov = _own_provenance(main_onnx, "main.onnx")
         settings = settings or settings_for(state)
         models = OwnModels(
             main_onnx=main_onnx, seed_onnx=seed_onnx, seed_version=state.seed_version(),
@@ -430,9 +444,12 @@ class DeviceAgent:
                 f"seed of {env.owner!r} was distilled on reference set {env.reference_sha256[:12]}..., "
                 f"not the fleet's {expected_ref[:12]}...", "wrong-reference",
             )
-        check_onnx(env.onnx, self.contract, self._policy)
-        if self.settings.probe_in_subprocess:
-            probe_in_subprocess(env.onnx, self.contract)
+        if self.settings.probe_in_subprocess:  # the checks, then a probe run, in a limited child
+            probe_in_subprocess(env.onnx, self.contract, policy=self._policy)
+        else:
+            from hdus_edge.onnx.checks import check_onnx  # loads onnx into this process
+
+            check_onnx(env.onnx, self.contract, self._policy)
         # Ensemble first (it builds, probes, then swaps): if it fails, the store never saw the seed.
         self.runtime.add_seed(env.owner, env.onnx, version=env.version)
         try:
@@ -766,9 +783,14 @@ class _Refused(ProtocolError):
         self.reason = reason
 
 
-def _contract_of(fleet: FleetConfig) -> ModelContract:
-    c, h, w = fleet.data.input_shape
-    return ModelContract(height=h, width=w, num_classes=fleet.data.num_classes, channels=c)
+def _own_provenance(data: bytes, name: str) -> Provenance | None:
+    """The provenance in one of the device's own exported models, read by onnxruntime."""
+    try:
+        session = make_session(data, intra_op_threads=1)
+        return provenance_of_props(session.get_modelmeta().custom_metadata_map)
+    except (HdusError, ValueError) as exc:
+        message = exc.message if isinstance(exc, HdusError) else str(exc)
+        raise StateDirError(f"models/{name} cannot be read: {message}", hint="run 'hdus-edge export' again") from None
 
 
 def new_request_id() -> str:

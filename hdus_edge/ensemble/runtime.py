@@ -1,6 +1,9 @@
 """The ensemble at inference time: main model + neighbours' seeds, run by onnxruntime.
 
-onnxruntime + numpy + onnx only; this module never imports torch (a subprocess test checks it).
+onnxruntime + numpy (+ onnx to fuse in-process); this module never imports torch (a subprocess test
+checks it). With ``fuse_in_subprocess`` (the agent) it never imports onnx either: the contract comes
+from the main model's onnxruntime session and the fused graph is built by a child process
+(``hdus_edge.ensemble.fuse_child``).
 Two strategies give the same output (to 1e-6): ``"sessions"`` runs one session per member and
 combines with ``hdus_edge.ensemble.combine.combine``; ``"fused"`` runs one graph that holds every
 member and the combination rule (``hdus_edge.ensemble.fuse``). Every change of the member set builds a
@@ -21,18 +24,19 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
 from hdus_edge.ensemble.combine import COMBINE_SPACES, CombineSpace, check_lam, combine
-from hdus_edge.ensemble.fuse import OUTPUT, fuse_ensemble
 from hdus_edge.errors import DataShapeError, EnsembleError, HdusError, ProbeRunError
-from hdus_edge.onnx.checks import ModelContract, check_onnx, parse_onnx
+from hdus_edge.onnx.contract import ModelContract
 from hdus_edge.onnx.probe import check_probe_output, probe_inputs
 from hdus_edge.onnx.session import make_session
+
+if TYPE_CHECKING:
+    import onnx
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +105,7 @@ class EnsembleRuntime:
         *,
         pack: bool = True,
         background_fuse: bool = False,
+        fuse_in_subprocess: bool = False,
         seeds: Mapping[str, bytes] | None = None,
         versions: Mapping[str, int] | None = None,
     ) -> None:
@@ -115,14 +120,19 @@ class EnsembleRuntime:
         self.intra_op_threads = intra_op_threads
         self.pack = pack
         self._main_bytes = bytes(main_onnx)
-        main = parse_onnx(self._main_bytes, max_bytes=_MAIN_MAX_BYTES)
-        self.contract = _contract_of(main)
-        # The fused graph carries the main model itself; only "sessions" needs it on its own up
-        # front ("fused" creates it when predict_members first asks).
-        self._main_session: ort.InferenceSession | None = (
-            make_session(self._main_bytes, providers=providers, intra_op_threads=intra_op_threads)
-            if strategy == "sessions" else None
-        )
+        self.fuse_in_subprocess = fuse_in_subprocess
+        # The fused graph carries the main model itself; "sessions" and a background fuse (whose
+        # first snapshot runs per-member sessions) need it on its own up front, and then read the
+        # contract from it without onnx; an in-process fuse parses the model anyway ("fused"
+        # creates the session when predict_members first asks).
+        self._main_session: ort.InferenceSession | None = None
+        if strategy == "sessions" or (background_fuse and strategy == "fused"):
+            self._main_session = make_session(self._main_bytes, providers=providers, intra_op_threads=intra_op_threads)
+            self.contract = _contract_of_session(self._main_session)
+        else:
+            from hdus_edge.onnx.checks import parse_onnx
+
+            self.contract = _contract_of(parse_onnx(self._main_bytes, max_bytes=_MAIN_MAX_BYTES))
         self._build_lock = threading.Lock()  # one rebuild at a time; predict never takes it
         self._swap_lock = threading.Lock()
         # background_fuse: a membership change swaps in per-member sessions at once (milliseconds,
@@ -157,6 +167,8 @@ class EnsembleRuntime:
             raise ValueError("device_id must be a non-empty string")
         data = bytes(onnx_bytes)
         if validate:
+            from hdus_edge.onnx.checks import check_onnx
+
             check_onnx(data, self.contract)
         with self._build_lock:
             current = self._snapshot
@@ -291,7 +303,7 @@ class EnsembleRuntime:
 
     def _predict(self, snap: _Snapshot, batch: np.ndarray) -> np.ndarray:
         if snap.fused is not None:
-            return snap.fused.run([OUTPUT], {"input": batch})[0]
+            return snap.fused.run(None, {"input": batch})[0]  # its one output: the ensemble's
         main, seeds = self._run_sessions(snap, batch)
         return combine(main, seeds, self.lam, self.space)
 
@@ -304,12 +316,17 @@ class EnsembleRuntime:
                 self._main_session = self._session(self._main_bytes)
             for device in snap.seeds:
                 if device not in snap.sessions:
-                    snap.sessions[device] = self._session(snap.seed_bytes[device])
+                    snap.sessions[device] = self._seed_session(snap.seed_bytes[device])
             main, sessions = self._main_session, [snap.sessions[d] for d in snap.seeds]
         return run(main), [run(s) for s in sessions]
 
     def _session(self, data: bytes) -> ort.InferenceSession:
         return make_session(data, providers=self.providers, intra_op_threads=self.intra_op_threads)
+
+    def _seed_session(self, data: bytes) -> ort.InferenceSession:
+        # A seed is a few thousand parameters: intra-op threads buy nothing, and each session's own
+        # pool of them costs threads and resident memory (8 seeds x 3 threads, ~2.5 MiB measured).
+        return make_session(data, providers=self.providers, intra_op_threads=1)
 
     def _build(self, seeds: dict[str, bytes], previous: _Snapshot | None, fuse: bool = True,
                versions: Mapping[str, int] | None = None) -> _Snapshot:
@@ -320,15 +337,9 @@ class EnsembleRuntime:
             for device in order:
                 old = previous.sessions.get(device) if previous is not None else None
                 same = previous is not None and previous.seed_bytes.get(device) == seeds[device]
-                sessions[device] = old if (same and old is not None) else self._session(seeds[device])
+                sessions[device] = old if (same and old is not None) else self._seed_session(seeds[device])
         else:
-            main = parse_onnx(self._main_bytes, max_bytes=_MAIN_MAX_BYTES)
-            parsed = {d: parse_onnx(seeds[d], max_bytes=_MAIN_MAX_BYTES) for d in order}
-            # Member logits stay internal: as graph outputs they would stop onnxruntime fusing the
-            # Q/DQ groups of int8 members, and int8 results would differ from the members' own.
-            fused_bytes = fuse_ensemble(
-                main, parsed, self.lam, self.space, member_outputs=False, pack=self.pack
-            ).SerializeToString()
+            fused_bytes = self._fuse(seeds)
             fused = make_session(fused_bytes, providers=self.providers, intra_op_threads=self.intra_op_threads)
             if previous is not None:  # keep member sessions of unchanged seeds for predict_members
                 sessions = {d: previous.sessions[d] for d in order
@@ -350,9 +361,34 @@ class EnsembleRuntime:
         check_probe_output([y], 2, self.contract.num_classes)
         return snap
 
+    def _fuse(self, seeds: Mapping[str, bytes]) -> bytes:
+        if self.fuse_in_subprocess:
+            from hdus_edge.ensemble.fuse_child import fuse_in_subprocess
+
+            return fuse_in_subprocess(self._main_bytes, seeds, self.lam, self.space, pack=self.pack,
+                                      max_bytes=_MAIN_MAX_BYTES)
+        from hdus_edge.ensemble.fuse import fuse_ensemble
+        from hdus_edge.onnx.checks import parse_onnx
+
+        main = parse_onnx(self._main_bytes, max_bytes=_MAIN_MAX_BYTES)
+        parsed = {d: parse_onnx(seeds[d], max_bytes=_MAIN_MAX_BYTES) for d in sorted(seeds)}
+        # Member logits stay internal: as graph outputs they would stop onnxruntime fusing the
+        # Q/DQ groups of int8 members, and int8 results would differ from the members' own.
+        return fuse_ensemble(main, parsed, self.lam, self.space, member_outputs=False, pack=self.pack).SerializeToString()
+
     def _swap(self, snap: _Snapshot) -> None:
         with self._swap_lock:
             self._snapshot = snap
+
+
+def _contract_from_dims(dims_in: list[object], dims_out: list[object]) -> ModelContract:
+    def known(d: object) -> int:
+        return d if isinstance(d, int) and d > 0 else 0  # symbolic or unknown -> 0
+
+    ins, outs = [known(d) for d in dims_in], [known(d) for d in dims_out]
+    if len(ins) != 4 or min(ins[1:], default=0) <= 0 or len(outs) != 2 or outs[1] < 2:
+        raise EnsembleError(f"the main model maps {dims_in} -> {dims_out}; expected [N, C, H, W] -> [N, classes]")
+    return ModelContract(height=ins[2], width=ins[3], num_classes=outs[1], channels=ins[1])
 
 
 def _contract_of(main: onnx.ModelProto) -> ModelContract:
@@ -361,6 +397,11 @@ def _contract_of(main: onnx.ModelProto) -> ModelContract:
         raise EnsembleError("the main model must have exactly one input and one output")
     dims_in = [d.dim_value for d in main.graph.input[0].type.tensor_type.shape.dim]
     dims_out = [d.dim_value for d in main.graph.output[0].type.tensor_type.shape.dim]
-    if len(dims_in) != 4 or min(dims_in[1:], default=0) <= 0 or len(dims_out) != 2 or dims_out[1] < 2:
-        raise EnsembleError(f"the main model maps {dims_in} -> {dims_out}; expected [N, C, H, W] -> [N, classes]")
-    return ModelContract(height=dims_in[2], width=dims_in[3], num_classes=dims_out[1], channels=dims_in[1])
+    return _contract_from_dims(dims_in, dims_out)
+
+
+def _contract_of_session(session: ort.InferenceSession) -> ModelContract:
+    """The same contract, read from an onnxruntime session (no onnx import)."""
+    if len(session.get_inputs()) != 1 or len(session.get_outputs()) != 1:
+        raise EnsembleError("the main model must have exactly one input and one output")
+    return _contract_from_dims(list(session.get_inputs()[0].shape), list(session.get_outputs()[0].shape))
