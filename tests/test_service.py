@@ -98,3 +98,20 @@ def test_refuses_root_and_unsafe_paths(tmp_path, capsys):
     assert code == 2 and not (tmp_path / "u").exists()
     with pytest.raises(ConfigError, match="cannot go into a systemd unit"):
         render_unit(UnitSpec("d9", "kit", Path("/srv/my state"), "/usr/bin/python3", "", 256, "hdus", False))
+
+
+def test_sd_notify_speaks_to_path_and_abstract_sockets(tmp_path, monkeypatch):
+    import socket
+
+    from hdus_edge.device.daemon import sd_notify
+
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    assert sd_notify("READY=1") is False  # not under systemd: nothing to do
+    name = f"hdus-test-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind("\0" + name)  # systemd writes an abstract address as '@name'
+        listener.settimeout(5)
+        monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+        assert sd_notify("READY=1") is True and listener.recv(64) == b"READY=1"
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "nobody-listens"))
+    assert sd_notify("READY=1") is False  # logged, never raised: the agent runs on
