@@ -7,6 +7,9 @@
 - ``neighbors``: changing the neighbour list of a state dir.
 - ``view``: read-only views of a state dir (``status``, ``members``, evidence summaries).
 - ``inputs``: turning user files (.npy, PNG, PGM) into model input.
+- ``http_api``: the live ensemble over the Open Inference Protocol (KServe v2), plus ``/metrics``.
+- ``metrics``: the agent's Prometheus metrics (``prometheus_client``).
+- ``service``: the hardened systemd unit of an agent (``hdus-edge service``).
 
 Never imports torch, scikit-learn or matplotlib, not even inside a function (a device's base install
 has none of them; ``tests/test_layout.py`` checks it). Never imports ``learning``, ``admin``,
