@@ -113,3 +113,15 @@ def test_the_fast_path_reports_errors_without_loading_the_cli(tmp_path):
                           env={**os.environ, "HDUS_STATE_DIR": ""})
     assert done.stdout.strip() == "2 []", done.stderr
     assert done.stderr.startswith("error: ") and "Traceback" not in done.stderr
+
+
+def test_a_main_model_for_another_contract_is_refused_at_start(tmp_path, capsys):
+    # The agent no longer runs check_onnx on its own models; the runtime's contract check stands in.
+    import cli_lifecycle_kit as kit
+    from onnx_testkit import export_zoo
+
+    _, states, _ = kit.installed_fleet(tmp_path)
+    (states["d1"].models / "main.onnx").write_bytes(export_zoo("mobilenet-s", shape=(1, 12, 12)))
+    code, _, err = kit.cli(capsys, "agent", "--state-dir", states["d1"].root)
+    assert code == 2
+    kit.assert_one_error(err, "main model takes [1, 12, 12]", "fleet's contract is [1, 8, 8]")

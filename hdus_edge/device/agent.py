@@ -202,15 +202,10 @@ class DeviceAgent:
                 providers=settings.providers, intra_op_threads=settings.intra_op_threads,
                 background_fuse=True,  # membership changes take effect in ms; the fused graph follows
                 fuse_in_subprocess=settings.probe_in_subprocess,
+                expected=self.contract,  # our own main model, checked against the fleet's contract
                 seeds=self._seeds_from_store(),
                 versions={s.owner: s.version for s in self.store.list_seeds()},
             )
-            if self.runtime.contract != self.contract:
-                raise StateDirError(
-                    f"the main model takes {list(self.runtime.contract.input_shape)} -> "
-                    f"{self.runtime.contract.num_classes} classes; the fleet's contract is "
-                    f"{list(self.contract.input_shape)} -> {self.contract.num_classes}",
-                    hint="export the main model for this fleet's input shape and classes")
         except BaseException:
             self.store.close()
             raise

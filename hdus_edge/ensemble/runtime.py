@@ -92,6 +92,9 @@ class EnsembleRuntime:
     onnxruntime has (CPU always last); ``intra_op_threads`` None lets onnxruntime choose.
     ``pack`` (fused strategy) runs same-architecture seeds as one packed chain of grouped
     convolutions (fewer, wider kernels: faster at batch 1), with the same results to float rounding.
+    ``expected`` is the fleet's contract the main model must meet (``EnsembleError`` before any seed
+    runs otherwise); ``versions`` labels the initial seeds for ``predict_labelled``;
+    ``fuse_in_subprocess`` builds fused graphs in a child process (no onnx in this one).
     """
 
     def __init__(
@@ -106,6 +109,7 @@ class EnsembleRuntime:
         pack: bool = True,
         background_fuse: bool = False,
         fuse_in_subprocess: bool = False,
+        expected: ModelContract | None = None,
         seeds: Mapping[str, bytes] | None = None,
         versions: Mapping[str, int] | None = None,
     ) -> None:
@@ -133,6 +137,11 @@ class EnsembleRuntime:
             from hdus_edge.onnx.checks import parse_onnx
 
             self.contract = _contract_of(parse_onnx(self._main_bytes, max_bytes=_MAIN_MAX_BYTES))
+        if expected is not None and self.contract != expected:  # before any seed is run against it
+            raise EnsembleError(
+                f"the main model takes {list(self.contract.input_shape)} -> {self.contract.num_classes} classes; "
+                f"the fleet's contract is {list(expected.input_shape)} -> {expected.num_classes}",
+                hint="export the main model for this fleet's input shape and classes")
         self._build_lock = threading.Lock()  # one rebuild at a time; predict never takes it
         self._swap_lock = threading.Lock()
         # background_fuse: a membership change swaps in per-member sessions at once (milliseconds,
