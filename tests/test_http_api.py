@@ -245,3 +245,21 @@ def test_not_ready_answers_503_and_infers_nothing(tmp_path):
         assert status == 503 and "not ready" in payload["error"]
     runtime.close()
     assert Path(states["d1"].root).exists()
+
+
+def test_a_refused_body_is_never_read_as_the_next_request(served):
+    # A 404 before the body was read must not leave that body to be parsed as the next request.
+    server, _, _ = served
+    body = _json_request(np.zeros((1, *SHAPE), np.float32))
+    sock = socket.create_connection(server.address, timeout=10)
+    sock.sendall(b"POST /v2/models/other/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    sock.close()
+    head, _, rest = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 404")
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    after = rest[length:]
+    assert after == b"" or after.startswith(b"HTTP/1.1 200"), after[:200]  # closed, or the next answer is right

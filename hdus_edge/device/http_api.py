@@ -350,6 +350,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(self, method: str) -> None:
         api = self.server.api
         path = self.path.split("?", 1)[0].rstrip("/") or "/"
+        self._body_read = False
         try:
             if path == "/v2/health/live":
                 self._expect(method, "GET")
@@ -373,12 +374,20 @@ class _Handler(BaseHTTPRequestHandler):
         except ApiError as exc:
             if path.endswith("/infer"):
                 api.metrics.inferences.labels("client_error").inc()
+            self._close_if_body_unread()
             self._send_json(exc.status, {"error": exc.message})
         except Exception as exc:  # a bug: answered, logged, and the server goes on
             logger.exception("HTTP %s %s failed", method, path)
             if path.endswith("/infer"):
                 api.metrics.inferences.labels("server_error").inc()
+            self._close_if_body_unread()
             self._send_json(500, {"error": f"internal error: {type(exc).__name__}"})
+
+    def _close_if_body_unread(self) -> None:
+        # A refused request's unread body would be parsed as the next request on this connection.
+        if not self._body_read and (self.headers.get("Content-Length", "0").strip() not in ("", "0")
+                                    or self.headers.get("Transfer-Encoding")):
+            self.close_connection = True
 
     def _model_route(self, method: str, rest: str) -> None:
         api = self.server.api
@@ -436,6 +445,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # the unread body would be taken for the next request
             raise ApiError(413, f"body of {length} bytes is over the cap of {limits.max_body_bytes}")
         body = self.rfile.read(length)
+        self._body_read = True
         if len(body) != length:
             self.close_connection = True
             raise ApiError(400, f"body ended after {len(body)} of {length} bytes")
