@@ -5,8 +5,9 @@
 command works in an image build or a container without a running systemd). The unit:
 
 - runs ``python -m hdus_edge agent --state-dir DIR [--http ADDR]`` with the interpreter that installed
-  it (the environment hdus-edge lives in), ``Type=notify`` (the agent sends ``READY=1`` once it and its
-  API are up), ``Restart=on-failure``;
+  it (the environment hdus-edge lives in: put it where the service user can read it, e.g. a venv under
+  /opt, since ``ProtectHome=read-only`` and home directories' modes apply), ``Type=notify`` (the agent
+  sends ``READY=1`` once it and its API are up), ``Restart=on-failure``;
 - as an unprivileged user (a system unit refuses to run as root), with ``NoNewPrivileges``,
   ``ProtectSystem=strict`` and ``ReadWritePaths=`` the state dir only, no capabilities, private
   /tmp and devices, kernel and control-group settings read-only, IP and Unix sockets only;
