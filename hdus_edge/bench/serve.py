@@ -47,7 +47,6 @@ from hdus_edge.transport.ports import free_port
 GOALS = {"http_p50_ms": 2.0, "speedup_vs_predict": 500.0, "rss_mb": 80.0, "ready_s": 1.0, "failed_requests": 0}
 SHAPE = (1, 28, 28)
 NEIGHBOURS = 8
-CHURN = 10  # seed swaps, and devices forgotten
 PEER_SETTINGS = AgentSettings(probe_in_subprocess=False, digest_interval_s=30.0)
 
 
@@ -60,6 +59,7 @@ class ServeBenchConfig:
     predict_calls: int = 5
     throughput_s: float = 3.0
     ready_runs: int = 3
+    churn: int = 10  # seed swaps, and devices forgotten, under 4 clients
     seed: int = 0
 
     @classmethod
@@ -235,9 +235,9 @@ def run_serve_bench(cfg: ServeBenchConfig = ServeBenchConfig(), progress: Callab
     profile = load_profile(cfg.profile)
     say("exporting models")
     main = _export(profile.model.main_arch, "dev-0", "main", cfg.seed)
-    ids = [f"dev-{k}" for k in range(1, NEIGHBOURS + CHURN + 1)]
+    ids = [f"dev-{k}" for k in range(1, NEIGHBOURS + cfg.churn + 1)]
     seeds = {d: _export("seed-cnn", d, "seed", cfg.seed + 1 + k) for k, d in enumerate(ids)}
-    swaps = [_export("seed-cnn", ids[k % NEIGHBOURS], "seed", cfg.seed + 100 + k) for k in range(CHURN)]
+    swaps = [_export("seed-cnn", ids[k % NEIGHBOURS], "seed", cfg.seed + 100 + k) for k in range(cfg.churn)]
     models = {"dev-0": DeviceModels(main, _export("seed-cnn", "dev-0", "seed", cfg.seed + 99), cfg.profile)}
     models |= {d: DeviceModels(main, seeds[d]) for d in ids}
     with tempfile.TemporaryDirectory(prefix="hdus-serve-") as tmp:
@@ -302,7 +302,7 @@ def run_serve_bench(cfg: ServeBenchConfig = ServeBenchConfig(), progress: Callab
             throughput = [_throughput(port, batch, clients, cfg.throughput_s, cfg.seed)
                           for batch in (1, 32) for clients in (1, 4)]
 
-            say("churn: 10 seed swaps and 10 unlearns under 4 clients")
+            say(f"churn: {cfg.churn} seed swaps and {cfg.churn} unlearns under 4 clients")
             churn = _churn(fleet, state0, port, ids, swaps, broker_ctx.url, request_unlearn)
         finally:
             if agent is not None:
@@ -370,7 +370,7 @@ def _churn(fleet: AgentFleet, state0: Any, port: int, ids: list[str], swaps: lis
     key = fleet.admin.key()
     began = time.perf_counter()
     try:
-        for k in range(CHURN):
+        for k in range(len(swaps)):
             owner = ids[k % NEIGHBOURS]
             version = 2 + k // NEIGHBOURS
             fleet.agents[owner].publish_seed(swaps[k], version)
@@ -384,7 +384,7 @@ def _churn(fleet: AgentFleet, state0: Any, port: int, ids: list[str], swaps: lis
         stop.set()
         for t in threads:
             t.join()
-    return {"seed_swaps": CHURN, "unlearns": CHURN, "requests": counts["ok"] + counts["failed"],
+    return {"seed_swaps": len(swaps), "unlearns": len(targets), "requests": counts["ok"] + counts["failed"],
             "failed_requests": counts["failed"], "errors": errors[:5], "member_sets_seen": len(member_sets),
             "seconds": time.perf_counter() - began}
 
