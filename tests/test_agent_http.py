@@ -88,6 +88,21 @@ def test_a_bad_http_address_fails_before_the_agent_starts(tmp_path, capsys):
     kit.assert_one_error(err, "no valid port")
 
 
+def test_an_address_in_use_is_one_clear_error_and_the_agent_stops(tmp_path, mosquitto_broker, capsys):
+    _, states, _ = kit.installed_fleet(tmp_path, broker=mosquitto_broker.url)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, _, err = kit.cli(capsys, "agent", "--state-dir", states["d1"].root, "--http", f"127.0.0.1:{port}")
+    assert code == 1
+    kit.assert_one_error(err, f"cannot serve the inference API on 127.0.0.1:{port}")
+    # The agent stopped cleanly: its store can be opened again at once.
+    from hdus_edge.device.store import SeedStore
+
+    SeedStore(states["d1"].store_dir).close()
+
+
 # --- concurrent clients during swaps and unlearns ----------------------------------------------------
 
 

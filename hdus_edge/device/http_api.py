@@ -47,7 +47,7 @@ import numpy as np
 from hdus_edge.device.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from hdus_edge.device.metrics import AgentMetrics
 from hdus_edge.ensemble.runtime import EnsembleRuntime
-from hdus_edge.errors import DataShapeError
+from hdus_edge.errors import ApiListenError, DataShapeError
 
 logger = logging.getLogger(__name__)
 
@@ -226,7 +226,11 @@ class InferenceServer:
         self.ready = ready
         self.server_name = server_name
         self.out_name = output_name(runtime.space)
-        self._httpd = _Server(address, _Handler, self, limits.max_connections)
+        try:
+            self._httpd = _Server(address, _Handler, self, limits.max_connections)
+        except OSError as exc:
+            raise ApiListenError(f"cannot serve the inference API on {address[0]}:{address[1]}: {exc.strerror or exc}",
+                                 hint="choose another --http address, or stop what listens there") from None
         self._thread: threading.Thread | None = None
 
     @property
