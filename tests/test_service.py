@@ -66,7 +66,7 @@ def test_user_unit_verifies_and_the_http_override(tmp_path, capsys):
     assert code == 0, err
     unit = Path(json.loads(out)["unit"])
     settings = _settings(unit.read_text())
-    assert "User" not in settings and "--http" not in settings["ExecStart"] and settings["MemoryMax"] == "256M"
+    assert "User" not in settings and "--http" not in settings["ExecStart"] and settings["MemoryMax"] == "320M"
     assert settings["WantedBy"] == "default.target"
     assert verify(unit, user=True, tmp_path=tmp_path) == ""
 
