@@ -179,6 +179,10 @@ class TombstonedError(ProtocolError):
     """A seed from a device that was forgotten and not re-admitted."""
 
 
+class RevokedError(UnauthorizedError):
+    """A certificate (device and epoch) that the admin's signed revocation list revoked."""
+
+
 class KeyFileError(ConfigError):
     """A key or certificate file is missing or malformed."""
 

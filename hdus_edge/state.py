@@ -117,6 +117,35 @@ class AdminDir:
         """Evidence of the unlearn requests the admin issued (one JSON file per request)."""
         return self.root / "evidence"
 
+    @property
+    def tls_dir(self) -> Path:
+        """``keys/tls/``: the admin's TLS client certificate (``ca.crt``, ``client.crt``, ``client.key``)."""
+        return self.root / "keys" / "tls"
+
+    @property
+    def broker_access_file(self) -> Path:
+        """``keys/broker.json`` (0600): the admin's broker login and the broker folder, from ``broker-config``."""
+        return self.root / "keys" / "broker.json"
+
+    @property
+    def revocations_file(self) -> Path:
+        """``revocations.json``: the revoked certificates and their orders (the signed list's source)."""
+        return self.root / "revocations.json"
+
+    def broker_access(self) -> dict[str, Any] | None:
+        """``{"url": ..., "broker_dir": ...}`` when ``broker-config`` wrote one, else None."""
+        if not self.broker_access_file.exists():
+            return None
+        data = read_json(self.broker_access_file, "broker access")
+        if not isinstance(data, dict) or not isinstance(data.get("url"), str):
+            raise StateDirError(f"broker access {self.broker_access_file} is corrupt", hint="run 'hdus-edge broker-config' again")
+        return data
+
+    def broker_url(self) -> str:
+        """The admin's broker login: ``keys/broker.json``'s URL when present, else the fleet's broker."""
+        access = self.broker_access()
+        return access["url"] if access is not None else self.fleet().fleet.broker
+
     def fleet(self) -> FleetConfig:
         """The fleet config (``StateDirError`` when this is not an admin dir)."""
         if not self.fleet_file.exists():
@@ -225,6 +254,11 @@ class StateDir:
         return self.root / "evidence"
 
     @property
+    def tls_dir(self) -> Path:
+        """``keys/tls/``: the device's TLS client certificate (``ca.crt``, ``client.crt``, ``client.key``)."""
+        return self.root / "keys" / "tls"
+
+    @property
     def store_lock_file(self) -> Path:
         """The seed store's lock file: held (flock) while an agent has the store open."""
         return self.store_dir / ".lock"
@@ -324,23 +358,59 @@ def provision_device(
 ) -> StateDir:
     """Create a device: key pair, the admin's certificate, device config, empty state dir.
 
-    Refuses a device id the fleet already has (re-admission takes ``readmit_device``).
+    Refuses a device id the fleet already has.
     """
     check_device_id(device_id)
     fleet = admin.fleet()
-    load_profile(profile)  # fail early on an unknown profile
     registry = admin.registry()
     if device_id in registry:
         raise ConfigError(
             f"device '{device_id}' is already provisioned in fleet '{fleet.fleet.name}'",
-            hint="choose another --device-id",
+            hint="choose another --device-id (a forgotten device comes back with 'hdus-edge readmit')",
         )
+    return _create_device(admin, state_root, device_id, profile, 0, neighbors, broker, key)
+
+
+def readmit_device(
+    admin: AdminDir,
+    state_root: Path,
+    device_id: str,
+    profile: str | None = None,
+    *,
+    neighbors: tuple[str, ...] = (),
+    broker: str = "",
+    key: SigningKey | None = None,
+) -> StateDir:
+    """Re-admit a forgotten device with a fresh key, a fresh state dir and the next epoch.
+
+    Orders and revocations name the epochs they forgot, so every seed, order and certificate of the
+    old epochs stays refused; only the new incarnation's are accepted. ``ConfigError`` unless the
+    device is in ``devices.json`` and was forgotten.
+    """
+    check_device_id(device_id)
+    registry = admin.registry()
+    entry = registry.get(device_id)
+    if entry is None:
+        raise ConfigError(f"device '{device_id}' was never provisioned in this fleet", hint="use 'hdus-edge provision'")
+    if "forgotten" not in entry:
+        raise ConfigError(f"device '{device_id}' was not forgotten; only a forgotten device is re-admitted",
+                          hint=f"forget it first ('hdus-edge unlearn {device_id}' or its own 'leave')")
+    epoch = max(int(entry.get("epoch", 0)), int(entry["forgotten"].get("epoch", 0))) + 1
+    return _create_device(admin, state_root, device_id, profile or str(entry["profile"]), epoch, neighbors, broker, key)
+
+
+def _create_device(
+    admin: AdminDir, state_root: Path, device_id: str, profile: str, epoch: int, neighbors: tuple[str, ...],
+    broker: str, key: SigningKey | None,
+) -> StateDir:
+    fleet = admin.fleet()
+    load_profile(profile)  # fail early on an unknown profile
     state = StateDir(Path(state_root))
     if state.device_file.exists():
         raise ConfigError(f"{state.root} already holds a device", hint="use an empty --state-dir")
     key = key or SigningKey.generate()
     cert = issue_certificate(admin.key(), fleet=fleet.fleet.name, device_id=device_id, public_key=key.public_key,
-                             epoch=0, profile=profile)
+                             epoch=epoch, profile=profile)
     state.root.mkdir(parents=True, exist_ok=True)
     save_signing_key(key, state.key_file)
     save_certificate(cert, state.cert_file)
@@ -350,7 +420,12 @@ def provision_device(
     atomic_write(state.device_file, to_toml(cfg).encode())
     for sub in (state.models, state.store_dir, state.outbox_dir):
         sub.mkdir(parents=True, exist_ok=True)
-    registry[device_id] = {"profile": profile, "epoch": 0, "public_key": key.public_key.hex(), "issued_at": time.time()}
+    registry = admin.registry()
+    history = registry.get(device_id, {}).get("history", [])
+    if device_id in registry:  # re-admission: keep what happened to the earlier epochs
+        history = [*history, {k: v for k, v in registry[device_id].items() if k != "history"}]
+    registry[device_id] = {"profile": profile, "epoch": epoch, "public_key": key.public_key.hex(), "issued_at": time.time(),
+                           **({"history": history} if history else {})}
     write_json(admin.registry_file, registry)
     return state
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import time
+from pathlib import Path
 
 import cli_lifecycle_kit as kit
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 
 from hdus_edge.config import list_profiles, load_fleet_config
 from hdus_edge.data import dataset_sha256, load_digits, load_npz
-from hdus_edge.errors import BrokerRefusedError
+from hdus_edge.errors import BrokerRefusedError, BrokerUnreachableError
 from hdus_edge.protocol.crypto import verify_certificate
 from hdus_edge.protocol.topics import Topics
 from hdus_edge.state import StateDir
@@ -107,6 +108,7 @@ COMMANDS = [
     ["train"], ["distill"], ["export"], ["publish"], ["agent"], ["predict"], ["status"], ["members"],
     ["neighbors", "list"], ["neighbors", "add"], ["neighbors", "remove"], ["leave"], ["unlearn"], ["receipts"],
     ["inspect"], ["broker"], ["demo"], ["models", "list"], ["models", "show"], ["bench", "accuracy"],
+    ["dashboard"], ["bench", "dashboard"],
 ]
 
 
@@ -140,9 +142,18 @@ def test_neighbors_add_and_remove_without_an_agent(capsys, tmp_path):
 # --- broker-config, checked against a real Mosquitto ---------------------------------------------------------
 
 
-def _start(conf) -> subprocess.Popen:
-    return subprocess.Popen([find_binary("mosquitto"), "-c", str(conf)], stdout=subprocess.DEVNULL,
+def _generated_broker(capsys, tmp_path, *extra: str, ids=kit.IDS):
+    """A fleet, ``broker-config`` run through the CLI, and Mosquitto running exactly the written config."""
+    admin, states = kit.make_fleet(tmp_path, ids=ids)
+    port = free_port()
+    code, out, _ = kit.cli(capsys, "broker-config", "--admin-dir", admin.root, "--out", tmp_path / "broker",
+                           "--port", port, "--no-persistence", *extra, "--json")
+    assert code == 0
+    files = json.loads(out)
+    proc = subprocess.Popen([find_binary("mosquitto"), "-c", files["config"]], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
+    assert wait_for_port("127.0.0.1", port, 10)
+    return admin, states, files, port, proc
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -154,43 +165,43 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait(5)
 
 
-def test_broker_config_passwords_and_acl_on_mosquitto(capsys, tmp_path):
-    # Prepare: a fleet of three, and the generated broker folder.
-    admin, states = kit.make_fleet(tmp_path)
-    port = free_port()
-    code, out, _ = kit.cli(capsys, "broker-config", "--admin-dir", admin.root, "--out", tmp_path / "broker",
-                           "--port", port, "--json")
-    assert code == 0
-    files = json.loads(out)
+def test_broker_config_is_tls_only_with_passwords_and_per_device_acl(capsys, tmp_path):
+    # Prepare: a fleet of three and the broker the default broker-config writes.
+    _, _, files, port, proc = _generated_broker(capsys, tmp_path)
     creds = json.loads((tmp_path / "broker" / "credentials.json").read_text())
-    assert oct(os.stat(tmp_path / "broker" / "credentials.json").st_mode & 0o777) == "0o600"
-    assert set(creds) == {"admin", "d1", "d2", "d3"}
-    assert creds["d1"]["password"] not in (tmp_path / "broker" / "passwd").read_text()  # hashed
-    proc = _start(files["config"])
+    bundle = {d: TlsFiles.from_dir(tmp_path / "broker" / "devices" / d / "keys" / "tls") for d in ("admin", "d1")}
     try:
-        assert wait_for_port("127.0.0.1", port, 10)
+        assert oct(os.stat(tmp_path / "broker" / "credentials.json").st_mode & 0o777) == "0o600"
+        assert set(creds) == {"admin", "d1", "d2", "d3"} and files["tls"] is True
+        assert creds["d1"]["password"] not in (tmp_path / "broker" / "dynamic-security.json").read_text()  # hashed
+        assert creds["d1"]["url"].startswith("mqtts://")
         root = Topics("kit").root
-        # Execute / Assert: no anonymous clients, no wrong passwords.
+        # Execute / Assert: no plain-text listener, no TLS without a client certificate, no wrong password.
+        with pytest.raises((BrokerRefusedError, BrokerUnreachableError)):
+            MqttTransport(f"mqtt://d1:{creds['d1']['password']}@127.0.0.1:{port}", "kit.d1").connect(timeout=3, max_attempts=1)
+        with pytest.raises((BrokerRefusedError, BrokerUnreachableError)):
+            MqttTransport(creds["d1"]["url"], "kit.d1", tls=TlsFiles(ca_file=bundle["d1"].ca_file)).connect(timeout=3, max_attempts=1)
         with pytest.raises(BrokerRefusedError):
-            MqttTransport(f"mqtt://127.0.0.1:{port}", "anon").connect(timeout=5)
-        with pytest.raises(BrokerRefusedError):
-            MqttTransport(f"mqtt://d1:wrong@127.0.0.1:{port}", "d1-bad").connect(timeout=5)
-        # The admin sees what devices write; d1 may write only where it is the sender.
+            MqttTransport(creds["d1"]["url"].replace(creds["d1"]["password"], "wrong"), "kit.d1",
+                          tls=bundle["d1"]).connect(timeout=5)
+        # The admin sees what devices write; d1 may write only where it is the sender, never an order.
         seen: list[str] = []
-        watcher = MqttTransport(creds["admin"]["url"], "watcher", handler=lambda t, p, r: seen.append(t))
+        watcher = MqttTransport(creds["admin"]["url"], "watcher", handler=lambda t, p, r: seen.append(t), tls=bundle["admin"])
         watcher.subscribe(f"{root}/#")
         watcher.connect(timeout=5)
-        d1 = MqttTransport(creds["d1"]["url"], "kit.d1")
+        d1 = MqttTransport(creds["d1"]["url"], "kit.d1", tls=bundle["d1"])
         d1.connect(timeout=5)
         try:
             for topic in (f"{root}/membership/d1", f"{root}/membership/d2", f"{root}/seeds/d2/d1",
-                          f"{root}/seeds/d3/d2", f"{root}/unlearn/d3", f"{root}/tombstones/d1"):
+                          f"{root}/seeds/d3/d2", f"{root}/unlearn/d3", f"{root}/unlearn/d1", f"{root}/leave/d1",
+                          f"{root}/leave/d2", f"{root}/revocations", f"{root}/tombstones/d1"):
                 assert d1.publish(topic, b"x", wait=True, timeout=5)  # a 3.1.1 broker acks denied ones too
             deadline = time.monotonic() + 5
-            while len(seen) < 3 and time.monotonic() < deadline:
+            while len(seen) < 4 and time.monotonic() < deadline:
                 time.sleep(0.05)
             time.sleep(0.3)
-            assert sorted(seen) == sorted([f"{root}/membership/d1", f"{root}/seeds/d2/d1", f"{root}/tombstones/d1"])
+            assert sorted(seen) == sorted([f"{root}/membership/d1", f"{root}/seeds/d2/d1", f"{root}/leave/d1",
+                                           f"{root}/tombstones/d1"])
         finally:
             d1.close()
             watcher.close()
@@ -198,44 +209,34 @@ def test_broker_config_passwords_and_acl_on_mosquitto(capsys, tmp_path):
         _stop(proc)
 
 
-def test_a_device_agent_runs_on_the_generated_broker(capsys, tmp_path):
-    # The ACL must allow everything the agent subscribes to and publishes (hello, membership, digests, ...).
+def test_a_device_agent_runs_on_the_generated_broker_with_its_state_dir_certificate(capsys, tmp_path):
+    # The ACL must allow everything the agent subscribes to and publishes (hello, membership, digests, ...),
+    # and the agent finds its client certificate in <state>/keys/tls/ by itself.
+    from hdus_edge.admin.broker import install_device_access
     from hdus_edge.device.agent import AgentSettings, DeviceAgent
 
-    admin, states = kit.make_fleet(tmp_path)
+    _, states, _, _, proc = _generated_broker(capsys, tmp_path)
     kit.install_models(states["d1"])
-    port = free_port()
-    code, out, _ = kit.cli(capsys, "broker-config", "--admin-dir", admin.root, "--out", tmp_path / "broker",
-                           "--port", port, "--no-persistence", "--json")
-    assert code == 0
-    creds = json.loads((tmp_path / "broker" / "credentials.json").read_text())
-    proc = _start(json.loads(out)["config"])
+    url = install_device_access(tmp_path / "broker", "d1", states["d1"])
     try:
-        assert wait_for_port("127.0.0.1", port, 10)
-        agent = DeviceAgent.from_state_dir(states["d1"], broker_url=creds["d1"]["url"],
-                                           settings=AgentSettings(probe_in_subprocess=False))
+        assert (states["d1"].root / "keys" / "tls" / "client.crt").exists() and url.startswith("mqtts://d1:")
+        agent = DeviceAgent.from_state_dir(states["d1"], settings=AgentSettings(probe_in_subprocess=False))
         agent.start()
         try:
             assert agent.transport.connected
+            assert agent.transport.subscribe(Topics("kit").subscriptions("d1", ["d2"]))  # every filter granted
         finally:
             agent.stop()
     finally:
         _stop(proc)
 
 
-def test_broker_config_tls_client_certificates(capsys, tmp_path):
-    admin, _ = kit.make_fleet(tmp_path, ids=("d1", "d2"))
-    port, tls_port = free_port(), free_port()
-    code, out, _ = kit.cli(capsys, "broker-config", "--admin-dir", admin.root, "--out", tmp_path / "broker",
-                           "--port", port, "--tls-port", tls_port, "--no-passwords", "--no-persistence", "--json")
-    assert code == 0
-    files = json.loads(out)
-    cert, key = files["device_certs"]["d1"]["cert"], files["device_certs"]["d1"]["key"]
-    proc = _start(files["config"])
+def test_broker_config_insecure_plaintext_has_no_tls_listener(capsys, tmp_path):
+    admin, _, files, _, proc = _generated_broker(capsys, tmp_path, "--insecure-plaintext", ids=("d1", "d2"))
+    creds = json.loads((tmp_path / "broker" / "credentials.json").read_text())
     try:
-        assert wait_for_port("127.0.0.1", tls_port, 10)
-        t = MqttTransport(f"mqtts://127.0.0.1:{tls_port}", "kit.d1",
-                          tls=TlsFiles(ca_file=files["ca"], cert_file=cert, key_file=key))
+        assert files["tls"] is False and files["ca"] is None and "cafile" not in Path(files["config"]).read_text()
+        t = MqttTransport(creds["d1"]["url"], "kit.d1")
         t.connect(timeout=5)
         try:
             assert t.publish(f"{Topics('kit').root}/membership/d1", b"x", wait=True, timeout=5)

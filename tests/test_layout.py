@@ -31,6 +31,7 @@ FORBIDDEN = {
     "learning": {"device", "admin", "unlearn", "transport"} | ABOVE_RUNTIME,
     "admin": {"learning", "device", "unlearn"} | ABOVE_RUNTIME,
     "unlearn": {"learning", "admin"} | ABOVE_RUNTIME,
+    "dashboard": {"learning"} | ABOVE_RUNTIME,
     "lab": {"sim", "bench", "reliability", "cli"},
     "sim": {"bench", "reliability", "cli"},
     "bench": {"sim", "reliability", "cli"},
@@ -38,7 +39,7 @@ FORBIDDEN = {
 }
 # Packages that a device's base install runs: no heavy learning library, even inside a function,
 # and nothing they import (transitively, within hdus_edge) may import one either.
-TORCH_FREE = ("device", "ensemble", "protocol", "transport")
+TORCH_FREE = ("device", "ensemble", "protocol", "transport", "dashboard")
 HEAVY = {"torch", "torchvision", "sklearn", "matplotlib"}
 
 

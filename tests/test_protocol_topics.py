@@ -40,10 +40,13 @@ def test_topic_names_follow_the_design_table():
     assert not RETAINED[RECEIPT] and all(RETAINED[k] for k in (HELLO, SEED, MEMBERSHIP, UNLEARN, TOMBSTONES))
 
 
-def test_subscriptions_cover_own_seeds_only():
-    subs = T.subscriptions("d1")
-    assert "hdus/v1/lab/seeds/d1/+" in subs
-    assert not any(s.startswith("hdus/v1/lab/seeds/+") for s in subs)
+def test_subscriptions_cover_own_seeds_from_neighbours_only():
+    subs = T.subscriptions("d1", ["d3", "d2"])
+    assert subs == ["hdus/v1/lab/devices/+/hello", "hdus/v1/lab/membership/+", "hdus/v1/lab/unlearn/+",
+                    "hdus/v1/lab/leave/+", "hdus/v1/lab/tombstones/+", "hdus/v1/lab/revocations",
+                    "hdus/v1/lab/seeds/d1/d2", "hdus/v1/lab/seeds/d1/d3"]
+    assert not any("seeds/+" in s or "/#" in s for s in subs)
+    assert T.fleet_state_filters() == subs[:4] and T.hello_filter() == subs[0]
     assert T.receipts_filter("r-1") == "hdus/v1/lab/receipts/r-1/+"
 
 
@@ -87,6 +90,15 @@ def test_parse_inverts_every_topic(to, frm, rid):
 def test_parse_rejects_foreign_and_malformed_topics(topic):
     with pytest.raises(DecodeError):
         T.parse(topic)
+
+
+def test_presence_topics_parse_to_their_device_and_nothing_else_does():
+    assert T.parse_presence(T.presence("dev-1")) == "dev-1"
+    assert "hdus/v1/lab/devices/#" in T.observer_filters() and not any("seeds" in f for f in T.observer_filters())
+    assert T.seed_inbox("dev-1") == "hdus/v1/lab/seeds/dev-1/#"
+    for other in (T.hello("dev-1"), "hdus/v1/other/devices/a/presence", "hdus/v1/lab/devices/a/b/presence",
+                  "hdus/v1/lab/devices/admin/presence", "hdus/v1/lab/devices//presence"):
+        assert T.parse_presence(other) is None, other
 
 
 def test_parse_seed_topic_rejects_other_kinds():

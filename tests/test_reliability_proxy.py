@@ -7,7 +7,7 @@ import random
 import threading
 import time
 
-from hdus_edge.reliability.proxy import TcpProxy
+from hdus_edge.lab.proxy import TcpProxy
 from hdus_edge.transport.mqtt import MqttTransport
 
 TOPIC = "rel/flow"
@@ -150,3 +150,88 @@ def _wait_connected_state(t: MqttTransport, want: bool, timeout: float) -> bool:
             return True
         time.sleep(0.05)
     return t.connected == want
+
+
+# --- shaped links (the WAN profile of the scale bench) ------------------------------------------
+
+
+def _echo_server():
+    import socket
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+
+    def serve():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=lambda c=conn: [c.sendall(d) for d in iter(lambda: c.recv(65536), b"")],
+                             daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return srv
+
+
+def _round_trips(proxy, messages: list[bytes]) -> tuple[bytes, list[float]]:
+    import socket
+
+    got, times = b"", []
+    with socket.create_connection((proxy.host, proxy.port)) as c:
+        for m in messages:
+            t0 = time.monotonic()
+            c.sendall(m)
+            want = len(got) + len(m)
+            while len(got) < want:
+                got += c.recv(65536)
+            times.append(time.monotonic() - t0)
+    return got, times
+
+
+def test_a_shaped_link_delays_each_direction_and_keeps_bytes_in_order():
+    from hdus_edge.lab.proxy import LinkShape
+
+    srv = _echo_server()
+    shape = LinkShape(delay_s=0.05, jitter_s=0.01, seed=1)
+    with TcpProxy("127.0.0.1", srv.getsockname()[1], shape=shape) as proxy:
+        messages = [f"<{k}>".encode() * (k + 1) for k in range(20)]
+        got, times = _round_trips(proxy, messages)
+    srv.close()
+    assert got == b"".join(messages)  # nothing lost, nothing reordered
+    # One-way delay at least delay - jitter each way: a lower bound, which a busy machine cannot break.
+    assert min(times) >= 2 * (shape.delay_s - shape.jitter_s)
+
+
+def test_loss_on_a_shaped_link_costs_a_retransmission_not_bytes():
+    from hdus_edge.lab.proxy import LinkShape
+
+    srv = _echo_server()
+    shape = LinkShape(delay_s=0.0, loss=0.3, retransmit_s=0.2, seed=7)
+    with TcpProxy("127.0.0.1", srv.getsockname()[1], shape=shape) as proxy:
+        messages = [bytes([k]) * 100 for k in range(30)]
+        got, times = _round_trips(proxy, messages)
+    srv.close()
+    assert got == b"".join(messages)
+    slow = sum(1 for t in times if t >= shape.retransmit_s)
+    assert proxy.stats.lost >= 1 and slow >= 1  # some chunks waited a retransmission timeout...
+    assert slow <= proxy.stats.lost  # ...and only those (a chunk waits at most once per loss)
+
+
+def test_an_unshaped_proxy_loses_nothing_and_counts_no_loss():
+    srv = _echo_server()
+    with TcpProxy("127.0.0.1", srv.getsockname()[1]) as proxy:
+        got, _ = _round_trips(proxy, [b"x" * 1000] * 5)
+    srv.close()
+    assert got == b"x" * 5000 and proxy.stats.lost == 0
+
+
+def test_link_shape_rejects_nonsense():
+    import pytest
+
+    from hdus_edge.lab.proxy import LinkShape
+
+    for bad in ({"delay_s": -1}, {"delay_s": 0.01, "jitter_s": 0.02}, {"loss": 1.0}):
+        with pytest.raises(ValueError):
+            LinkShape(**bad)

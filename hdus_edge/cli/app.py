@@ -33,9 +33,16 @@ _debug = {"on": False}
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")] = False,
     verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (-v info, -vv debug).")] = 0,
+    insecure: Annotated[bool, typer.Option("--insecure", help="Allow plain-text mqtt:// to a host that is not loopback (a lab).")] = False,
 ) -> None:
     """hdus-edge: train, distill, share seeds over MQTT, and forget any device exactly."""
     _debug["on"] = debug
+    if insecure:
+        import os
+
+        from hdus_edge.transport.url import INSECURE_ENV
+
+        os.environ[INSECURE_ENV] = "1"  # read by every MQTT connection, also in child processes
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -69,12 +76,14 @@ def _register_lifecycle() -> None:
     # The device lifecycle, in the order a user meets it: set up, train, share, forget.
     from hdus_edge.cli import (
         broker_config_cmd,
+        dashboard_cmd,
         device_cmd,
         fleet_cmd,
         lifecycle_cmd,
         predict_cmd,
         profiles_cmd,
         provision_cmd,
+        readmit_cmd,
         service_cmd,
         unlearn_cmd,
     )
@@ -94,6 +103,9 @@ def _register_lifecycle() -> None:
     app.command("leave")(unlearn_cmd.leave)
     app.command("unlearn")(unlearn_cmd.unlearn)
     app.command("receipts")(unlearn_cmd.receipts)
+    app.command("revoke")(unlearn_cmd.revoke)
+    app.command("readmit")(readmit_cmd.readmit)
+    app.command("dashboard")(dashboard_cmd.dashboard)
     app.add_typer(service_cmd.service_app, name="service")
 
 

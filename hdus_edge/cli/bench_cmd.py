@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated
 
 import typer
@@ -129,6 +131,46 @@ def unlearn(
                   "the fleet estimate multiplies it by the remaining devices.")
 
 
+@bench_app.command("dashboard")
+def dashboard(
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="Smaller fleets (under a minute).")] = False,
+) -> None:
+    """Fleet dashboard: render time by fleet size, and publish-to-page push latency on a real broker.
+
+    Example: hdus-edge bench dashboard --quick
+    """
+    from hdus_edge.bench.dashboard import run_dashboard_bench
+
+    render_sizes, push_sizes = ((3, 20, 50), (3, 20)) if quick else ((3, 20, 50, 100), (3, 20, 50))
+    with console.status("starting") if not json_out else _no_status() as status:
+        result = run_dashboard_bench(render_sizes, push_sizes,
+                                     (lambda what: status.update(f"measuring {what}")) if status else None)
+    if json_out:
+        print_json(result)
+        return
+    table = Table(title="Dashboard render (complete graph; every seed signed, ~30 KB)")
+    for col in ("devices", "retained messages", "first render", "re-render (memo)", "JSON pushed"):
+        table.add_column(col, justify="right")
+    for r in result["render"]:
+        table.add_row(str(r["devices"]), str(r["messages"]), f"{1e3 * r['first_render_s']:.0f} ms",
+                      f"{1e3 * r['rerender_s']:.0f} ms", f"{r['json_kib']:.0f} KiB")
+    console.print(table)
+    table = Table(title=f"Publish to page (server-sent events) on {result['broker']}; target {result['target_push_s']:.0f} s")
+    for col in ("devices", "presence flip p50", "presence flip max", "unlearn order", "within target"):
+        table.add_column(col, justify="right")
+    for r in result["push"]:
+        table.add_row(str(r["devices"]), f"{1e3 * r['presence_p50_s']:.0f} ms", f"{1e3 * r['presence_max_s']:.0f} ms",
+                      f"{1e3 * r['unlearn_s']:.0f} ms", "yes" if r["within_target"] else "NO")
+    console.print(table)
+    console.print(f"Finished in {result['seconds']:.0f} s.")
+
+
+@contextmanager
+def _no_status() -> Iterator[None]:
+    yield None
+
+
 @bench_app.command("reliability")
 def reliability(
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
@@ -179,6 +221,66 @@ def reliability(
             console.print(f"[red]not zero:[/red] {failed}")
     if result["failed_checks"]:
         raise typer.Exit(1)
+
+
+@bench_app.command("scale")
+def scale(
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="One case: 50 devices x 8 neighbours on a LAN.")] = False,
+    sizes: Annotated[str, typer.Option(help="Comma-separated fleet sizes (ignored with --quick).")] = "20,50,100",
+    degrees: Annotated[str, typer.Option(help="Comma-separated neighbour counts.")] = "4,8",
+    nets: Annotated[str, typer.Option(help="Comma-separated network profiles: lan, wan.")] = "lan,wan",
+) -> None:
+    """Fleets of one process per device in network namespaces: seed propagation, unlearn latency, cost.
+
+    Needs root (network namespaces). Example: hdus-edge bench scale --quick
+    """
+    from hdus_edge.bench.scale import NETS, QUICK, ScaleCase, run_scale_bench
+    from hdus_edge.errors import ConfigError
+
+    try:
+        size_list = [int(v) for v in sizes.split(",") if v.strip()]
+        degree_list = [int(v) for v in degrees.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError("--sizes and --degrees take comma-separated integers") from None
+    net_list = [v.strip() for v in nets.split(",") if v.strip()]
+    if not net_list or any(n not in NETS for n in net_list):
+        raise ConfigError(f"--nets must name {', '.join(NETS)}, got {nets!r}")
+    cases = QUICK if quick else tuple(ScaleCase(n, d, net) for net in net_list for d in degree_list for n in size_list)
+    for c in cases:
+        if c.degree < 1 or c.devices <= c.degree or c.devices < c.forgets + c.together + 2:
+            raise ConfigError(f"{c.devices} devices x {c.degree} neighbours: a fleet needs more devices than "
+                              f"neighbours and at least {c.forgets + c.together + 2} ({c.forgets} unlearns, then "
+                              f"{c.together} at once, and two left)")
+    status = None if json_out else console.status("starting")
+    if status is not None:
+        status.start()
+    try:
+        result = run_scale_bench(cases, progress=(lambda s: status.update(s)) if status is not None else (lambda s: None))
+    finally:
+        if status is not None:
+            status.stop()
+    if json_out:
+        print_json(result)
+        return
+
+    def sec(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f} s"
+
+    table = Table(title="Fleets of one process per device")
+    for col in ("devices", "degree", "net", "propagation p50/p95", "unlearn p50/p95", "10 at once", "missing",
+                "back", "RSS/agent", "agents' CPU while forgetting"):
+        table.add_column(col, justify="right")
+    for r in result["rows"]:
+        table.add_row(str(r["devices"]), str(r["degree"]), r["net"],
+                      f"{sec(r['propagation_p50_s'])} / {sec(r['propagation_p95_s'])}",
+                      f"{sec(r['unlearn_p50_s'])} / {sec(r['unlearn_p95_s'])}", sec(r["together_all_receipts_s"]),
+                      str(r["missing_receipts"]), str(r["resurrections"]), f"{r['rss_per_agent_mib']:.0f} MiB",
+                      f"{r['agents_cpu_share_while_forgetting']:.2f} of {r['cores']} cores")
+    console.print(table)
+    for g in result["growth"]:
+        if g["unlearn_p50_exponent"] is not None:
+            console.print(f"degree {g['degree']}, {g['net']}: unlearn p50 grows as N^{g['unlearn_p50_exponent']:.2f}")
 
 
 @bench_app.command("serve")

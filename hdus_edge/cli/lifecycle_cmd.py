@@ -119,9 +119,9 @@ def publish(
 ) -> None:
     """Publish the exported seed to every device whose neighbour list names this one.
 
-    Signs each copy with this device's key and leaves it retained on the broker. Uses the client
-    id <fleet>.<id>.publish, so it works next to a running agent. Refuses when this device was
-    forgotten.
+    Signs each copy with this device's key and leaves it retained on the broker. Logs in as the
+    device's command login (<id>@cli, client id <fleet>.<id>@cli) with the certificate in keys/tls/,
+    so it works next to a running agent. Refuses when this device was forgotten.
 
     Example: hdus-edge publish --state-dir ./dev-1
     """

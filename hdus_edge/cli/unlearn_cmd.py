@@ -71,12 +71,55 @@ def unlearn(
     Example: hdus-edge unlearn dev-3 --admin-dir ./admin
     """
     from hdus_edge.unlearn.commands import unlearn as unlearn_device
+    from hdus_edge.unlearn.revocation import revoke as revoke_device
 
     check_broker(broker)
     admin = open_admin(admin_dir)
     with waiting(f"ordering the fleet to forget {device}; waiting for receipts", enabled=not json_out):
         outcome, path = unlearn_device(admin, device, broker_url=broker or None, wait_s=wait, reason=reason)
-    _finish(outcome, path, json_out)
+        # After the wait, complete or not: the order is retained where the device cannot clear it,
+        # and a holder that was away applies it (or the revocation list) when it returns.
+        revoked = revoke_device(admin, outcome.order_raw, broker_url=broker or None)
+    _finish(outcome, path, json_out, {"revocation": revoked.to_json()})
+
+
+def revoke(
+    admin_dir: AdminDirOpt,
+    device: Annotated[str | None, typer.Argument(help="Id of the device to revoke (it asked with 'leave', or was ordered).")] = None,
+    pending: Annotated[bool, typer.Option("--pending", help="Revoke every device whose own 'leave' order is on the broker and not yet revoked.")] = False,
+    broker: BrokerOpt = "",
+    json_out: JsonOpt = False,
+) -> None:
+    """Revoke a forgotten device everywhere (fleet admin): its broker logins, its certificate in the
+    signed revocation list, its retained topics. 'unlearn' does this by itself; after a device's own
+    'leave', run it with the device's id or with --pending (e.g. from cron). The order is relayed
+    where no device can clear it. Harmless to repeat.
+
+    Example: hdus-edge revoke dev-2 --admin-dir ./admin
+    """
+    from hdus_edge.errors import ConfigError
+    from hdus_edge.unlearn.revocation import find_self_order, pending_leaves
+    from hdus_edge.unlearn.revocation import revoke as revoke_device
+
+    check_broker(broker)
+    if (device is None) == (not pending):
+        raise ConfigError("name one DEVICE or pass --pending", hint="hdus-edge revoke dev-2 --admin-dir ./admin")
+    admin = open_admin(admin_dir)
+    orders = pending_leaves(admin, broker_url=broker or None) if pending else {
+        device: find_self_order(admin, device, broker_url=broker or None)}  # type: ignore[dict-item]
+    done = [revoke_device(admin, order, broker_url=broker or None) for order in orders.values()]
+    if json_out:
+        print_json(done[0].to_json() if device is not None else {"revoked": [d.to_json() for d in done]})
+        return
+    if not done:
+        console.print("no pending leave orders", markup=False)
+    for d in done:
+        console.print(f"Revoked {d.device} (epochs <= {d.epoch}, request {d.request_id}); revocation list v{d.list_version}",
+                      markup=False)
+        console.print(f"  broker logins deleted: {', '.join(d.broker_logins_deleted) or 'none (no logins on this broker)'}",
+                      markup=False)
+        for e in d.broker_errors:
+            console.print(f"  problem: {e}", markup=False)
 
 
 def receipts(
@@ -119,14 +162,14 @@ def receipts(
     _print_receipts(report)
 
 
-def _finish(outcome: UnlearnOutcome, path: Path, json_out: bool) -> None:
+def _finish(outcome: UnlearnOutcome, path: Path, json_out: bool, extra: dict[str, Any] | None = None) -> None:
     from hdus_edge.errors import UnlearnIncompleteError
 
     ev = outcome.evidence()
     if json_out:
         print_json({**{k: v for k, v in ev.items() if k not in ("order", "certificates")},
                     "receipts": [{k: v for k, v in r.items() if k != "signed"} for r in ev["receipts"]],
-                    "evidence_file": str(path)})
+                    "evidence_file": str(path), **(extra or {})})
     else:
         console.print(f"Request {outcome.order.request_id}: forget {outcome.order.target} (signed by {outcome.order.issuer})",
                       markup=False)
@@ -136,6 +179,11 @@ def _finish(outcome: UnlearnOutcome, path: Path, json_out: bool) -> None:
         if not outcome.holders:
             console.print("  no device listed it as a neighbour: nothing to delete", markup=False)
         console.print(f"Evidence: {path} ({outcome.seconds:.1f} s)", markup=False)
+        revoked = (extra or {}).get("revocation")
+        if revoked:
+            logins = ", ".join(revoked["broker_logins_deleted"]) or "none on this broker"
+            console.print(f"Revoked {revoked['device']} (revocation list v{revoked['list_version']}; broker logins "
+                          f"deleted: {logins})", markup=False)
     if not outcome.complete:
         raise UnlearnIncompleteError(
             f"no receipt within the wait from {', '.join(outcome.missing)}",

@@ -5,6 +5,7 @@
 - ``store``: the durable seed store (atomic writes, index, tombstones, orders, audit log).
 - ``publish``: announcing the device (hello, membership, own seed) and reading the broker's state.
 - ``neighbors``: changing the neighbour list of a state dir.
+- ``login``: how the device's one-shot commands log in next to its agent (command login, ``keys/tls/``).
 - ``view``: read-only views of a state dir (``status``, ``members``, evidence summaries).
 - ``inputs``: turning user files (.npy, PNG, PGM) into model input.
 - ``http_api``: the live ensemble over the Open Inference Protocol (KServe v2), plus ``/metrics``.

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,13 +58,14 @@ from hdus_edge.protocol.messages import (
     Hello,
     NeighborList,
     Receipt,
+    RevocationList,
     SeedEnvelope,
     TombstoneDigest,
     UnlearnOrder,
 )
 from hdus_edge.protocol.topics import Topics
 from hdus_edge.state import StateDir
-from hdus_edge.transport.mqtt import MqttTransport
+from hdus_edge.transport.mqtt import MqttTransport, TlsFiles
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +160,7 @@ class DeviceAgent:
         profile: str = "generic-x86_64",
         settings: AgentSettings = AgentSettings(),
         watch: StateDir | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.device_id = device_id
         self.fleet = fleet
@@ -174,10 +175,7 @@ class DeviceAgent:
         # `export` (models/seed.json) while it runs.
         self._watch = watch
         self._watched: dict[Path, int] = {}
-        self.contract = ModelContract(
-            height=fleet.data.input_shape[1], width=fleet.data.input_shape[2],
-            num_classes=fleet.data.num_classes, channels=fleet.data.input_shape[0],
-        )
+        self.contract = ModelContract.from_shape(fleet.data.input_shape, fleet.data.num_classes)
         self._policy = LoadPolicy(max_bytes=settings.max_seed_bytes)
         self.trust = TrustStore(fleet.fleet.name, admin_key)
         self.trust.certify(certificate)
@@ -191,6 +189,7 @@ class DeviceAgent:
         self._hellos: dict[str, Hello] = {}
         self._forgotten = False
         self._connects_seen = 0
+        self._revocation_version = 0  # the newest admin revocation list applied
         self._digest_due = False  # an order was applied: publish the digest on the next housekeeping tick
         # Encoded orders already applied here, as they travel inside digests: skipped unverified.
         self._applied_order_bytes: set[bytes] = set()
@@ -212,7 +211,7 @@ class DeviceAgent:
         # Client ids are per broker: qualify with the fleet so two fleets can share one broker.
         self.transport = MqttTransport(
             broker_url, f"{fleet.fleet.name}.{device_id}", handler=self._on_message, outbox_dir=outbox_dir,
-            presence_topic=self.topics.presence(device_id),
+            presence_topic=self.topics.presence(device_id), tls=tls,
         )
         self._stop = threading.Event()
         self._digest_thread: threading.Thread | None = None
@@ -247,12 +246,13 @@ class DeviceAgent:
             main_arch=main_prov.arch if main_prov else profile.model.main_arch, seed_arch=seed_arch,
             reference_sha256=reference_sha or "0" * 64,
         )
+        url = broker_url or device.device.broker or fleet.fleet.broker
         return cls(
             device_id=device.device.id, fleet=fleet, key=state.key(), certificate=state.certificate(),
             admin_key=state.admin_key(), models=models, neighbors=device.neighbors,
-            broker_url=broker_url or device.device.broker or fleet.fleet.broker, store_dir=state.store_dir,
+            broker_url=url, store_dir=state.store_dir,
             outbox_dir=state.outbox_dir, status_file=state.status_file, profile=device.device.profile,
-            settings=settings, watch=state,
+            settings=settings, watch=state, tls=TlsFiles.for_url(url, state.tls_dir),
         )
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -263,10 +263,7 @@ class DeviceAgent:
             for stray in [*self._watch.root.glob(".tmp-*"), *self._watch.models.glob(".tmp-*")]:
                 stray.unlink(missing_ok=True)
                 logger.warning("agent %s: removed stray temp file %s", self.device_id, stray)
-        root = self.topics.root
-        filters = [f"{root}/devices/+/hello", f"{root}/membership/+", f"{root}/unlearn/+", f"{root}/tombstones/+"]
-        filters += [self.topics.seed(self.device_id, j) for j in self._neighbors]
-        self.transport.subscribe(filters)
+        self.transport.subscribe(self.topics.subscriptions(self.device_id, self._neighbors))
         self.transport.connect(timeout=self.settings.connect_timeout_s)
         self._announce()
         for pending in self.store.pending_receipts():
@@ -350,6 +347,7 @@ class DeviceAgent:
                                for t in self.store.tombstones()],
                 "pending_receipts": [r.request_id for r in self.store.pending_receipts()],
                 "forgotten": self._forgotten,
+                "parked": sum(len(v) for v in self._parked.values()),  # awaiting their sender's hello
                 "counters": {k: v for k, v in vars(self.counters).items() if k != "reasons"}
                 | {"reasons": dict(self.counters.reasons)},
                 "updated_at": time.time(),
@@ -404,6 +402,8 @@ class DeviceAgent:
                 self._on_unlearn(topic, signed, raw)
             elif kind == topic_kinds.TOMBSTONES:
                 self._on_digest(topic, signed)
+            elif kind == topic_kinds.REVOCATIONS:
+                self._on_revocations(topic, signed)
             else:
                 logger.debug("agent %s: ignoring %s", self.device_id, topic)
 
@@ -502,6 +502,36 @@ class DeviceAgent:
             if not self.store.is_request_seen(order.request_id):
                 logger.info("agent %s: order %s learned from %s's digest", self.device_id, order.request_id, digest.device_id)
                 self._apply_order(order, order_signed.raw)
+
+    def _on_revocations(self, topic: str, signed: codec.SignedMessage) -> None:
+        """The admin's signed list: apply the orders in it this device missed, then refuse the revoked
+        certificates. The admin's signature over the list vouches for its orders, so they are applied
+        even when this device never saw the revoked device's certificate (e.g. after a restart)."""
+        rl = codec.verify(signed, self.trust)
+        assert isinstance(rl, RevocationList)
+        self.topics.check_matches(topic, rl)
+        if rl.version <= self._revocation_version:
+            self.counters.duplicates += 1
+            return
+        for raw in rl.orders:
+            try:
+                order = codec.decode(raw, max_bytes=self.settings.max_seed_bytes + 64 * 1024).msg
+            except HdusError as exc:  # one bad entry must not hold back the revocations
+                logger.warning("agent %s: revocation list entry refused: %s", self.device_id, exc.message)
+                continue
+            revoked = rl.revoked_epoch(order.target) if isinstance(order, UnlearnOrder) else None
+            if revoked is not None and order.epoch <= revoked and not self.store.is_request_seen(order.request_id):
+                logger.info("agent %s: order %s learned from the revocation list", self.device_id, order.request_id)
+                self._apply_order(order, raw)
+        for device, epoch in rl.revoked:
+            self.trust.revoke(device, epoch)
+            self._parked.pop(device, None)
+            held = self.store.seed_info(device)
+            if held is not None and held.epoch <= epoch:  # no order of it reached us: the list alone decides
+                self.runtime.remove(device)
+                self.store.delete_seed(device, reason="certificate revoked by the admin")
+        self._revocation_version = rl.version
+        self._write_status()
 
     def _already_applied(self, raw: bytes) -> bool:
         """True when ``raw`` (an encoded order from a digest) names a request this device has seen.
@@ -786,11 +816,6 @@ def _own_provenance(data: bytes, name: str) -> Provenance | None:
     except (HdusError, ValueError) as exc:
         message = exc.message if isinstance(exc, HdusError) else str(exc)
         raise StateDirError(f"models/{name} cannot be read: {message}", hint="run 'hdus-edge export' again") from None
-
-
-def new_request_id() -> str:
-    """A fresh unlearn request id."""
-    return uuid.uuid4().hex
 
 
 def require_exported(state: StateDir) -> None:

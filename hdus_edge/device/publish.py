@@ -2,7 +2,7 @@
 
 It does what the agent does when a neighbour asks for its seed: read the retained neighbour lists,
 and publish the signed seed envelope, retained, on ``seeds/<to>/<me>`` for every device ``to`` whose
-list names this device. It connects with its own client id ``<fleet>.<id>.publish``: the agent owns
+list names this device. It connects with the device's command login (``hdus_edge.device.login``): the agent owns
 ``<fleet>.<id>``, and a second connection with that id would take the agent's session over.
 
 Nothing forgotten is published: when the broker holds a valid unlearn order for this device, it
@@ -18,6 +18,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+from hdus_edge.device.login import command_login
 from hdus_edge.errors import (
     HdusError,
     StateDirError,
@@ -165,9 +166,9 @@ def publish_seed(
     topics = Topics(fleet.fleet.name)
     listener = FleetListener(trust, topics)
     running = state.agent_running()
-    url = broker_url or device.device.broker or fleet.fleet.broker
-    filters = [f"{topics.root}/devices/+/hello", f"{topics.root}/membership/+", f"{topics.root}/unlearn/+"]
-    transport = MqttTransport(url, f"{fleet.fleet.name}.{me}.publish", handler=listener.handle, clean_session=True)
+    url, client_id, tls = command_login(state, broker_url)
+    filters = topics.fleet_state_filters()
+    transport = MqttTransport(url, client_id, handler=listener.handle, clean_session=True, tls=tls)
     sent: list[str] = []
     unconfirmed: list[str] = []
     skipped: dict[str, str] = {}

@@ -158,6 +158,22 @@ class _State:
         return state
 
 
+def read_index(root: Path) -> _State:
+    """Parse ``<root>/index.json`` with the store's own rules, without its lock.
+
+    The store replaces the index atomically, so a reader next to a running agent (``status``,
+    ``predict``) sees one whole version. Never written: the empty index. Corrupt: ``ValueError``.
+    """
+    try:
+        data = (Path(root) / INDEX_NAME).read_bytes()
+    except FileNotFoundError:
+        return _State()
+    try:
+        return _State.from_json(canonical.loads(data))
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise ValueError(str(exc)) from None
+
+
 def _seed_file_name(owner: str, epoch: int, version: int) -> str:
     return f"{owner}@{epoch}-{version}.onnx"
 
@@ -253,17 +269,12 @@ class SeedStore:
         return fd
 
     def _load_index(self) -> _State:
-        path = self.root / INDEX_NAME
         try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return _State()
-        try:
-            return _State.from_json(canonical.loads(data))
-        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            return read_index(self.root)
+        except ValueError as exc:
             # Never start empty here: that would drop the tombstones and let forgotten seeds back in.
             raise StoreError(
-                f"seed store index {path} is corrupt: {exc}",
+                f"seed store index {self.root / INDEX_NAME} is corrupt: {exc}",
                 hint="restore it from a backup, or remove the state directory to start over (tombstones are lost)",
             ) from None
 

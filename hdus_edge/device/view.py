@@ -15,70 +15,44 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hdus_edge.device.store import INDEX_NAME, SEEDS_DIR, StoredSeed, read_index
 from hdus_edge.errors import StateDirError
-from hdus_edge.protocol import canonical
 from hdus_edge.protocol.messages import sha256_hex
 from hdus_edge.state import StateDir, read_json
 
 logger = logging.getLogger(__name__)
 
-INDEX_NAME = "index.json"  # the seed store's index (hdus_edge.device.store)
-SEEDS_DIR = "seeds"
 _READ_TRIES = 5
-
-
-@dataclass(frozen=True)
-class SeedEntry:
-    """One seed the store holds (from its index)."""
-
-    owner: str
-    version: int
-    epoch: int
-    sha256: str
-    arch: str
-    size: int
-    received_at: float
-    file: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"owner": self.owner, "version": self.version, "epoch": self.epoch, "sha256": self.sha256,
-                "arch": self.arch, "bytes": self.size, "received_at": self.received_at}
 
 
 @dataclass(frozen=True)
 class StoreView:
     """What the store's index says: seeds, tombstones (completed unlearns), receipts not yet sent."""
 
-    seeds: tuple[SeedEntry, ...]
+    seeds: tuple[StoredSeed, ...]
     tombstones: tuple[dict[str, Any], ...]
     pending_receipts: tuple[str, ...]
     seen_requests: tuple[str, ...]
+
+
+def seed_json(seed: StoredSeed) -> dict[str, Any]:
+    """What ``status`` shows of a held seed (never its bytes)."""
+    return {"owner": seed.owner, "version": seed.version, "epoch": seed.epoch, "sha256": seed.sha256,
+            "arch": seed.arch, "bytes": seed.size, "received_at": seed.received_at}
 
 
 def read_store_index(store_dir: Path) -> StoreView:
     """Parse ``store/index.json`` without locking (an empty view when the store was never written)."""
     path = Path(store_dir) / INDEX_NAME
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return StoreView((), (), (), ())
-    try:
-        data = canonical.loads(raw)
-        seeds = tuple(sorted(
-            (SeedEntry(s["owner"], int(s["version"]), int(s["epoch"]), s["sha256"], s["arch"], int(s["size"]),
-                       float(s["received_at"]), s["file"]) for s in data["seeds"]),
-            key=lambda e: e.owner,
-        ))
-        tombstones = tuple(sorted((dict(t) for t in data["tombstones"]), key=lambda t: t["target"]))
-        pending = tuple(r["request_id"] for r in data["receipts"])
-        seen = tuple(sorted(data["seen"]))
-    except (ValueError, TypeError, KeyError) as exc:
+        index = read_index(Path(store_dir))
+    except ValueError as exc:
         raise StateDirError(f"seed store index {path} is corrupt: {exc}",
                             hint="restore it from a backup, or start the agent to see the store's own diagnosis") from None
-    for entry in seeds:
-        if "/" in entry.file or entry.file.startswith("."):
-            raise StateDirError(f"seed store index {path} names a bad seed file {entry.file!r}")
-    return StoreView(seeds, tombstones, pending, seen)
+    seeds = tuple(s for _, s in sorted(index.seeds.items()))
+    tombstones = tuple({"target": t.target, "epoch": t.epoch, "request_id": t.request_id, "at": t.at}
+                       for _, t in sorted(index.tombstones.items()))
+    return StoreView(seeds, tombstones, tuple(index.receipts), tuple(sorted(index.seen)))
 
 
 def read_member_seeds(state: StateDir, neighbors: tuple[str, ...] | None = None) -> tuple[StoreView, dict[str, bytes]]:
@@ -192,7 +166,7 @@ def device_status(state: StateDir) -> dict[str, Any]:
         "broker": _redacted(device.device.broker or fleet.fleet.broker),
         "neighbors": list(device.neighbors),
         "members": members,
-        "seeds": [held[m].to_json() for m in members],
+        "seeds": [seed_json(held[m]) for m in members],
         "seeds_not_neighbors": stale,
         "ensemble": {"members": ["main", *members], "lam": fleet.ensemble.lam, "effective_lam": lam,
                      "space": fleet.ensemble.space, "strategy": profile.runtime.strategy},

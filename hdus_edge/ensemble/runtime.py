@@ -390,27 +390,17 @@ class EnsembleRuntime:
             self._snapshot = snap
 
 
-def _contract_from_dims(dims_in: list[object], dims_out: list[object]) -> ModelContract:
-    def known(d: object) -> int:
-        return d if isinstance(d, int) and d > 0 else 0  # symbolic or unknown -> 0
-
-    ins, outs = [known(d) for d in dims_in], [known(d) for d in dims_out]
-    if len(ins) != 4 or min(ins[1:], default=0) <= 0 or len(outs) != 2 or outs[1] < 2:
-        raise EnsembleError(f"the main model maps {dims_in} -> {dims_out}; expected [N, C, H, W] -> [N, classes]")
-    return ModelContract(height=ins[2], width=ins[3], num_classes=outs[1], channels=ins[1])
-
-
 def _contract_of(main: onnx.ModelProto) -> ModelContract:
     """The I/O contract the main model defines for every seed."""
-    if len(main.graph.input) != 1 or len(main.graph.output) != 1:
-        raise EnsembleError("the main model must have exactly one input and one output")
-    dims_in = [d.dim_value for d in main.graph.input[0].type.tensor_type.shape.dim]
-    dims_out = [d.dim_value for d in main.graph.output[0].type.tensor_type.shape.dim]
-    return _contract_from_dims(dims_in, dims_out)
+    try:
+        return ModelContract.from_graph(main)
+    except ValueError as exc:
+        raise EnsembleError(f"the main model does not fit: {exc}") from None
 
 
 def _contract_of_session(session: ort.InferenceSession) -> ModelContract:
     """The same contract, read from an onnxruntime session (no onnx import)."""
-    if len(session.get_inputs()) != 1 or len(session.get_outputs()) != 1:
-        raise EnsembleError("the main model must have exactly one input and one output")
-    return _contract_from_dims(list(session.get_inputs()[0].shape), list(session.get_outputs()[0].shape))
+    try:
+        return ModelContract.from_session(session)
+    except ValueError as exc:
+        raise EnsembleError(f"the main model does not fit: {exc}") from None

@@ -33,6 +33,23 @@ class DeviceModels:
     profile: str = "generic-x86_64"
 
 
+def provision_lab_fleet(
+    root: Path, fleet: FleetConfig, models: Mapping[str, DeviceModels], graph: Graph
+) -> tuple[AdminDir, dict[str, StateDir]]:
+    """An admin dir under ``root/admin`` and one exported device state dir per model under ``root/devices``."""
+    admin = init_fleet(Path(root) / "admin", fleet)
+    states: dict[str, StateDir] = {}
+    for device_id in sorted(models):
+        m = models[device_id]
+        state = provision_device(admin, Path(root) / "devices" / device_id, device_id, m.profile,
+                                 neighbors=tuple(sorted(graph.get(device_id, ()))))
+        (state.models / "main.onnx").write_bytes(m.main_onnx)
+        (state.models / "seed.onnx").write_bytes(m.seed_onnx)
+        write_json(state.seed_info_file, {"version": 1})
+        states[device_id] = state
+    return admin, states
+
+
 class AgentFleet:
     """Provision, start, forget and stop N agents on one broker."""
 
@@ -50,16 +67,7 @@ class AgentFleet:
         self.fleet = fleet
         self.graph = graph
         self.settings = settings
-        self.admin: AdminDir = init_fleet(self.root / "admin", fleet)
-        self.states: dict[str, StateDir] = {}
-        for device_id in sorted(models):
-            m = models[device_id]
-            state = provision_device(self.admin, self.root / "devices" / device_id, device_id, m.profile,
-                                     neighbors=tuple(sorted(graph.get(device_id, ()))))
-            (state.models / "main.onnx").write_bytes(m.main_onnx)
-            (state.models / "seed.onnx").write_bytes(m.seed_onnx)
-            write_json(state.seed_info_file, {"version": 1})
-            self.states[device_id] = state
+        self.admin, self.states = provision_lab_fleet(self.root, fleet, models, graph)
         self.agents: dict[str, DeviceAgent] = {}
 
     def start(self, timeout: float = 120.0) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from hdus_edge.data import FleetData
@@ -39,6 +40,6 @@ def evaluate_fleet(fleet: InProcessFleet, data: FleetData, client_index: dict[st
     return out
 
 
-def mean(values: list[float]) -> float:
+def mean(values: Sequence[float]) -> float:
     """Arithmetic mean, NaN for no values."""
     return float(sum(values) / len(values)) if values else float("nan")

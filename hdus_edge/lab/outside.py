@@ -94,15 +94,21 @@ def _request_in_child(admin_root: str, broker_url: str, fleet: str, target: str,
 
 
 class OutsideRequester:
-    """``request_unlearn`` as the admin, in one spawned child process reused for every order."""
+    """``request_unlearn`` as the admin, in spawned child processes reused for every order
+    (``workers`` of them, so that as many orders can be published at the same moment)."""
 
-    def __init__(self, admin_root: Path) -> None:
+    def __init__(self, admin_root: Path, workers: int = 1) -> None:
         self.admin_root = str(admin_root)
-        self._pool = ProcessPoolExecutor(max_workers=1, mp_context=_SPAWN)
+        self._pool = ProcessPoolExecutor(max_workers=max(1, workers), mp_context=_SPAWN)
 
     def unlearn(self, broker_url: str, fleet: str, target: str, wait_s: float = 30.0) -> dict[str, Any]:
         """Order ``target`` forgotten; returns latency_s (None: incomplete), holders, receipts, missing."""
         return self._pool.submit(_request_in_child, self.admin_root, broker_url, fleet, target, wait_s).result()
+
+    def unlearn_many(self, broker_url: str, fleet: str, targets: list[str], wait_s: float = 60.0) -> list[dict[str, Any]]:
+        """Order every one of ``targets`` forgotten at once (up to ``workers`` in parallel); outcomes in order."""
+        futures = [self._pool.submit(_request_in_child, self.admin_root, broker_url, fleet, t, wait_s) for t in targets]
+        return [f.result() for f in futures]
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

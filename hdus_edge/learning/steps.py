@@ -18,9 +18,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 import logging
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +36,7 @@ from hdus_edge.data.reference import check_reference_file
 from hdus_edge.errors import CheckpointError, DataError, DataShapeError
 from hdus_edge.files import atomic_write, write_json
 from hdus_edge.learning.distill import DistillConfig, distill
-from hdus_edge.learning.train import Progress, TrainConfig, train
+from hdus_edge.learning.train import Progress, TrainConfig, torch_threads, train
 from hdus_edge.models import build_model, count_parameters
 from hdus_edge.onnx.export import export_onnx
 from hdus_edge.onnx.metadata import Provenance
@@ -203,7 +200,7 @@ def train_step(
     cfg = TrainConfig(epochs=epochs or profile.train.epochs, batch_size=profile.train.batch_size, seed=seed)
     arch = profile.model.main_arch
     model = build_model(arch, shape, classes, seed=seed)  # type: ignore[arg-type]
-    with _torch_threads(threads):
+    with torch_threads(threads):
         report = train(model, data, cfg, progress)
     data_sha = dataset_sha256(data)
     meta = {"device_id": device.device.id, "data_sha256": data_sha, "samples": len(data), "seed": seed,
@@ -254,7 +251,7 @@ def distill_step(
     cfg = DistillConfig(epochs=epochs or profile.train.distill_epochs, seed=seed)
     arch = profile.model.seed_arch
     student = build_model(arch, teacher.input_shape, teacher.num_classes, seed=seed + 1)
-    with _torch_threads(threads):
+    with torch_threads(threads):
         report = distill(teacher.model, student, reference, cfg, eval_data=reference, progress=progress)
     ref_sha = fleet.data.reference_sha256 or dataset_sha256(reference)
     meta = {"device_id": device.device.id, "teacher_sha256": teacher.sha256, "teacher_arch": teacher.arch,
@@ -325,21 +322,6 @@ def _check_contract(ckpt: Checkpoint, state: StateDir) -> None:
             f"takes {list(fleet.data.input_shape)} -> {fleet.data.num_classes}",
             hint="run 'hdus-edge train' again",
         )
-
-
-@contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    """Run a block with torch on ``n`` threads, restoring the caller's setting afterwards.
-
-    One thread by default, as in ``hdus_edge.learning.inprocess``: the zoo's small models gain little from more,
-    lose a lot when cores are shared, and a fixed count gives the same weights on every machine.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(max(1, min(n, os.cpu_count() or 1)))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _quantize_main(state: StateDir, main_bytes: bytes) -> bytes:

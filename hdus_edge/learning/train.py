@@ -8,6 +8,7 @@ deterministic algorithms, so the same data and seed give the same weights bit fo
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -67,9 +68,11 @@ def deterministic_torch() -> Iterator[None]:
 
 @contextmanager
 def torch_threads(n: int) -> Iterator[None]:
-    """Run a block with torch on ``n`` threads: a fixed count keeps float results identical run to run."""
+    """Run a block with torch on ``n`` threads (at most the machine's cores), restoring the caller's
+    setting afterwards: a fixed count keeps float results identical run to run, and the zoo's small
+    models gain little from more threads and lose a lot when cores are shared."""
     before = torch.get_num_threads()
-    torch.set_num_threads(n)
+    torch.set_num_threads(max(1, min(n, os.cpu_count() or 1)))
     try:
         yield
     finally:

@@ -7,10 +7,14 @@ registry another ~7 MiB once used). ``checks`` re-exports every name.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: this module loads neither library
+    import onnx
+    import onnxruntime as ort
+
     from hdus_edge.onnx.metadata import Provenance
 
 # A seed is ~20 KiB and the largest zoo main model ~1.3 MB; 8 MiB leaves room without letting a
@@ -54,6 +58,37 @@ class ModelContract:
         """The contract a model with ``provenance`` claims to meet."""
         c, h, w = provenance.input_shape
         return cls(height=h, width=w, num_classes=provenance.num_classes, channels=c)
+
+    @classmethod
+    def from_shape(cls, input_shape: tuple[int, int, int], num_classes: int) -> ModelContract:
+        """The contract of a fleet whose samples are ``input_shape`` (C, H, W) with ``num_classes`` classes."""
+        c, h, w = input_shape
+        return cls(height=h, width=w, num_classes=num_classes, channels=c)
+
+    @classmethod
+    def from_dims(cls, dims_in: Sequence[object], dims_out: Sequence[object]) -> ModelContract:
+        """The contract of a model whose one input has ``dims_in`` and one output ``dims_out`` (a symbolic
+        or unknown dimension is anything but a positive int); ``ValueError`` unless [N, C, H, W] -> [N, K]."""
+        ins = [d if isinstance(d, int) and d > 0 else 0 for d in dims_in]
+        outs = [d if isinstance(d, int) and d > 0 else 0 for d in dims_out]
+        if len(ins) != 4 or min(ins[1:]) <= 0 or len(outs) != 2 or outs[1] < 2:
+            raise ValueError(f"the model maps {list(dims_in)} -> {list(dims_out)}; expected [N, C, H, W] -> [N, classes]")
+        return cls(height=ins[2], width=ins[3], num_classes=outs[1], channels=ins[1])
+
+    @classmethod
+    def from_graph(cls, model: onnx.ModelProto) -> ModelContract:
+        """The contract a graph's declared I/O defines; ``ValueError`` unless it maps [N, C, H, W] -> [N, K]."""
+        if len(model.graph.input) != 1 or len(model.graph.output) != 1:
+            raise ValueError("the model must have exactly one input and one output")
+        return cls.from_dims([d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim],
+                             [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim])
+
+    @classmethod
+    def from_session(cls, session: ort.InferenceSession) -> ModelContract:
+        """The same contract read from an onnxruntime session (no onnx import needed)."""
+        if len(session.get_inputs()) != 1 or len(session.get_outputs()) != 1:
+            raise ValueError("the model must have exactly one input and one output")
+        return cls.from_dims(list(session.get_inputs()[0].shape), list(session.get_outputs()[0].shape))
 
 
 @dataclass(frozen=True)

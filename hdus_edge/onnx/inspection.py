@@ -97,10 +97,8 @@ def _own_contract(model: onnx.ModelProto) -> tuple[ModelContract | None, str]:
     if provenance is not None:
         return ModelContract.from_provenance(provenance), ""
     try:
-        dims_in = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
-        dims_out = [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim]
-        return ModelContract(height=dims_in[2], width=dims_in[3], num_classes=dims_out[1], channels=dims_in[1]), ""
-    except (IndexError, ValueError):
+        return ModelContract.from_graph(model), ""
+    except ValueError:
         return None, problem or "no contract: pass --height/--width/--classes (the model declares no usable I/O shape)"
 
 

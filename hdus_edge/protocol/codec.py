@@ -39,6 +39,7 @@ from hdus_edge.protocol.messages import (
     Message,
     NeighborList,
     Receipt,
+    RevocationList,
     SeedEnvelope,
     TombstoneDigest,
     UnlearnOrder,
@@ -183,6 +184,18 @@ def _digest_from(h: Any, body: bytes) -> TombstoneDigest:
     return TombstoneDigest(h["device_id"], [_hex(o, "digest order") for o in _list(h["orders"], "orders")])
 
 
+def _revocations_to(m: RevocationList) -> dict[str, Any]:
+    return {"version": m.version, "issued_at": m.issued_at, "revoked": [[d, e] for d, e in m.revoked],
+            "orders": [order.hex() for order in m.orders]}
+
+
+def _revocations_from(h: Any, body: bytes) -> RevocationList:
+    h = _fields(h, "revocation list", ("version", "issued_at", "revoked", "orders"))
+    revoked = [tuple(_list(entry, "revoked entry")) for entry in _list(h["revoked"], "revoked")]
+    orders = [_hex(o, "revocation order") for o in _list(h["orders"], "orders")]
+    return RevocationList(h["version"], h["issued_at"], tuple(revoked), tuple(orders))  # type: ignore[arg-type]
+
+
 @dataclass(frozen=True)
 class _Kind:
     code: int
@@ -200,6 +213,7 @@ _KINDS = (
     _Kind(4, UnlearnOrder, _order_to, _order_from),
     _Kind(5, Receipt, _receipt_to, _receipt_from),
     _Kind(6, TombstoneDigest, _digest_to, _digest_from),
+    _Kind(7, RevocationList, _revocations_to, _revocations_from),
 )
 _BY_CODE = {k.code: k for k in _KINDS}
 _BY_CLASS = {k.cls: k for k in _KINDS}
@@ -382,16 +396,23 @@ def open_digest(
 
     Returns (accepted orders, [(index, error)] for the rest): a bad entry never spoils the good ones.
     """
+    return open_orders(digest.orders, trust, f"digest from {digest.device_id}", max_bytes)
+
+
+def open_orders(
+    orders: tuple[bytes, ...], trust: TrustStore, source: str, max_bytes: int = DEFAULT_MAX_BYTES
+) -> tuple[list[SignedMessage], list[tuple[int, ProtocolError]]]:
+    """Decode and verify encoded unlearn orders (a digest's or a revocation list's), each on its own authority."""
     accepted: list[SignedMessage] = []
     rejected: list[tuple[int, ProtocolError]] = []
-    for index, raw in enumerate(digest.orders):
+    for index, raw in enumerate(orders):
         try:
             signed = decode(raw, max_bytes)
             if not isinstance(signed.msg, UnlearnOrder):
-                raise DecodeError(f"digest entry {index} is a {type(signed.msg).__name__}, not an unlearn order")
+                raise DecodeError(f"entry {index} is a {type(signed.msg).__name__}, not an unlearn order")
             verify(signed, trust)
         except ProtocolError as exc:
-            logger.warning("digest from %s: entry %d rejected: %s", digest.device_id, index, exc)
+            logger.warning("%s: entry %d rejected: %s", source, index, exc)
             rejected.append((index, exc))
             continue
         accepted.append(signed)

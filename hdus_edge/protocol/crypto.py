@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from hdus_edge.errors import (
     KeyFileError,
     ReplayError,
+    RevokedError,
     SignatureError,
     UnauthorizedError,
     UnknownSenderError,
@@ -320,7 +321,7 @@ def issue_certificate(
     device_id: str,
     public_key: VerifyKey,
     epoch: int = 0,
-    profile: str = "generic-x86",
+    profile: str = "generic-x86_64",
     issued_at: float | None = None,
 ) -> DeviceCertificate:
     """Sign a certificate binding ``device_id`` to ``public_key`` at ``epoch`` (admin side)."""
@@ -381,6 +382,7 @@ class TrustStore:
         self.admin_key = admin_key
         self._certs: dict[str, DeviceCertificate] = {}
         self._by_key: dict[bytes, str] = {}
+        self._revoked: dict[str, int] = {}  # device -> highest revoked epoch (the admin's revocation list)
 
     def certify(self, cert: DeviceCertificate) -> bool:
         """Verify ``cert`` and hold it; return True when it changed what is held, False for a repeat.
@@ -390,6 +392,11 @@ class TrustStore:
         different certificate at the same epoch).
         """
         verify_certificate(self.admin_key, cert, self.fleet)
+        if self.is_revoked(cert.device_id, cert.epoch):
+            raise RevokedError(
+                f"certificate of {cert.device_id!r} at epoch {cert.epoch} was revoked by the fleet admin",
+                hint="a forgotten device must be re-admitted with a new epoch ('hdus-edge readmit')",
+            )
         if cert.public_key == self.admin_key.raw:
             raise UnauthorizedError(f"certificate of {cert.device_id!r} binds the admin's own key")
         owner = self._by_key.get(cert.public_key)
@@ -420,6 +427,7 @@ class TrustStore:
             return self.admin_key
         cert = self._certs.get(device_id)
         if cert is None:
+            self._raise_if_revoked(device_id)
             raise UnknownSenderError(
                 f"no certificate held for device {device_id!r}",
                 hint="the device must publish its hello (with the admin's certificate) first",
@@ -435,6 +443,35 @@ class TrustStore:
             raise UnknownSenderError(f"key {public_key.fingerprint} is not certified in fleet {self.fleet!r}")
         return device
 
+    def revoke(self, device_id: str, epoch: int) -> bool:
+        """Revoke every certificate of ``device_id`` up to ``epoch``; True when that changed what is held.
+
+        A held certificate at or below ``epoch`` is dropped, so the device's messages are refused with
+        ``RevokedError`` (never parked as from an unknown sender); a re-admitted epoch stays certifiable.
+        """
+        check_device_id(device_id)
+        check_counter(epoch, "revoked epoch")
+        if self._revoked.get(device_id, -1) >= epoch:
+            return False
+        self._revoked[device_id] = epoch
+        held = self._certs.get(device_id)
+        if held is not None and held.epoch <= epoch:
+            del self._certs[device_id]
+            self._by_key.pop(held.public_key, None)
+        logger.info("revoked %s up to epoch %d", device_id, epoch)
+        return True
+
+    def is_revoked(self, device_id: str, epoch: int) -> bool:
+        """True when the certificate of ``device_id`` at ``epoch`` was revoked."""
+        return self._revoked.get(device_id, -1) >= epoch
+
+    def _raise_if_revoked(self, device_id: str) -> None:
+        if device_id in self._revoked:
+            raise RevokedError(
+                f"device {device_id!r} was revoked by the fleet admin (epochs <= {self._revoked[device_id]})",
+                hint="a forgotten device must be re-admitted with a new epoch",
+            )
+
     def certificate_for(self, device_id: str) -> DeviceCertificate | None:
         """The held certificate of ``device_id``, or None."""
         return self._certs.get(device_id)
@@ -443,6 +480,7 @@ class TrustStore:
         """The certified epoch of ``device_id``; ``UnknownSenderError`` when not certified."""
         cert = self._certs.get(device_id)
         if cert is None:
+            self._raise_if_revoked(device_id)
             raise UnknownSenderError(f"no certificate held for device {device_id!r}")
         return cert.epoch
 

@@ -16,7 +16,9 @@ from typing import Union
 
 from hdus_edge.protocol.crypto import DeviceCertificate
 from hdus_edge.protocol.fields import (
+    ADMIN_ID,
     MAX_CLASSES,
+    MAX_MEMBERS,
     PUBLIC_KEY_BYTES,
     check_bytes,
     check_counter,
@@ -212,8 +214,52 @@ class TombstoneDigest:
         _set(self, "orders", orders)
 
 
-Message = Union[Hello, SeedEnvelope, NeighborList, UnlearnOrder, Receipt, TombstoneDigest]
-MESSAGE_TYPES: tuple[type, ...] = (Hello, SeedEnvelope, NeighborList, UnlearnOrder, Receipt, TombstoneDigest)
+@dataclass(frozen=True)
+class RevocationList:
+    """The admin's list of revoked certificates: ``(device_id, epoch)`` = every epoch <= ``epoch`` is revoked.
+
+    Retained on one topic and signed by the admin only, so a device that missed an unlearn order still
+    refuses a forgotten device's certificate. ``orders`` carries the signed orders that forgot them
+    (verified on their own authority, as in a digest), so such a device also deletes what it holds.
+    ``version`` goes up with every new list; a device keeps the highest it saw.
+    """
+
+    version: int
+    issued_at: float
+    revoked: tuple[tuple[str, int], ...]
+    orders: tuple[bytes, ...]
+
+    def __post_init__(self) -> None:
+        check_counter(self.version, "revocation list version", minimum=1)
+        _set(self, "issued_at", check_time(self.issued_at, "revocation list issued_at"))
+        if isinstance(self.revoked, (bytes, str)) or isinstance(self.orders, (bytes, str)):
+            raise TypeError("revoked and orders must be sequences")
+        revoked = []
+        for entry in self.revoked:
+            if isinstance(entry, (bytes, str)) or len(tuple(entry)) != 2:
+                raise ValueError("a revoked entry is [device_id, epoch]")
+            device, epoch = tuple(entry)
+            revoked.append((check_device_id(device, "revoked device"), check_counter(epoch, "revoked epoch")))
+        if len(revoked) > MAX_MEMBERS or len({d for d, _ in revoked}) != len(revoked):
+            raise ValueError(f"a revocation list names each device once, at most {MAX_MEMBERS}")
+        _set(self, "revoked", tuple(sorted(revoked)))
+        orders = tuple(self.orders)
+        if len(orders) > MAX_DIGEST_ORDERS:
+            raise ValueError(f"a revocation list carries at most {MAX_DIGEST_ORDERS} orders, got {len(orders)}")
+        for order in orders:
+            check_bytes(order, "revocation order")
+            if len(order) > MAX_NESTED_ORDER_BYTES:
+                raise ValueError(f"a revocation order is {len(order)} bytes, more than {MAX_NESTED_ORDER_BYTES}")
+        _set(self, "orders", orders)
+
+    def revoked_epoch(self, device_id: str) -> int | None:
+        """The highest revoked epoch of ``device_id``, or None when it is not revoked."""
+        return dict(self.revoked).get(device_id)
+
+
+Message = Union[Hello, SeedEnvelope, NeighborList, UnlearnOrder, Receipt, TombstoneDigest, RevocationList]
+MESSAGE_TYPES: tuple[type, ...] = (Hello, SeedEnvelope, NeighborList, UnlearnOrder, Receipt, TombstoneDigest,
+                                   RevocationList)
 
 
 def claimed_sender(msg: Message) -> str:
@@ -224,4 +270,6 @@ def claimed_sender(msg: Message) -> str:
         return msg.owner
     if isinstance(msg, UnlearnOrder):
         return msg.issuer
+    if isinstance(msg, RevocationList):
+        return ADMIN_ID
     raise TypeError(f"not a protocol message: {type(msg).__name__}")

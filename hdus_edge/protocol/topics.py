@@ -6,10 +6,16 @@ topic                           retained payload
 ``devices/<id>/hello``          yes      ``Hello``
 ``seeds/<to>/<from>``           yes      ``SeedEnvelope`` (empty payload = cleared)
 ``membership/<id>``             yes      ``NeighborList``
-``unlearn/<target>``            yes      ``UnlearnOrder``
+``unlearn/<target>``            yes      ``UnlearnOrder`` (only the admin writes here)
+``leave/<id>``                  yes      ``UnlearnOrder`` signed by ``<id>`` itself
 ``receipts/<request_id>/<from>`` no      ``Receipt``
 ``tombstones/<id>``             yes      ``TombstoneDigest``
+``revocations``                 yes      ``RevocationList`` (only the admin writes here)
 =============================== ======== =====================================================
+
+Orders about a device live where the device cannot clear them: the broker lets only the admin write
+``unlearn/<target>``; a device asks to be forgotten on ``leave/<itself>``, and the admin relays that
+order onto ``unlearn/<target>`` when it revokes the device (``hdus_edge.admin.revocation``).
 
 Every id segment is validated (``fields.ID_PATTERN``), so no id can smuggle in ``/``, ``+`` or ``#``.
 To clear a forgotten seed from the broker, device ``me`` publishes an empty retained payload on
@@ -18,15 +24,22 @@ To clear a forgotten seed from the broker, device ``me`` publishes an empty reta
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from hdus_edge.errors import DecodeError
-from hdus_edge.protocol.fields import check_device_id, check_fleet, check_request_id
+from hdus_edge.protocol.fields import (
+    ADMIN_ID,
+    check_device_id,
+    check_fleet,
+    check_request_id,
+)
 from hdus_edge.protocol.messages import (
     Hello,
     Message,
     NeighborList,
     Receipt,
+    RevocationList,
     SeedEnvelope,
     TombstoneDigest,
     UnlearnOrder,
@@ -40,6 +53,7 @@ MEMBERSHIP = "membership"
 UNLEARN = "unlearn"
 RECEIPT = "receipt"
 TOMBSTONES = "tombstones"
+REVOCATIONS = "revocations"
 
 RETAINED: dict[str, bool] = {
     HELLO: True,
@@ -48,6 +62,7 @@ RETAINED: dict[str, bool] = {
     UNLEARN: True,
     RECEIPT: False,
     TOMBSTONES: True,
+    REVOCATIONS: True,
 }
 """Whether each kind of topic is published retained (DESIGN.md section 4)."""
 
@@ -64,6 +79,7 @@ class ParsedTopic:
     device: str
     to: str | None = None
     request_id: str | None = None
+    self_issued: bool = False  # an order on leave/<device>: only <device> itself may have signed it
 
 
 @dataclass(frozen=True)
@@ -100,6 +116,18 @@ class Topics:
         """Where the order to forget ``target`` is published."""
         return f"{self.root}/unlearn/{check_device_id(target, 'target')}"
 
+    def leave(self, device: str) -> str:
+        """Where ``device`` publishes the order to forget itself (the admin relays it to ``unlearn``)."""
+        return f"{self.root}/leave/{check_device_id(device)}"
+
+    def order(self, order: UnlearnOrder) -> str:
+        """Where ``order`` is published by its issuer: ``unlearn/<target>`` (admin) or ``leave/<target>``."""
+        return self.unlearn(order.target) if order.issuer == ADMIN_ID else self.leave(order.target)
+
+    def revocations(self) -> str:
+        """Where the admin keeps the signed revocation list (retained)."""
+        return f"{self.root}/revocations"
+
     def receipt(self, request_id: str, frm: str) -> str:
         """Where ``frm`` answers unlearn request ``request_id``."""
         return f"{self.root}/receipts/{check_request_id(request_id)}/{check_device_id(frm, 'sender')}"
@@ -108,16 +136,54 @@ class Topics:
         """Where ``device`` gossips the unlearn orders it applied."""
         return f"{self.root}/tombstones/{check_device_id(device)}"
 
-    def subscriptions(self, device: str) -> list[str]:
-        """The filters a device subscribes to: every hello, membership, order and digest; its own seeds."""
+    def fleet_state_filters(self) -> list[str]:
+        """What an observer reads to know the fleet: every hello, membership, unlearn order and request
+        to leave (all retained)."""
+        return [f"{self.root}/devices/+/hello", f"{self.root}/membership/+", f"{self.root}/unlearn/+",
+                f"{self.root}/leave/+"]
+
+    def hello_filter(self) -> str:
+        """Every device's hello (the certified keys of the fleet)."""
+        return f"{self.root}/devices/+/hello"
+
+    def subscriptions(self, device: str, neighbors: Iterable[str]) -> list[str]:
+        """The filters a device's agent subscribes to: the fleet's state, every tombstone digest, and
+        the seed each neighbour addresses to it (one topic per neighbour, so the ACL's per-pair rule
+        and a neighbour removed later leave nothing behind)."""
         check_device_id(device)
-        return [
-            f"{self.root}/devices/+/hello",
-            f"{self.root}/seeds/{device}/+",
-            f"{self.root}/membership/+",
-            f"{self.root}/unlearn/+",
-            f"{self.root}/tombstones/+",
-        ]
+        return [*self.fleet_state_filters(), f"{self.root}/tombstones/+", self.revocations(),
+                *(self.seed(device, j) for j in sorted(neighbors))]
+
+    def observer_filters(self) -> list[str]:
+        """What a read-only observer (the dashboard) subscribes to first: every kind but the seeds.
+
+        Seeds (one retained message per ordered pair of neighbours) come per recipient
+        (``seed_inbox``), one subscription at a time: a broker hands over every retained message
+        matching a new subscription at once and drops what its per-client queue cannot hold
+        (Mosquitto's ``max_queued_messages``, 1000 by default).
+        """
+        r = self.root
+        return [f"{r}/+", f"{r}/devices/#", f"{r}/membership/#", f"{r}/unlearn/#", f"{r}/leave/#", f"{r}/tombstones/#",
+                f"{r}/receipts/#"]
+
+    def seed_inbox(self, to: str) -> str:
+        """Every seed addressed to ``to`` (and anything else under it): ``seeds/<to>/#``."""
+        return f"{self.root}/seeds/{check_device_id(to, 'recipient')}/#"
+
+    def parse_presence(self, topic: str) -> str | None:
+        """The device id of a presence topic (``devices/<id>/presence``), None for any other topic.
+
+        Presence is the transport's plain ``online``/``offline`` (not a signed message), so it has no
+        kind in ``parse``.
+        """
+        prefix, suffix = f"{self.root}/devices/", "/presence"
+        if not (isinstance(topic, str) and topic.startswith(prefix) and topic.endswith(suffix)):
+            return None
+        device = topic[len(prefix) : -len(suffix)]
+        try:
+            return check_device_id(device)
+        except (TypeError, ValueError):
+            return None
 
     def receipts_filter(self, request_id: str) -> str:
         """The filter a requester subscribes to, to collect every receipt for ``request_id``."""
@@ -139,6 +205,10 @@ class Topics:
                     return ParsedTopic(MEMBERSHIP, check_device_id(device))
                 case ["unlearn", target]:
                     return ParsedTopic(UNLEARN, check_device_id(target))
+                case ["leave", target]:
+                    return ParsedTopic(UNLEARN, check_device_id(target), self_issued=True)
+                case ["revocations"]:
+                    return ParsedTopic(REVOCATIONS, ADMIN_ID)
                 case ["receipts", request_id, frm]:
                     return ParsedTopic(RECEIPT, check_device_id(frm), request_id=check_request_id(request_id))
                 case ["tombstones", device]:
@@ -170,12 +240,16 @@ class Topics:
             expected = (MEMBERSHIP, msg.device_id, None)
         elif isinstance(msg, UnlearnOrder):
             expected = (UNLEARN, msg.target, None)
+            if parsed.self_issued and msg.issuer != msg.target:
+                raise DecodeError(f"order from {msg.issuer!r} about {msg.target!r} does not belong on {topic!r}")
         elif isinstance(msg, Receipt):
             expected = (RECEIPT, msg.device_id, None)
             if parsed.request_id != msg.request_id:
                 raise DecodeError(f"receipt for {msg.request_id!r} arrived on {topic!r}")
         elif isinstance(msg, TombstoneDigest):
             expected = (TOMBSTONES, msg.device_id, None)
+        elif isinstance(msg, RevocationList):
+            expected = (REVOCATIONS, ADMIN_ID, None)
         else:
             raise TypeError(f"not a protocol message: {type(msg).__name__}")
         if (parsed.kind, parsed.device, parsed.to) != expected:

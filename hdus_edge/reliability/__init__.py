@@ -9,7 +9,8 @@
   bit flips by region), re-signed or not.
 - ``harness``: a small fleet on disk, a "puppet" that speaks for its devices, agent snapshots.
 - ``invariants``: the store and fleet invariants every fault case checks, read without side effects.
-- ``cases_hostile``, ``cases_faults``, ``cases_crash``, ``cases_load``: the runner's cases;
+- ``cases_hostile``, ``cases_faults``, ``cases_crash``, ``cases_load``, ``cases_broker_trust`` (session
+  takeover, revocation of a forgotten device, TLS only; on the config ``broker-config`` writes): the runner's cases;
   ``runner`` runs them and sums every must-be-zero count.
 
 Library code: it never prints and never configures logging; the CLI does. Sits on top: never

@@ -15,7 +15,7 @@ from types import TracebackType
 
 import psutil
 
-from hdus_edge.reliability.proxy import TcpProxy
+from hdus_edge.lab.proxy import TcpProxy
 from hdus_edge.transport.broker import EmbeddedBroker
 from hdus_edge.transport.mosquitto import MosquittoConfig, MosquittoProcess
 from hdus_edge.transport.ports import free_port

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hdus_edge.lab.agents import AgentFleet
+from hdus_edge.lab.proxy import TcpProxy
 from hdus_edge.reliability.brokers import Broker
 from hdus_edge.reliability.harness import (
     Puppet,
@@ -28,7 +29,6 @@ from hdus_edge.reliability.invariants import (
     ResurrectionWatch,
     store_violations,
 )
-from hdus_edge.reliability.proxy import TcpProxy
 from hdus_edge.unlearn.request import collect_receipts
 
 logger = logging.getLogger(__name__)

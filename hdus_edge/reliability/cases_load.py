@@ -27,6 +27,7 @@ import psutil
 from hdus_edge.device.agent import AgentSettings, DeviceAgent
 from hdus_edge.lab.agents import AgentFleet
 from hdus_edge.lab.outside import TopicClock
+from hdus_edge.lab.proxy import TcpProxy
 from hdus_edge.reliability.brokers import Broker
 from hdus_edge.reliability.cases_faults import mark_forgotten, missing_pairs
 from hdus_edge.reliability.harness import (
@@ -42,7 +43,6 @@ from hdus_edge.reliability.invariants import (
     ResurrectionWatch,
     store_violations,
 )
-from hdus_edge.reliability.proxy import TcpProxy
 
 logger = logging.getLogger(__name__)
 

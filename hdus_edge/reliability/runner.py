@@ -20,6 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from hdus_edge.reliability.brokers import BROKER_KINDS, Broker
+from hdus_edge.reliability.cases_broker_trust import (
+    forgotten_revoked,
+    session_takeover,
+    tls_only,
+)
 from hdus_edge.reliability.cases_crash import sigkill_campaign
 from hdus_edge.reliability.cases_faults import (
     broker_crash_during_seeds,
@@ -63,7 +68,8 @@ class Profile:
 
 
 CASES = ("hostile_onnx", "envelopes", "authority", "broker_crash_seeds", "broker_crash_unlearn", "link_cut",
-         "offline_past_queue", "duplicates", "sigkill", "load", "soak")
+         "offline_past_queue", "duplicates", "sigkill", "load", "soak", "session_takeover", "forgotten_revoked",
+         "tls_only")
 # Quick keeps every case and the 200 kills; the 100-device fleets (about a quarter of the time on
 # two cores) are the full profile's, so --quick stays under 15 minutes on a shared machine.
 QUICK = Profile(name="quick", mutations=300, envelope_flips_per_region=8, kills=200,
@@ -75,6 +81,13 @@ _MUST_BE_ZERO = {
     "false_accepts": [("hostile_onnx", "false_accepts"), ("envelopes", "false_accepts")],
     "parent_crashes": [("hostile_onnx", "parent_crashes")],
     "unhandled": [("hostile_onnx", "unhandled_no_reject_logged")],
+    "takeovers": [("session_takeover", "accepted"), ("session_takeover", "victims_kicked"),
+                  ("session_takeover", "victim_messages_lost")],
+    "revocation_failures": [("forgotten_revoked", "forgotten_logins_accepted"),
+                            ("forgotten_revoked", "order_cleared_by_target"),
+                            ("forgotten_revoked", "forgotten_seeds_retained")],
+    "plaintext_open": [("tls_only", "plaintext_listener_open"), ("tls_only", "tls_without_client_cert_accepted"),
+                       ("tls_only", "non_loopback_plaintext_allowed")],
     "violations": [("authority", "violations"), ("duplicates", "invariant_violations"),
                    ("sigkill", "invariant_violations"), ("sigkill", "orphan_temp_files"),
                    ("soak", "invariant_violations")],
@@ -83,7 +96,7 @@ _MUST_BE_ZERO = {
                ("offline_past_queue", "losses"), ("sigkill", "missing_receipts_at_end"),
                ("sigkill", "forgotten_seeds_still_held_at_end")],
     "forgotten_came_back": [("broker_crash_unlearn", "forgotten_came_back"), ("link_cut", "forgotten_came_back"),
-                            ("unlearn_load", "forgotten_came_back")],
+                            ("unlearn_load", "forgotten_came_back"), ("forgotten_revoked", "forgotten_came_back")],
     "messages_dropped": [("load", "messages_dropped")],
     "inference_errors": [("unlearn_load", "inference_errors")],
 }
@@ -139,6 +152,9 @@ def run_reliability(profile: Profile = QUICK, progress: Progress | None = None,
                          max_queued_messages=10),
             _amqtt(lambda url: offline_past_queue_limit(root / "away-a", url, flood=40))])
         timed("duplicates", lambda: _both_brokers(root / "dups", lambda url, sub: duplicates_and_reordering(sub, url)))
+        timed("session_takeover", lambda: session_takeover(root / "takeover"))
+        timed("forgotten_revoked", lambda: forgotten_revoked(root / "revoked"))
+        timed("tls_only", lambda: tls_only(root / "tls"))
         timed("sigkill", lambda: on_mosquitto("kill", lambda b: sigkill_campaign(
             root / "kill", b.url, kills=profile.kills, seed=seed, progress=say).summary()))
         load_rows: list[dict[str, Any]] = []
@@ -238,6 +254,15 @@ _TABLE: tuple[tuple[str, str, tuple[str, ...]], ...] = (
      ("orders", "holders", "not_applied", "time_to_all_applied_s", "missing_receipts", "time_to_all_receipts_s",
       "inference_errors",
       "inference_p95_ms_before", "inference_p95_ms_during", "forgotten_came_back")),
+    ("session_takeover", "session takeover: a device's password with another's client id (generated config)",
+     ("attempts", "accepted", "victims_kicked", "victim_messages_lost", "accepted_without_binding",
+      "kicked_without_binding")),
+    ("forgotten_revoked", "forgotten device: login, order, retained seeds, a holder that missed the order",
+     ("forgotten_logins_accepted", "order_cleared_by_target", "forgotten_seeds_retained", "forgotten_came_back",
+      "revoke_s", "away_return_to_forgotten_s")),
+    ("tls_only", "TLS by default (generated config)",
+     ("listeners", "plaintext_listener_open", "tls_without_client_cert_accepted", "tls_with_client_cert_accepted",
+      "non_loopback_plaintext_allowed")),
     ("soak", "soak (cuts, broker restarts, unlearns, new seeds)",
      ("duration_s", "link_cuts", "broker_restarts", "unlearns", "seed_versions", "memory_growth_mb_per_hour",
       "rss_mb_start", "rss_mb_end", "open_fds_end_minus_start", "threads_end_minus_start", "invariant_violations")),

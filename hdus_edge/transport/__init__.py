@@ -8,6 +8,7 @@ Modules, one job each (import the one you need; nothing heavy is imported here):
 - ``broker``     ``EmbeddedBroker``: an in-process amqtt broker (I/O)
 - ``mosquitto``  Mosquitto config, ACL and password files, and a managed process (I/O)
 - ``certs``      a CA, server and client certificates for TLS listeners (I/O)
+- ``dynsec``     Mosquitto's dynamic-security plugin: its file, password hashes, control commands
 - ``ports``      free loopback ports and waiting for a listener (I/O)
 
 Never imports torch or any hdus_edge package but ``errors`` (it moves bytes; it does not read them).

@@ -139,3 +139,13 @@ def _write(directory: Path, stem: str, cert: x509.Certificate, key: ec.EllipticC
     with os.fdopen(fd, "wb") as fh:
         fh.write(key_bytes)
     return CertPair(cert=cert_path, key=key_path)
+
+
+def load_ca(directory: Path) -> Authority:
+    """The CA that ``make_ca`` wrote in ``directory`` (to issue more certificates later, e.g. at readmission)."""
+    directory = Path(directory)
+    cert = x509.load_pem_x509_certificate((directory / "ca.crt").read_bytes())
+    key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{directory / 'ca.key'} is not an EC private key")
+    return Authority(pair=CertPair(directory / "ca.crt", directory / "ca.key"), certificate=cert, private_key=key)

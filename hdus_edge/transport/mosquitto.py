@@ -57,6 +57,10 @@ class MosquittoConfig:
     password_file: Path | None = None
     acl_file: Path | None = None
     tls: MosquittoTls | None = None
+    plain: bool = True  # the plain-text listener on ``port``; False with ``tls``: a TLS-only broker
+    # Mosquitto's dynamic-security plugin and its JSON file (``hdus_edge.transport.dynsec``).
+    dynsec_plugin: Path | None = None
+    dynsec_file: Path | None = None
     persistence: bool = False  # keeps sessions, queues and retained messages across restarts
     persistence_dir: Path | None = None  # default: <workdir>/data
     autosave_interval: int = 1800  # Mosquitto's default; it always saves on a clean stop
@@ -96,6 +100,12 @@ def render_config(config: MosquittoConfig, persistence_dir: Path | None = None) 
         lines.append(f"password_file {config.password_file}")
     if config.acl_file is not None:
         lines.append(f"acl_file {config.acl_file}")
+    if (config.dynsec_plugin is None) != (config.dynsec_file is None):
+        raise ValueError("dynsec_plugin and dynsec_file go together")
+    if config.dynsec_plugin is not None:
+        lines += [f"plugin {config.dynsec_plugin}", f"plugin_opt_config_file {config.dynsec_file}"]
+    if not config.plain and config.tls is None:
+        raise ValueError("plain=False needs a TLS listener")
     if config.persistence:
         where = config.persistence_dir or persistence_dir
         if where is None:
@@ -107,7 +117,8 @@ def render_config(config: MosquittoConfig, persistence_dir: Path | None = None) 
         ]
     else:
         lines.append("persistence false")
-    lines += ["", f"listener {config.port} {config.host}"]
+    if config.plain:
+        lines += ["", f"listener {config.port} {config.host}"]
     if config.tls is not None:
         tls = config.tls
         lines += [
@@ -238,7 +249,9 @@ class MosquittoProcess:
 
     @property
     def url(self) -> str:
-        """``mqtt://host:port`` of the plain listener."""
+        """``mqtt://host:port`` of the plain listener (``mqtts://`` of the TLS one on a TLS-only broker)."""
+        if not self.config.plain:
+            return self.tls_url
         return f"mqtt://{self.config.host}:{self.config.port}"
 
     @property

@@ -30,6 +30,7 @@ ACL-denied message and drops it); end-to-end receipts belong to the protocol lay
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import socket
 import ssl
@@ -51,7 +52,12 @@ from hdus_edge.errors import (
     TransportError,
 )
 from hdus_edge.transport.outbox import Outbox, OutboxItem
-from hdus_edge.transport.url import BrokerURL, parse_broker_url
+from hdus_edge.transport.url import (
+    INSECURE_ENV,
+    BrokerURL,
+    check_plaintext,
+    parse_broker_url,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +82,22 @@ class TlsFiles:
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
+
+    @classmethod
+    def from_dir(cls, folder: Path) -> TlsFiles | None:
+        """The files in a state or admin dir's ``keys/tls/`` (``ca.crt``, ``client.crt``, ``client.key``);
+        None when the folder holds none of them (a plain-text or system-CA broker)."""
+        folder = Path(folder)
+        ca, cert, key = (folder / n for n in ("ca.crt", "client.crt", "client.key"))
+        if not (ca.exists() or cert.exists() or key.exists()):
+            return None
+        return cls(ca if ca.exists() else None, cert if cert.exists() else None, key if key.exists() else None)
+
+    @classmethod
+    def for_url(cls, url: str | BrokerURL, folder: Path) -> TlsFiles | None:
+        """``from_dir(folder)`` for an ``mqtts://`` URL; None for plain ``mqtt://`` (the files stay unused)."""
+        parsed = url if isinstance(url, BrokerURL) else parse_broker_url(url)
+        return cls.from_dir(folder) if parsed.tls else None
 
 
 class MqttTransport:
@@ -106,16 +128,21 @@ class MqttTransport:
         reconnect_max_delay: float = 30.0,
         tcp_nodelay: bool = True,
         clean_session: bool = False,
+        insecure: bool | None = None,
     ) -> None:
         """Prepare a client; nothing touches the network until ``connect()``.
 
         ``outbox_dir=None`` keeps the outbox in memory (no durability across restarts).
         ``username``/``password`` override the ones in the URL. ``keepalive`` (seconds) also bounds
         how long the broker takes to notice a dead device and send its last will (1.5x keepalive).
+        ``insecure`` allows plain-text ``mqtt://`` to a host that is not loopback (default: the
+        ``HDUS_INSECURE`` environment variable, which ``hdus-edge --insecure`` sets); otherwise
+        ``BrokerURLError``.
         """
         if not client_id or any(c in client_id for c in "/+#"):
             raise ValueError(f"client id must be a non-empty device id without / + #, got {client_id!r}")
         self.url = url if isinstance(url, BrokerURL) else parse_broker_url(url)
+        check_plaintext(self.url, insecure if insecure is not None else os.environ.get(INSECURE_ENV, "") == "1")
         self.client_id = client_id
         self._handler = handler
         self._presence_topic = presence_topic

@@ -6,8 +6,9 @@ Pure: parsing only, no sockets. Anything else (another scheme, a path, a query, 
 
 from __future__ import annotations
 
+import ipaddress
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from hdus_edge.errors import BrokerURLError
 
@@ -85,6 +86,47 @@ def parse_broker_url(text: str) -> BrokerURL:
         username=username,
         password=password,
     )
+
+
+INSECURE_ENV = "HDUS_INSECURE"
+"""Set to 1 (``hdus-edge --insecure``) to allow plain-text ``mqtt://`` to a host that is not loopback."""
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1): traffic that never leaves the host."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_plaintext(url: BrokerURL, insecure: bool) -> None:
+    """Refuse plain-text ``mqtt://`` to a host that is not loopback unless ``insecure`` (a lab).
+
+    Passwords and every seed would cross the network in clear; ``mqtts://`` with the state dir's
+    ``keys/tls/`` client certificate is the default ``broker-config`` writes.
+    """
+    if url.tls or insecure or is_loopback(url.host):
+        return
+    raise BrokerURLError(
+        f"plain-text broker URL {url} leaves this host unencrypted; refused",
+        hint="use mqtts:// (hdus-edge broker-config writes a TLS broker), or pass --insecure for a lab network",
+    )
+
+
+def companion_login(url: BrokerURL, client_id: str, role: str = "cli") -> tuple[BrokerURL, str]:
+    """The login of a device's one-shot commands next to its agent: user ``<user>@<role>``, client id
+    ``<client_id>@<role>``. The broker binds each client id to one user, so a command must not reuse the
+    agent's (it would take the agent's session over); '@' never occurs in a device id."""
+    user = companion_user(url.username, role) if url.username is not None else None
+    return replace(url, username=user), f"{client_id}@{role}"
+
+
+def companion_user(username: str, role: str = "cli") -> str:
+    """The user name of ``username``'s one-shot commands (see ``companion_login``)."""
+    return f"{username}@{role}"
 
 
 def _safe(raw: str) -> str:

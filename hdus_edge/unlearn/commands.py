@@ -13,11 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hdus_edge.device.login import command_login
 from hdus_edge.errors import ConfigError, StateDirError
 from hdus_edge.files import write_json
 from hdus_edge.protocol.crypto import VerifyKey
 from hdus_edge.protocol.fields import check_request_id
 from hdus_edge.state import AdminDir, StateDir, read_json, user_device_id
+from hdus_edge.transport.mqtt import TlsFiles
+from hdus_edge.transport.url import BrokerURL
 from hdus_edge.unlearn.request import (
     UnlearnOutcome,
     collect_receipts,
@@ -35,10 +38,12 @@ def leave(state: StateDir, *, broker_url: str | None = None, wait_s: float = 30.
     device = state.device()
     fleet = state.fleet()
     cert = state.certificate()
+    url, client_id, tls = command_login(state, broker_url)
     outcome = request_unlearn(
-        broker_url=broker_url or device.device.broker or fleet.fleet.broker, fleet=fleet.fleet.name,
+        broker_url=url, fleet=fleet.fleet.name,
         admin_key=state.admin_key(), signer=state.key(), issuer=device.device.id, target=device.device.id,
         epoch=cert.epoch, reason=reason, wait_s=wait_s, own_certificate=cert,
+        tls=tls, client_id=client_id,
     )
     path = save_evidence(outcome, state.evidence_dir / f"{outcome.order.request_id}.json")
     return outcome, path
@@ -55,9 +60,11 @@ def unlearn(admin: AdminDir, target: str, *, broker_url: str | None = None, wait
         raise ConfigError(f"device {target!r} is not provisioned in fleet '{fleet.fleet.name}'",
                           hint=f"provisioned devices: {known}")
     key = admin.key()
+    url = broker_url or admin.broker_url()
     outcome = request_unlearn(
-        broker_url=broker_url or fleet.fleet.broker, fleet=fleet.fleet.name, admin_key=key.public_key, signer=key,
+        broker_url=url, fleet=fleet.fleet.name, admin_key=key.public_key, signer=key,
         issuer="admin", target=target, epoch=int(registry[target].get("epoch", 0)), reason=reason, wait_s=wait_s,
+        tls=TlsFiles.for_url(url, admin.tls_dir),
     )
     path = save_evidence(outcome, admin.evidence_dir / f"{outcome.order.request_id}.json")
     registry = admin.registry()
@@ -72,21 +79,23 @@ class ReceiptSource:
 
     fleet: str
     admin_key: VerifyKey
-    broker_url: str
+    broker_url: str | BrokerURL
     evidence_dirs: tuple[Path, ...]
+    tls_dir: Path | None = None
+    client_id: str | None = None
 
 
 def source_of(state: StateDir | None, admin: AdminDir | None, broker_url: str | None) -> ReceiptSource:
     """The receipt source of a device (its state dir) or of the admin (the admin dir)."""
     if admin is not None:
         fleet = admin.fleet()
-        return ReceiptSource(fleet.fleet.name, admin.key().public_key, broker_url or fleet.fleet.broker, (admin.evidence_dir,))
+        return ReceiptSource(fleet.fleet.name, admin.key().public_key, broker_url or admin.broker_url(), (admin.evidence_dir,),
+                             admin.tls_dir)
     if state is None:
         raise ConfigError("receipts needs --state-dir or --admin-dir", hint="or set HDUS_STATE_DIR / HDUS_ADMIN_DIR")
-    device = state.device()
-    fleet = state.fleet()
-    return ReceiptSource(fleet.fleet.name, state.admin_key(), broker_url or device.device.broker or fleet.fleet.broker,
-                         (state.evidence_dir,))
+    url, client_id, _ = command_login(state, broker_url)
+    return ReceiptSource(state.fleet().fleet.name, state.admin_key(), url, (state.evidence_dir,),
+                         state.tls_dir, client_id)
 
 
 def receipts_report(source: ReceiptSource, request_id: str, *, wait_s: float = 2.0, use_broker: bool = True) -> dict[str, Any]:
@@ -113,7 +122,9 @@ def receipts_report(source: ReceiptSource, request_id: str, *, wait_s: float = 2
     target = evidence.get("target") if evidence else None
     if use_broker:
         for device_id, rec in collect_receipts(broker_url=source.broker_url, fleet=source.fleet,
-                                               admin_key=source.admin_key, request_id=request_id, wait_s=wait_s).items():
+                                               admin_key=source.admin_key, request_id=request_id, wait_s=wait_s,
+                                               tls=TlsFiles.for_url(source.broker_url, source.tls_dir) if source.tls_dir else None,
+                                               client_id=source.client_id).items():
             row = rows.setdefault(device_id, {**_row(rec.to_json()), "sources": []})
             row["sources"].append("broker")
             target = target or rec.receipt.target  # every receipt names what it answers

@@ -31,7 +31,7 @@ from hdus_edge.protocol.crypto import (
 )
 from hdus_edge.protocol.messages import Hello, NeighborList, Receipt, UnlearnOrder
 from hdus_edge.protocol.topics import Topics
-from hdus_edge.transport.mqtt import MqttTransport
+from hdus_edge.transport.mqtt import MqttTransport, TlsFiles
 
 logger = logging.getLogger(__name__)
 
@@ -201,6 +201,8 @@ def request_unlearn(
     wait_s: float = 30.0,
     own_certificate: DeviceCertificate | None = None,
     settle_s: float = 0.3,
+    tls: TlsFiles | None = None,
+    client_id: str | None = None,
 ) -> UnlearnOutcome:
     """Publish the order to forget ``target`` and collect receipts from every holder for ``wait_s``."""
     topics = Topics(fleet)
@@ -209,12 +211,11 @@ def request_unlearn(
         trust.certify(own_certificate)
     order = UnlearnOrder(target, issuer, uuid.uuid4().hex, time.time(), reason, epoch)
     collector = _Collector(trust, topics, order.request_id)
-    transport = MqttTransport(broker_url, f"{issuer}-req-{order.request_id[:12]}", handler=collector.handle,
-                              clean_session=True)
+    transport = MqttTransport(broker_url, client_id or f"{issuer}-req-{order.request_id[:12]}", handler=collector.handle,
+                              clean_session=True, tls=tls)
     start = time.monotonic()
     try:
-        transport.subscribe([f"{topics.root}/devices/+/hello", f"{topics.root}/membership/+",
-                             f"{topics.root}/unlearn/+", topics.receipts_filter(order.request_id)])
+        transport.subscribe([*topics.fleet_state_filters(), topics.receipts_filter(order.request_id)])
         transport.connect(timeout=min(10.0, max(wait_s, 1.0)))
         collector.settle(settle_s, max_s=min(5.0, wait_s))
         with collector.changed:
@@ -224,7 +225,7 @@ def request_unlearn(
             ))
         raw = codec.encode(order, signer, issuer)
         sent_at = time.monotonic()
-        if not transport.publish(topics.unlearn(target), raw, retain=True, wait=True, timeout=min(10.0, wait_s)):
+        if not transport.publish(topics.order(order), raw, retain=True, wait=True, timeout=min(10.0, wait_s)):
             logger.warning("requester: the broker did not confirm the order yet; it stays queued")
         deadline = start + wait_s
         with collector.changed:
@@ -237,15 +238,16 @@ def request_unlearn(
 
 
 def collect_receipts(
-    *, broker_url: str, fleet: str, admin_key: VerifyKey, request_id: str, wait_s: float = 2.0
+    *, broker_url: str, fleet: str, admin_key: VerifyKey, request_id: str, wait_s: float = 2.0,
+    tls: TlsFiles | None = None, client_id: str | None = None,
 ) -> dict[str, ReceiptRecord]:
     """The receipts the broker holds (retained) for ``request_id``, verified, by device id."""
     topics = Topics(fleet)
     collector = _Collector(TrustStore(fleet, admin_key), topics, request_id)
-    transport = MqttTransport(broker_url, f"receipts-{uuid.uuid4().hex[:12]}", handler=collector.handle,
-                              clean_session=True)
+    transport = MqttTransport(broker_url, client_id or f"receipts-{uuid.uuid4().hex[:12]}", handler=collector.handle,
+                              clean_session=True, tls=tls)
     try:
-        transport.subscribe([f"{topics.root}/devices/+/hello", topics.receipts_filter(request_id)])
+        transport.subscribe([topics.hello_filter(), topics.receipts_filter(request_id)])
         transport.connect(timeout=10.0)
         collector.settle(0.3, max_s=wait_s)
         with collector.changed:

@@ -18,11 +18,6 @@ def quiet(message: str) -> None:
     """An ``Announce`` that says nothing."""
 
 
-def mean(values: Sequence[float]) -> float:
-    """The mean, NaN for no values."""
-    return float(sum(values) / len(values)) if values else float("nan")
-
-
 def ensemble_probs(fleet: InProcessFleet, device_id: str, x: np.ndarray) -> np.ndarray:
     """A device's ensemble output as probabilities, whatever the combine space."""
     out = fleet.ensemble_output(device_id, x)

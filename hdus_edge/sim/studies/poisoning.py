@@ -27,10 +27,11 @@ import numpy as np
 
 from hdus_edge.data import ClientData, Dataset, FleetData
 from hdus_edge.errors import ConfigError
+from hdus_edge.lab.evaluate import mean
 from hdus_edge.learning.inprocess import InProcessFleet, TrainedDevice, train_devices
 from hdus_edge.learning.train import accuracy
 from hdus_edge.sim.config import DEMO_ARCHS, SimConfig
-from hdus_edge.sim.studies.common import Announce, ensemble_probs, mean, quiet
+from hdus_edge.sim.studies.common import Announce, ensemble_probs, quiet
 from hdus_edge.topology import build_graph, without
 
 logger = logging.getLogger(__name__)

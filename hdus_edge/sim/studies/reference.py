@@ -30,6 +30,7 @@ from hdus_edge.data import (
     stratified_sample,
 )
 from hdus_edge.errors import ConfigError
+from hdus_edge.lab.evaluate import mean
 from hdus_edge.learning.distill import top1_agreement
 from hdus_edge.learning.inprocess import (
     InProcessFleet,
@@ -38,7 +39,7 @@ from hdus_edge.learning.inprocess import (
     train_devices,
 )
 from hdus_edge.learning.train import accuracy, predict_logits
-from hdus_edge.sim.studies.common import Announce, mean, quiet
+from hdus_edge.sim.studies.common import Announce, quiet
 from hdus_edge.topology import complete
 
 PAPER_ARCHS = ("S", "M", "L", "L", "L", "L")

@@ -1,4 +1,4 @@
-"""``TcpProxy``: a loopback TCP proxy between MQTT clients and a broker, under the test's control.
+"""``TcpProxy``: a TCP proxy between MQTT clients and a broker, under the test's control.
 
 Faults it makes, each on demand and undone by ``restore()``:
 
@@ -7,8 +7,16 @@ Faults it makes, each on demand and undone by ``restore()``:
 - ``down()``: cut, and refuse new connections (accepted, then closed at once) until ``restore()``.
 - ``stall()``: keep connections open but forward nothing (a black hole: only keepalives notice).
 
+And a link's character, for the whole run (``LinkShape``): one-way delay with jitter, and loss.
+This machine's kernel has no ``sch_netem`` (``tc qdisc add ... netem`` answers "Specified qdisc
+kind is unknown"), so the shaping happens here, per direction, on what TCP delivers: a chunk leaves
+``delay +- jitter`` after it arrived, never before the one ahead of it (TCP delivers in order), and
+a lost segment shows up as TCP shows it to the application: that chunk and everything behind it
+wait one retransmission timeout (Linux's minimum, 200 ms). Seeded, so a run can be repeated.
+
 Two threads per connection pump bytes each way (blocking sockets: simple, and a few hundred
-connections is all a test needs); one thread accepts. Every byte counted, every fault counted.
+connections is all a test needs), two more when the link is shaped; one thread accepts. Every byte
+counted, every fault counted.
 """
 
 from __future__ import annotations
@@ -17,6 +25,9 @@ import logging
 import random
 import socket
 import threading
+import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -25,6 +36,70 @@ from hdus_edge.transport.ports import free_port
 logger = logging.getLogger(__name__)
 
 _CHUNK = 65536
+
+
+@dataclass(frozen=True)
+class LinkShape:
+    """One direction's character: ``delay_s`` +- ``jitter_s`` (uniform) and a ``loss`` rate per chunk."""
+
+    delay_s: float = 0.0
+    jitter_s: float = 0.0
+    loss: float = 0.0
+    retransmit_s: float = 0.2  # what a lost segment costs: Linux's minimum retransmission timeout
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.delay_s < 0 or self.jitter_s < 0 or self.jitter_s > self.delay_s or not 0 <= self.loss < 1:
+            raise ValueError(f"invalid link shape {self}")
+
+
+class _DelayLine:
+    """Sends chunks to ``dst`` when due, in order (one thread); ``put`` stamps them on arrival."""
+
+    def __init__(self, dst: socket.socket, shape: LinkShape, rng: random.Random, on_error: Callable[[], None],
+                 on_loss: Callable[[], None]) -> None:
+        self.dst, self.shape, self.rng, self.on_error, self.on_loss = dst, shape, rng, on_error, on_loss
+        self._queue: deque[tuple[float, bytes]] = deque()
+        self._cv = threading.Condition()
+        self._last_due = 0.0
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="hdus-proxy-delay", daemon=True)
+        self._thread.start()
+
+    def put(self, data: bytes) -> None:
+        s = self.shape
+        due = time.monotonic() + s.delay_s + self.rng.uniform(-s.jitter_s, s.jitter_s)
+        if s.loss and self.rng.random() < s.loss:
+            due += s.retransmit_s
+            self.on_loss()
+        with self._cv:
+            self._last_due = max(self._last_due, due)
+            self._queue.append((self._last_due, data))
+            self._cv.notify()
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._queue and not self._closed:
+                    self._cv.wait()
+                if not self._queue:
+                    return
+                due, data = self._queue[0]
+                wait = due - time.monotonic()
+                if wait > 0:
+                    self._cv.wait(wait)
+                    continue
+                self._queue.popleft()
+            try:
+                self.dst.sendall(data)
+            except OSError:
+                self.on_error()
+                return
 
 
 @dataclass
@@ -36,6 +111,7 @@ class ProxyStats:
     cuts: int = 0  # connections closed by a fault
     bytes_up: int = 0  # client -> upstream
     bytes_down: int = 0  # upstream -> client
+    lost: int = 0  # chunks that waited a retransmission timeout (shaped links)
 
 
 class _Pair:
@@ -65,9 +141,13 @@ class _Pair:
 class TcpProxy:
     """Forward ``host:port`` to ``upstream_host:upstream_port``; cut, stall and restore on demand."""
 
-    def __init__(self, upstream_host: str, upstream_port: int, *, host: str = "127.0.0.1", port: int | None = None) -> None:
-        """Prepare (not start) a proxy; ``port=None`` picks a free loopback port."""
+    def __init__(self, upstream_host: str, upstream_port: int, *, host: str = "127.0.0.1", port: int | None = None,
+                 shape: LinkShape | None = None) -> None:
+        """Prepare (not start) a proxy; ``port=None`` picks a free port on ``host``; ``shape`` applies
+        to both directions of every connection (each direction with its own seeded generator)."""
         self.upstream = (upstream_host, upstream_port)
+        self.shape = shape
+        self._shape_rng = random.Random(shape.seed if shape else 0)
         self.host = host
         self.port = port if port is not None else free_port(host)
         self.stats = ProxyStats()
@@ -217,7 +297,16 @@ class TcpProxy:
                 threading.Thread(target=self._pump, args=(pair, src, dst, up), daemon=True,
                                  name=f"hdus-proxy-pump-{self.port}").start()
 
+    def _count_loss(self) -> None:
+        with self._lock:
+            self.stats.lost += 1
+
     def _pump(self, pair: _Pair, src: socket.socket, dst: socket.socket, up: bool) -> None:
+        line = None
+        if self.shape is not None:
+            with self._lock:
+                rng = random.Random(self._shape_rng.getrandbits(64))
+            line = _DelayLine(dst, self.shape, rng, pair.close, self._count_loss)
         try:
             while True:
                 data = src.recv(_CHUNK)
@@ -227,7 +316,10 @@ class TcpProxy:
                 while not self._flowing.wait(0.1):
                     if self._stopped.is_set():
                         return
-                dst.sendall(data)
+                if line is None:
+                    dst.sendall(data)
+                else:
+                    line.put(data)
                 with self._lock:
                     if up:
                         self.stats.bytes_up += len(data)
@@ -236,6 +328,8 @@ class TcpProxy:
         except OSError:
             pass
         finally:
+            if line is not None:
+                line.close()
             pair.close()
             with self._lock:
                 self._pairs.discard(pair)
