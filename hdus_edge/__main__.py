@@ -1,3 +1,3 @@
-from hdus_edge.cli.app import main
+from hdus_edge.cli.entry import main
 
 main()

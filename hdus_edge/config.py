@@ -57,6 +57,16 @@ class LimitsSection:
 
 
 @dataclass(frozen=True)
+class ApiSection:
+    """The agent's inference API and metrics (``hdus-edge agent --http``, the systemd unit)."""
+
+    http: str = ""  # HOST:PORT the service unit serves on; empty: no API unless --http asks
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_batch: int = 256
+    max_connections: int = 16
+
+
+@dataclass(frozen=True)
 class ProfileSection:
     name: str
     description: str = ""
@@ -71,6 +81,7 @@ class Profile:
     train: TrainSection = field(default_factory=TrainSection)
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
     limits: LimitsSection = field(default_factory=LimitsSection)
+    api: ApiSection = field(default_factory=ApiSection)
 
     @property
     def name(self) -> str:
@@ -216,7 +227,34 @@ def validate_profile(p: Profile, where: str) -> Profile:
     _check(p.runtime.strategy in ("fused", "sessions"), f"{where}: runtime.strategy", "must be 'fused' or 'sessions'")
     _check(1024 <= p.limits.max_seed_bytes <= 256 * 1024 * 1024, f"{where}: limits.max_seed_bytes", "must be in 1 KiB..256 MiB")
     _check(p.limits.memory_budget_mb >= 32, f"{where}: limits.memory_budget_mb", "must be >= 32")
+    if p.api.http:
+        try:
+            parse_http_address(p.api.http)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: api.http: {exc.message}") from None
+    _check(1024 <= p.api.max_body_bytes <= 256 * 1024 * 1024, f"{where}: api.max_body_bytes", "must be in 1 KiB..256 MiB")
+    _check(1 <= p.api.max_batch <= 65536, f"{where}: api.max_batch", "must be in 1..65536")
+    _check(1 <= p.api.max_connections <= 1024, f"{where}: api.max_connections", "must be in 1..1024")
     return p
+
+
+def parse_http_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``:PORT`` or ``PORT`` -> (host, port); loopback unless a host is given.
+
+    ``ConfigError`` for anything else (an IPv6 host goes in brackets: ``[::1]:8000``).
+    """
+    raw = text.strip()
+    host, sep, port_text = raw.rpartition(":")
+    if not sep:
+        host, port_text = "", raw
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"HTTP address {text!r} has no valid port", hint="use HOST:PORT, e.g. 127.0.0.1:8000") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"HTTP port {port} is out of range", hint="use a port in 1..65535")
+    return host, port
 
 
 def profiles_dir() -> Path:

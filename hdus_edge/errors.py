@@ -194,6 +194,10 @@ class StoreError(HdusError):
     """The seed store on disk is unusable."""
 
 
+class ApiListenError(HdusError):
+    """The agent's HTTP API cannot listen on its address (in use, not permitted, not an address here)."""
+
+
 class TransportError(HdusError):
     """The MQTT broker could not be reached or refused us."""
 

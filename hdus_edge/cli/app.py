@@ -84,6 +84,7 @@ def _register_lifecycle() -> None:
         profiles_cmd,
         provision_cmd,
         readmit_cmd,
+        service_cmd,
         unlearn_cmd,
         verify_cmd,
     )
@@ -107,6 +108,7 @@ def _register_lifecycle() -> None:
     app.command("readmit")(readmit_cmd.readmit)
     app.command("dashboard")(dashboard_cmd.dashboard)
     app.command("verify")(verify_cmd.verify)
+    app.add_typer(service_cmd.service_app, name="service")
 
 
 _register()

@@ -281,3 +281,34 @@ def scale(
     for g in result["growth"]:
         if g["unlearn_p50_exponent"] is not None:
             console.print(f"degree {g['degree']}, {g['net']}: unlearn p50 grows as N^{g['unlearn_p50_exponent']:.2f}")
+
+
+@bench_app.command("serve")
+def serve(
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="Fewer calls, shorter throughput runs, one start-up.")] = False,
+    profile: Annotated[str, typer.Option(help="Profile of the measured device.")] = "raspberry-pi-4",
+) -> None:
+    """The agent's inference API: start-up and memory, batch-1 latency in-process vs HTTP (JSON, binary)
+    vs hdus-edge predict, throughput at batch 1 and 32 with 1 and 4 clients, and failed requests during
+    10 seed swaps and 10 unlearns.
+
+    Example: hdus-edge bench serve --quick
+    """
+    from dataclasses import replace
+
+    from hdus_edge.bench.serve import ServeBenchConfig, print_report, run_serve_bench
+
+    cfg = replace(ServeBenchConfig.quick() if quick else ServeBenchConfig(), profile=profile)
+    status = None if json_out else console.status("starting")
+    if status is not None:
+        status.start()
+    try:
+        result = run_serve_bench(cfg, None if status is None else lambda what: status.update(what))
+    finally:
+        if status is not None:
+            status.stop()
+    if json_out:
+        print_json(result)
+    else:
+        print_report(result, lambda line: console.print(line, markup=False, highlight=False))

@@ -8,6 +8,9 @@
 - ``login``: how the device's one-shot commands log in next to its agent (command login, ``keys/tls/``).
 - ``view``: read-only views of a state dir (``status``, ``members``, evidence summaries).
 - ``inputs``: turning user files (.npy, PNG, PGM) into model input.
+- ``http_api``: the live ensemble over the Open Inference Protocol (KServe v2), plus ``/metrics``.
+- ``metrics``: the agent's Prometheus metrics (``prometheus_client``).
+- ``service``: the hardened systemd unit of an agent (``hdus-edge service``).
 
 Never imports torch, scikit-learn or matplotlib, not even inside a function (a device's base install
 has none of them; ``tests/test_layout.py`` checks it). Never imports ``learning``, ``admin``,

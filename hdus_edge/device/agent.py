@@ -41,9 +41,10 @@ from hdus_edge.errors import (
     UnknownSenderError,
 )
 from hdus_edge.files import write_json
-from hdus_edge.onnx.checks import DEFAULT_POLICY, LoadPolicy, ModelContract, check_onnx
-from hdus_edge.onnx.metadata import read_provenance
+from hdus_edge.onnx.contract import DEFAULT_POLICY, LoadPolicy, ModelContract
+from hdus_edge.onnx.metadata import Provenance, provenance_of_props
 from hdus_edge.onnx.probe import probe_in_subprocess
+from hdus_edge.onnx.session import make_session
 from hdus_edge.protocol import codec
 from hdus_edge.protocol import topics as topic_kinds
 from hdus_edge.protocol.crypto import (
@@ -82,7 +83,10 @@ class AgentSettings:
     providers: tuple[str, ...] | None = None
     intra_op_threads: int | None = 1
     max_seed_bytes: int = DEFAULT_POLICY.max_bytes
-    probe_in_subprocess: bool = True  # a crash in the native runtime must not take the agent down
+    # A crash in the native runtime must not take the agent down; in production this also keeps
+    # onnx out of the agent process: seed checks run in the probe child, the fused graph is built
+    # by a child too (``hdus_edge.ensemble.fuse_child``).
+    probe_in_subprocess: bool = True
     digest_interval_s: float = 30.0  # how often the tombstone digest is re-published
     connect_timeout_s: float = 10.0
 
@@ -111,6 +115,29 @@ class AgentCounters:
     digests: int = 0  # neighbours' tombstone digests handled
     digest_orders_verified: int = 0  # orders inside them whose signatures were checked (new to us)
     reasons: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+
+@dataclass(frozen=True)
+class AgentObservation:
+    """What an operator scrapes (``hdus_edge.device.metrics``): read without the agent's lock, so a
+    scrape never waits behind seed work."""
+
+    device_id: str
+    members: tuple[str, ...]
+    seed_versions: dict[str, int]
+    ensemble_generation: int
+    ensemble_built_at: float
+    ensemble_fused: bool
+    accepted: int
+    orders_applied: int
+    receipts_sent: int
+    duplicates: int
+    rejections: dict[str, int]
+    connected: bool
+    connects: int
+    parked: int
+    outbox_pending: int
+    ready: bool
 
 
 class DeviceAgent:
@@ -173,7 +200,10 @@ class DeviceAgent:
                 models.main_onnx, settings.lam, settings.space, settings.strategy,  # type: ignore[arg-type]
                 providers=settings.providers, intra_op_threads=settings.intra_op_threads,
                 background_fuse=True,  # membership changes take effect in ms; the fused graph follows
+                fuse_in_subprocess=settings.probe_in_subprocess,
+                expected=self.contract,  # our own main model, checked against the fleet's contract
                 seeds=self._seeds_from_store(),
+                versions={s.owner: s.version for s in self.store.list_seeds()},
             )
         except BaseException:
             self.store.close()
@@ -201,12 +231,15 @@ class DeviceAgent:
         seed_onnx = (state.models / "seed.onnx").read_bytes() if (state.models / "seed.onnx").exists() else None
         reference_sha = fleet.data.reference_sha256
         seed_arch = profile.model.seed_arch
+        # Our own models: their provenance read through onnxruntime (no onnx in the agent process);
+        # the runtime loads and probes the main model against the fleet's contract, the neighbours
+        # check our seed before they take it.
         if seed_onnx is not None:
-            prov = read_provenance(check_onnx(seed_onnx, ModelContract.from_shape(fleet.data.input_shape, fleet.data.num_classes)).model)
+            prov = _own_provenance(seed_onnx, "seed.onnx")
             if prov is not None:
                 reference_sha = prov.reference_sha256 or reference_sha
                 seed_arch = prov.arch
-        main_prov = read_provenance(check_onnx(main_onnx, ModelContract.from_shape(fleet.data.input_shape, fleet.data.num_classes), LoadPolicy(max_bytes=256 << 20)).model)
+        main_prov = _own_provenance(main_onnx, "main.onnx")
         settings = settings or settings_for(state)
         models = OwnModels(
             main_onnx=main_onnx, seed_onnx=seed_onnx, seed_version=state.seed_version(),
@@ -272,6 +305,24 @@ class DeviceAgent:
     def predict(self, x: np.ndarray) -> np.ndarray:
         """The ensemble's output for ``x`` [N, C, H, W]."""
         return self.runtime.predict(np.ascontiguousarray(x, dtype=np.float32))
+
+    def observe(self) -> AgentObservation:
+        """Counters and state for metrics, without the lock (every read is one atomic copy)."""
+        c = self.counters
+        parked = sum(len(p) for p in list(self._parked.values()))
+        return AgentObservation(
+            device_id=self.device_id, members=self.runtime.members(), seed_versions=dict(self.runtime.seed_versions()),
+            ensemble_generation=self.runtime.generation, ensemble_built_at=self.runtime.built_at,
+            ensemble_fused=self.runtime.fused_model_bytes is not None, accepted=c.accepted,
+            orders_applied=c.unlearned, receipts_sent=c.receipts_sent, duplicates=c.duplicates,
+            rejections=dict(c.reasons), connected=self.transport.connected, connects=self.transport.connect_count,
+            parked=parked, outbox_pending=self.transport.pending, ready=self.ready,
+        )
+
+    @property
+    def ready(self) -> bool:
+        """True between a successful ``start`` and ``stop``."""
+        return self._ready.is_set() and not self._stop.is_set()
 
     def status(self) -> dict[str, Any]:
         """A JSON-able snapshot: members, seeds, tombstones, receipts, connection."""
@@ -388,11 +439,14 @@ class DeviceAgent:
                 f"seed of {env.owner!r} was distilled on reference set {env.reference_sha256[:12]}..., "
                 f"not the fleet's {expected_ref[:12]}...", "wrong-reference",
             )
-        check_onnx(env.onnx, self.contract, self._policy)
-        if self.settings.probe_in_subprocess:
-            probe_in_subprocess(env.onnx, self.contract)
+        if self.settings.probe_in_subprocess:  # the checks, then a probe run, in a limited child
+            probe_in_subprocess(env.onnx, self.contract, policy=self._policy)
+        else:
+            from hdus_edge.onnx.checks import check_onnx  # loads onnx into this process
+
+            check_onnx(env.onnx, self.contract, self._policy)
         # Ensemble first (it builds, probes, then swaps): if it fails, the store never saw the seed.
-        self.runtime.add_seed(env.owner, env.onnx)
+        self.runtime.add_seed(env.owner, env.onnx, version=env.version)
         try:
             self.store.put_envelope(env)
         except BaseException:
@@ -752,6 +806,16 @@ class _Refused(ProtocolError):
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+def _own_provenance(data: bytes, name: str) -> Provenance | None:
+    """The provenance in one of the device's own exported models, read by onnxruntime."""
+    try:
+        session = make_session(data, intra_op_threads=1)
+        return provenance_of_props(session.get_modelmeta().custom_metadata_map)
+    except (HdusError, ValueError) as exc:
+        message = exc.message if isinstance(exc, HdusError) else str(exc)
+        raise StateDirError(f"models/{name} cannot be read: {message}", hint="run 'hdus-edge export' again") from None
 
 
 def require_exported(state: StateDir) -> None:

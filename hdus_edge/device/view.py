@@ -97,13 +97,13 @@ def load_runtime(state: StateDir) -> tuple[Any, tuple[str, ...]]:
     fleet = state.fleet()
     profile = state.profile()
     main = state.model_bytes("main.onnx")
-    _, seeds = read_member_seeds(state)
+    view, seeds = read_member_seeds(state)
+    # One build with every seed (not main-only, then a rebuild: that fused the graph twice).
     runtime = EnsembleRuntime(
         main, fleet.ensemble.lam, fleet.ensemble.space, profile.runtime.strategy,  # type: ignore[arg-type]
         providers=profile.runtime.providers, intra_op_threads=profile.runtime.intra_op_threads,
+        seeds=seeds, versions={e.owner: e.version for e in view.seeds},
     )
-    if seeds:
-        runtime.replace_all(seeds)
     return runtime, runtime.members()
 
 

@@ -6,6 +6,7 @@ or anything above it (the fused ensemble graph is ``ensemble.fuse``):
 
 - ``metadata``   provenance in ``metadata_props`` (pure)
 - ``export``     torch -> deterministic ONNX bytes (torch)
+- ``contract``   the fleet's I/O contract and the loading policy: plain values, no onnx import
 - ``checks``     safe loading of untrusted bytes: size cap, parse, checker, contract, allowlist
 - ``probe``      run a checked model on a small batch, optionally in a limited child process
 - ``session``    onnxruntime sessions from bytes, provider selection

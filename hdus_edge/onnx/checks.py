@@ -32,86 +32,25 @@ from hdus_edge.errors import (
     OpsetError,
     PayloadTooLargeError,
 )
+# The contract, the policy and the operator sets live in an onnx-free module (the agent process
+# imports them without loading onnx); they are re-exported here, where callers have always found them.
+from hdus_edge.onnx.contract import (
+    ALLOWED_OPS,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_POLICY,
+    EQUIVALENT_OPS,
+    INT8_OPS,
+    STANDARD_DOMAINS,
+    ZOO_OPS,
+    LoadPolicy,
+    ModelContract,
+)
 from hdus_edge.onnx.metadata import Provenance, metadata_dict, read_provenance
 
 logger = logging.getLogger(__name__)
 
-# A seed is ~20 KiB and the largest zoo main model ~1.3 MB; 8 MiB leaves room without letting a
-# peer make us parse hundreds of megabytes.
-DEFAULT_MAX_BYTES = 8 * 1024 * 1024
-STANDARD_DOMAINS = frozenset({"", "ai.onnx"})
-
-# What the zoo exports (tests/test_onnx_checks.py exports every architecture and asserts its
-# operators are in here), what int8 quantization adds, and a few plain equivalents other exporters
-# emit for the same layers. No control flow (If/Loop/Scan carry subgraphs), no I/O-ish operators.
-ZOO_OPS = frozenset(
-    {"Add", "AveragePool", "Clip", "Constant", "Conv", "Flatten", "Gemm", "GlobalAveragePool", "Identity", "Relu"}
-)
-INT8_OPS = frozenset(
-    {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger", "Cast", "Mul"}
-)
-EQUIVALENT_OPS = frozenset({"BatchNormalization", "MatMul", "MaxPool", "ReduceMean", "Reshape"})
-ALLOWED_OPS = ZOO_OPS | INT8_OPS | EQUIVALENT_OPS
-
-
-@dataclass(frozen=True)
-class ModelContract:
-    """The fleet's input/output contract: float32 [N, channels, height, width] -> float32 [N, num_classes]."""
-
-    height: int
-    width: int
-    num_classes: int
-    channels: int = 1
-
-    def __post_init__(self) -> None:
-        if min(self.height, self.width, self.channels) <= 0 or self.num_classes < 2:
-            raise ValueError(f"invalid contract {self}")
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """(channels, height, width) of one sample."""
-        return (self.channels, self.height, self.width)
-
-    @classmethod
-    def from_provenance(cls, provenance: Provenance) -> ModelContract:
-        """The contract a model with ``provenance`` claims to meet."""
-        c, h, w = provenance.input_shape
-        return cls(height=h, width=w, num_classes=provenance.num_classes, channels=c)
-
-    @classmethod
-    def from_shape(cls, input_shape: tuple[int, int, int], num_classes: int) -> ModelContract:
-        """The contract of a fleet whose samples are ``input_shape`` (C, H, W) with ``num_classes`` classes."""
-        c, h, w = input_shape
-        return cls(height=h, width=w, num_classes=num_classes, channels=c)
-
-    @classmethod
-    def from_graph(cls, model: onnx.ModelProto) -> ModelContract:
-        """The contract a graph's declared I/O defines; ``ValueError`` unless it maps [N, C, H, W] -> [N, K]."""
-        if len(model.graph.input) != 1 or len(model.graph.output) != 1:
-            raise ValueError("the model must have exactly one input and one output")
-        dims_in = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
-        dims_out = [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim]
-        if len(dims_in) != 4 or min(dims_in[1:]) <= 0 or len(dims_out) != 2 or dims_out[1] < 2:
-            raise ValueError(f"the model maps {dims_in} -> {dims_out}; expected [N, C, H, W] -> [N, classes]")
-        return cls(height=dims_in[2], width=dims_in[3], num_classes=dims_out[1], channels=dims_in[1])
-
-
-@dataclass(frozen=True)
-class LoadPolicy:
-    """Limits for safe loading; the defaults fit every model the zoo exports."""
-
-    max_bytes: int = DEFAULT_MAX_BYTES
-    min_ir_version: int = 8  # IR 8 pairs with opset 17, the lowest we export
-    max_ir_version: int = 11  # IR 11 pairs with opset 23
-    min_opset: int = 17
-    max_opset: int = 23  # onnxruntime 1.18 (our floor) runs opset 21; newer ones more
-    allowed_ops: frozenset[str] = ALLOWED_OPS
-    # Every node runs at every prediction: a tiny payload of thousands of cheap nodes would slow the
-    # device by orders of magnitude. The largest zoo model has 180 nodes.
-    max_nodes: int = 1024
-
-
-DEFAULT_POLICY = LoadPolicy()
+__all__ = ["ALLOWED_OPS", "DEFAULT_MAX_BYTES", "DEFAULT_POLICY", "EQUIVALENT_OPS", "INT8_OPS", "STANDARD_DOMAINS",
+           "ZOO_OPS", "CheckedModel", "LoadPolicy", "ModelContract", "check_onnx", "parse_onnx"]
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
-
-import onnx
+from typing import TYPE_CHECKING, Literal
 
 import hdus_edge
+
+if TYPE_CHECKING:  # only annotations: reading provenance must not load onnx (see provenance_of_props)
+    import onnx
 
 Role = Literal["main", "seed"]
 ROLES: tuple[str, ...] = ("main", "seed")
@@ -125,7 +126,12 @@ def read_provenance(model: onnx.ModelProto) -> Provenance | None:
 
     Raises ``ValueError`` when some keys are present but incomplete or malformed.
     """
-    props = metadata_dict(model)
+    return provenance_of_props(metadata_dict(model))
+
+
+def provenance_of_props(props: Mapping[str, str]) -> Provenance | None:
+    """``read_provenance`` over ``metadata_props`` already read, e.g. onnxruntime's
+    ``get_modelmeta().custom_metadata_map`` (how the agent reads its own models without onnx)."""
     if not any(k.startswith(PREFIX) for k in props):
         return None
     return Provenance.from_props(props)

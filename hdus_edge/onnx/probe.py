@@ -2,7 +2,10 @@
 
 ``probe_run`` runs in this process. ``probe_in_subprocess`` runs the same probe in a child Python
 with an address-space limit and a timeout, so a native crash, a hang or a memory blow-up inside
-onnxruntime costs a child process, not the agent. The child imports numpy and onnxruntime only.
+onnxruntime costs a child process, not the agent. Given a ``LoadPolicy`` the child first runs the
+safe-loading checks (``checks.check_onnx``, with onnx's checker and shape inference): the agent then
+never loads onnx itself (~18 MiB resident it would keep), and a crash in the checker costs the child too.
+A rejection comes back as the same ``OnnxRejectedError`` subclass, with the same message.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from hdus_edge.errors import ProbeRunError
-from hdus_edge.onnx.checks import ModelContract
+from hdus_edge import errors
+from hdus_edge.errors import OnnxRejectedError, ProbeRunError
+from hdus_edge.onnx.contract import LoadPolicy, ModelContract
 from hdus_edge.onnx.session import make_session
 
 logger = logging.getLogger(__name__)
@@ -74,14 +78,18 @@ resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 cpu = int(sys.argv[2])
 resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
 data = sys.stdin.buffer.read()
-from hdus_edge.errors import ProbeRunError
-from hdus_edge.onnx.checks import ModelContract
+from hdus_edge.errors import OnnxRejectedError
+from hdus_edge.onnx.contract import LoadPolicy, ModelContract
 from hdus_edge.onnx.probe import probe_run
 contract = ModelContract(**json.loads(sys.argv[3]))
+max_bytes = int(sys.argv[4])
 try:
+    if max_bytes > 0:
+        from hdus_edge.onnx.checks import check_onnx
+        check_onnx(data, contract, LoadPolicy(max_bytes=max_bytes))
     probe_run(data, contract)
-except ProbeRunError as exc:
-    print(json.dumps({"ok": False, "error": exc.message}), flush=True)
+except OnnxRejectedError as exc:
+    print(json.dumps({"ok": False, "error": exc.message, "kind": type(exc).__name__}), flush=True)
     sys.exit(3)
 print(json.dumps({"ok": True}), flush=True)
 """
@@ -92,19 +100,25 @@ def probe_in_subprocess(
     contract: ModelContract,
     timeout_s: float = 20.0,
     mem_mb: int = 2048,
+    policy: LoadPolicy | None = None,
 ) -> None:
-    """``probe_run`` in a child process limited to ``mem_mb`` MiB of address space and ``timeout_s``.
+    """``probe_run`` in a child process limited to ``mem_mb`` MiB of address space and ``timeout_s``;
+    with ``policy``, ``check_onnx`` (its ``max_bytes``, default limits otherwise) runs there first.
 
     Raises ``ProbeRunError`` when the probe fails, the child crashes (signal), runs out of memory
-    or time. The default memory limit leaves room for onnxruntime's thread pools and arenas.
+    or time; a failed check raises its own ``OnnxRejectedError`` subclass. The default memory
+    limit leaves room for onnxruntime's thread pools and arenas.
     """
+    if policy is not None and policy != LoadPolicy(max_bytes=policy.max_bytes):
+        raise ValueError("only a policy's max_bytes travels to the probe child; check other limits in-process")
     if timeout_s <= 0 or mem_mb <= 0:
         raise ValueError("timeout_s and mem_mb must be positive")
     spec = json.dumps({"height": contract.height, "width": contract.width,
                        "num_classes": contract.num_classes, "channels": contract.channels})
     # OMP/ORT thread pools each reserve stack address space; one thread keeps the child small.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-c", _CHILD, str(int(mem_mb)), str(max(1, int(timeout_s) + 1)), spec]
+    cmd = [sys.executable, "-c", _CHILD, str(int(mem_mb)), str(max(1, int(timeout_s) + 1)), spec,
+           str(policy.max_bytes if policy is not None else 0)]
     try:
         done = subprocess.run(cmd, input=bytes(data), capture_output=True, timeout=timeout_s, env=env, check=False)
     except subprocess.TimeoutExpired:
@@ -113,7 +127,10 @@ def probe_in_subprocess(
     if done.returncode == 0 and report.get("ok") is True:
         return
     if done.returncode == 3 and "error" in report:
-        raise ProbeRunError(str(report["error"]))
+        kind = getattr(errors, str(report.get("kind", "")), ProbeRunError)
+        if not (isinstance(kind, type) and issubclass(kind, OnnxRejectedError)):
+            kind = ProbeRunError
+        raise kind(str(report["error"]))
     if done.returncode < 0:
         name = signal.Signals(-done.returncode).name if -done.returncode in signal.valid_signals() else "?"
         raise ProbeRunError(f"probe run crashed with signal {name} ({-done.returncode})")
