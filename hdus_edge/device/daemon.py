@@ -3,7 +3,8 @@
 The one entry point behind ``hdus-edge agent``, the reliability suite's forked agents and the
 fleet launcher: it loads the state dir, refuses to start a device that has no exported models,
 starts the agent, announces readiness (a ready file), and stops the agent cleanly on a signal so
-that the durable outbox and the store are left consistent.
+that the durable outbox and the store are left consistent. A device that was forgotten (now, or
+before a restart: its store remembers) stops with ``DeviceForgottenError``, the CLI's one error line.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from hdus_edge.device.agent import DeviceAgent, require_exported, settings_for
+from hdus_edge.errors import DeviceForgottenError
 from hdus_edge.state import StateDir
 
 
@@ -48,6 +50,12 @@ def run_agent(
         if on_ready is not None:
             on_ready(agent)
         while not stop.wait(0.5):
-            pass
+            if agent.forgotten:
+                break
     finally:
         agent.stop()
+    if agent.forgotten:
+        raise DeviceForgottenError(
+            f"device {agent.device_id!r} was forgotten by an unlearn order; its agent stopped and publishes "
+            "nothing until it is re-admitted"
+        )

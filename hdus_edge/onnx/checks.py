@@ -32,6 +32,7 @@ from hdus_edge.errors import (
     OpsetError,
     PayloadTooLargeError,
 )
+from hdus_edge.onnx.cost import ComputeBudget, check_budget
 from hdus_edge.onnx.metadata import Provenance, metadata_dict, read_provenance
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,9 @@ class LoadPolicy:
     # Every node runs at every prediction: a tiny payload of thousands of cheap nodes would slow the
     # device by orders of magnitude. The largest zoo model has 180 nodes.
     max_nodes: int = 1024
+    # MACs and parameters at most a multiple of the fleet's own seed (None: not checked, e.g. for
+    # the device's own trusted models). Checked statically, before any probe runs the model.
+    compute_budget: ComputeBudget | None = None
 
 
 DEFAULT_POLICY = LoadPolicy()
@@ -384,6 +388,8 @@ def check_onnx(data: bytes, contract: ModelContract, policy: LoadPolicy = DEFAUL
         check_operators(model, policy)
         inferred = check_structure(model)
         check_contract(inferred, contract)
+        if policy.compute_budget is not None:
+            check_budget(model, policy.compute_budget)
         provenance = check_provenance(model, contract)
     except (TypeError, UnicodeDecodeError, AttributeError) as exc:
         # The protobuf binding hands non-UTF-8 strings back as bytes: a malformed model, not a bug.
@@ -425,5 +431,8 @@ def find_problems(
     if self_contained and standard:
         attempt(lambda: inferred.append(check_structure(model)))
     attempt(lambda: check_contract(inferred[0] if inferred else model, contract))
+    if policy.compute_budget is not None and inferred:
+        budget = policy.compute_budget
+        attempt(lambda: check_budget(model, budget))
     attempt(lambda: check_provenance(model, contract))
     return problems

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -41,16 +42,24 @@ def probe_run(
     batch: int = PROBE_BATCH,
     seed: int = 0,
     providers: Sequence[str] | None = None,
+    run_budget_ms: float | None = None,
 ) -> None:
     """Load ``data`` in onnxruntime and run one batch; ``ProbeRunError`` unless the output is
-    float32 [batch, num_classes] and finite."""
+    float32 [batch, num_classes] and finite, and (with ``run_budget_ms``) the run took at most that."""
     session = make_session(data, providers=providers, intra_op_threads=1)
     x = probe_inputs(contract, batch, seed)
+    began = time.perf_counter()
     try:
         outputs = session.run(None, {session.get_inputs()[0].name: x})
     except Exception as exc:  # noqa: BLE001  # onnxruntime's pybind errors have no common base
         raise ProbeRunError(f"probe run failed: {type(exc).__name__}: {exc}") from None
+    took_ms = 1e3 * (time.perf_counter() - began)
     check_probe_output(outputs, batch, contract.num_classes)
+    if run_budget_ms is not None and took_ms > run_budget_ms:
+        raise ProbeRunError(
+            f"probe batch of {batch} took {took_ms:.0f} ms, over the budget of {run_budget_ms:g} ms; "
+            "every prediction would pay for it"
+        )
 
 
 def check_probe_output(outputs: Sequence[np.ndarray], batch: int, num_classes: int) -> None:
@@ -78,8 +87,9 @@ from hdus_edge.errors import ProbeRunError
 from hdus_edge.onnx.checks import ModelContract
 from hdus_edge.onnx.probe import probe_run
 contract = ModelContract(**json.loads(sys.argv[3]))
+budget = float(sys.argv[4]) if len(sys.argv) > 4 and sys.argv[4] else None
 try:
-    probe_run(data, contract)
+    probe_run(data, contract, run_budget_ms=budget)
 except ProbeRunError as exc:
     print(json.dumps({"ok": False, "error": exc.message}), flush=True)
     sys.exit(3)
@@ -92,8 +102,11 @@ def probe_in_subprocess(
     contract: ModelContract,
     timeout_s: float = 20.0,
     mem_mb: int = 2048,
+    run_budget_ms: float | None = None,
 ) -> None:
     """``probe_run`` in a child process limited to ``mem_mb`` MiB of address space and ``timeout_s``.
+
+    ``run_budget_ms`` bounds the probe batch's run itself (the profile's ``limits.probe_run_ms``).
 
     Raises ``ProbeRunError`` when the probe fails, the child crashes (signal), runs out of memory
     or time. The default memory limit leaves room for onnxruntime's thread pools and arenas.
@@ -104,7 +117,8 @@ def probe_in_subprocess(
                        "num_classes": contract.num_classes, "channels": contract.channels})
     # OMP/ORT thread pools each reserve stack address space; one thread keeps the child small.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-c", _CHILD, str(int(mem_mb)), str(max(1, int(timeout_s) + 1)), spec]
+    cmd = [sys.executable, "-c", _CHILD, str(int(mem_mb)), str(max(1, int(timeout_s) + 1)), spec,
+           "" if run_budget_ms is None else repr(float(run_budget_ms))]
     try:
         done = subprocess.run(cmd, input=bytes(data), capture_output=True, timeout=timeout_s, env=env, check=False)
     except subprocess.TimeoutExpired:

@@ -1,0 +1,161 @@
+"""Static compute cost of an ONNX graph: multiply-accumulates and parameters per sample (no torch, no run).
+
+A seed from a certified neighbour can still be expensive: a few hundred KB of allowed operators can
+make every prediction seconds slower. The agent bounds that before it runs anything: shape inference
+with the batch fixed at 1 gives every tensor's shape, and each node's cost follows from its shapes.
+
+Counting (per sample), chosen to agree with ``hdus_edge.models.flops.count_macs`` on convs and
+linear layers (tests check it on every zoo architecture) and to bound everything else:
+- Conv / ConvInteger: output elements x (input channels / group) x kernel size;
+- Gemm / MatMul / MatMulInteger: output elements x the reduced dimension;
+- pooling: output elements x window (global pooling: input elements);
+- every other node: its output elements (elementwise work is one operation per element).
+Parameters: elements of every initializer and Constant tensor. A node whose output shape inference
+cannot pin down makes the cost unknown: ``ComputeBudgetError``, since an unbounded cost is refused.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import onnx
+
+from hdus_edge.errors import ComputeBudgetError
+
+
+@dataclass(frozen=True)
+class GraphCost:
+    """Multiply-accumulates (other operations counted as one each) and parameters of one sample."""
+
+    macs: int
+    params: int
+
+
+@dataclass(frozen=True)
+class ComputeBudget:
+    """The most a seed may cost: ``multiple`` x the fleet's own seed (``reference``)."""
+
+    reference: GraphCost
+    multiple: float
+
+    @property
+    def max_macs(self) -> int:
+        return int(self.reference.macs * self.multiple)
+
+    @property
+    def max_params(self) -> int:
+        return int(self.reference.params * self.multiple)
+
+
+def graph_cost(model: onnx.ModelProto) -> GraphCost:
+    """The per-sample cost of a checked model (main graph, no subgraphs: the allowlist has none)."""
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    graph = fixed.graph
+    initializers = {t.name for t in graph.initializer}
+    for value in graph.input:
+        if value.name in initializers:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        if len(dims) > 0:
+            dims[0].Clear()
+            dims[0].dim_value = 1  # one sample: the cost is per sample
+    del graph.value_info[:]
+    try:
+        inferred = onnx.shape_inference.infer_shapes(fixed, check_type=True, strict_mode=True, data_prop=True)
+    except Exception as exc:  # noqa: BLE001  # the C++ inference raises assorted types
+        raise ComputeBudgetError(f"cannot infer the model's shapes to bound its cost: {exc}") from None
+    shapes: dict[str, list[int] | None] = {}
+    for value in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        shapes[value.name] = _static_dims(value)
+    for tensor in inferred.graph.initializer:
+        shapes[tensor.name] = list(tensor.dims)
+    params = sum(math.prod(t.dims) for t in inferred.graph.initializer)
+    macs = 0
+    for node in inferred.graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    params += math.prod(attr.t.dims)
+            continue
+        out = [shapes.get(name) for name in node.output if name]
+        if not out or any(s is None for s in out):
+            raise ComputeBudgetError(f"cannot bound the cost of node {node.name or node.op_type!r}: its output shape is not static")
+        out_elems = sum(math.prod(s) for s in out if s is not None)
+        macs += _node_macs(node, out_elems, shapes)
+    return GraphCost(macs=int(macs), params=int(params))
+
+
+def check_budget(model: onnx.ModelProto, budget: ComputeBudget) -> GraphCost:
+    """Raise ``ComputeBudgetError`` when ``model`` costs more than ``budget``; return its cost."""
+    cost = graph_cost(model)
+    ref = budget.reference
+    if cost.macs > budget.max_macs:
+        raise ComputeBudgetError(
+            f"model needs {cost.macs:,} MACs per sample, over the budget of {budget.max_macs:,} "
+            f"({budget.multiple:g} x the fleet's seed, {ref.macs:,})",
+            hint="seeds are tiny; the profile's limits.seed_compute_multiple sets the budget",
+        )
+    if cost.params > budget.max_params:
+        raise ComputeBudgetError(
+            f"model has {cost.params:,} parameters, over the budget of {budget.max_params:,} "
+            f"({budget.multiple:g} x the fleet's seed, {ref.params:,})",
+            hint="seeds are tiny; the profile's limits.seed_compute_multiple sets the budget",
+        )
+    return cost
+
+
+def _static_dims(value: onnx.ValueInfoProto) -> list[int] | None:
+    t = value.type.tensor_type
+    if not t.HasField("shape"):
+        return None
+    dims = []
+    for d in t.shape.dim:
+        if not d.HasField("dim_value") or d.dim_value < 0:
+            return None
+        dims.append(int(d.dim_value))
+    return dims
+
+
+def _attr_ints(node: onnx.NodeProto, name: str) -> list[int]:
+    for attr in node.attribute:
+        if attr.name == name:
+            return list(attr.ints)
+    return []
+
+
+def _attr_int(node: onnx.NodeProto, name: str, default: int) -> int:
+    for attr in node.attribute:
+        if attr.name == name:
+            return int(attr.i)
+    return default
+
+
+def _node_macs(node: onnx.NodeProto, out_elems: int, shapes: dict[str, list[int] | None]) -> int:
+    def shape_of(index: int) -> list[int] | None:
+        return shapes.get(node.input[index]) if len(node.input) > index and node.input[index] else None
+
+    op = node.op_type
+    if op in ("Conv", "ConvInteger"):
+        weight = shape_of(1)
+        if weight is None or len(weight) < 3:
+            raise ComputeBudgetError(f"cannot bound the cost of {op} node {node.name!r}: weight shape unknown")
+        return out_elems * weight[1] * math.prod(weight[2:])
+    if op == "Gemm":
+        a = shape_of(0)
+        if a is None or len(a) != 2:
+            raise ComputeBudgetError(f"cannot bound the cost of Gemm node {node.name!r}: input shape unknown")
+        reduced = a[0] if _attr_int(node, "transA", 0) else a[1]
+        return out_elems * reduced
+    if op in ("MatMul", "MatMulInteger"):
+        a = shape_of(0)
+        if a is None or len(a) < 1:
+            raise ComputeBudgetError(f"cannot bound the cost of {op} node {node.name!r}: input shape unknown")
+        return out_elems * a[-1]
+    if op in ("AveragePool", "MaxPool"):
+        return out_elems * max(1, math.prod(_attr_ints(node, "kernel_shape") or [1]))
+    if op in ("GlobalAveragePool", "ReduceMean"):
+        x = shape_of(0)
+        return max(out_elems, math.prod(x) if x is not None else out_elems)
+    return out_elems
