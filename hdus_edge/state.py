@@ -350,7 +350,8 @@ def provision_device(
     atomic_write(state.device_file, to_toml(cfg).encode())
     for sub in (state.models, state.store_dir, state.outbox_dir):
         sub.mkdir(parents=True, exist_ok=True)
-    registry[device_id] = {"profile": profile, "epoch": 0, "public_key": key.public_key.hex(), "issued_at": time.time()}
+    registry[device_id] = {"profile": profile, "epoch": 0, "public_key": key.public_key.hex(), "issued_at": time.time(),
+                           "neighbors": list(cfg.neighbors)}  # the requester's holders when no list is retained
     write_json(admin.registry_file, registry)
     return state
 
