@@ -38,7 +38,6 @@ from hdus_edge.reliability.harness import (
     Puppet,
     SingleAgentLab,
     lab_fleet,
-    settle,
     wait_until,
 )
 from hdus_edge.reliability.onnx_mutants import heavy_seed_model
