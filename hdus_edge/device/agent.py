@@ -3,7 +3,13 @@
 Every message is handled on the transport's single worker thread (paho's callbacks only enqueue),
 in this order: parse topic -> decode -> verify signer, certificate and authority -> check it belongs
 on its topic -> policy (neighbour, tombstone, version) -> act -> persist -> rebuild the ensemble ->
-answer. A rejected message is logged and audited and changes nothing.
+answer. A rejected message is logged and audited (rate-limited) and changes nothing.
+
+No single device can take this one down (issue 14): a seed that passes the cheap checks is queued
+(one per neighbour, latest wins) for the seed worker thread, which runs the static compute budget,
+the safe-load checks and the probe outside the agent's lock, so an unlearn order is handled at once
+even while seeds are probed; messages from not-yet-certified senders are parked within caps
+(``device.parking``); rejections reach the audit log through the store's rate limit.
 
 Who sends seeds to whom: each device publishes its neighbour list (``membership/<id>``, retained,
 signed); device j publishes its seed to ``seeds/<i>/<j>`` for every device i whose list names j.
@@ -14,7 +20,8 @@ holder commit tombstone + deletion + receipt in one store step, drop the seed fr
 clear its retained inbox copy on the broker, and publish the signed receipt. A device that was away
 gets the retained order on return; the tombstone digest each device gossips covers brokers that
 lost retained messages or queues. Seeds of a forgotten device are refused until it is re-admitted
-with a higher epoch.
+with a higher epoch. A device forgotten itself records it in its store and stops: it publishes
+nothing more, and its agent refuses to start again (``DeviceForgottenError``) until re-admitted.
 """
 
 from __future__ import annotations

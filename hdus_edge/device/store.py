@@ -2,9 +2,11 @@
 
 Layout under ``root``::
 
-    index.json          every fact (seeds, tombstones, seen request ids, version floors, pending receipts)
+    index.json          every fact (seeds, tombstones, seen request ids, version floors, pending receipts,
+                        and whether this device itself was forgotten)
     seeds/<owner>@<epoch>-<version>.onnx   one file per held seed, named by content version
-    audit.jsonl         append-only JSON lines, fsynced; hashes only, never seed bytes
+    audit.jsonl         append-only JSON lines, fsynced; hashes only, never seed bytes; lines that
+                        outside input triggers are rate-limited (``AuditLimit``) with a summary line
     .lock               flock'd while a SeedStore is open (one process per store)
 
 Why files and one JSON index rather than SQLite: the state is small (tens of seeds, hundreds of ids), the
