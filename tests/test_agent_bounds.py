@@ -15,6 +15,7 @@ import hdus_edge.device.agent as agent_module
 from hdus_edge.device.agent import DeviceAgent
 from hdus_edge.device.parking import ParkingLimits
 from hdus_edge.device.store import AUDIT_NAME, AuditLimit
+from hdus_edge.device.view import device_status
 from hdus_edge.errors import DeviceForgottenError
 from hdus_edge.reliability.cases_insider import (
     garbage,
@@ -47,6 +48,8 @@ def test_a_forgotten_device_refuses_to_start_and_republishes_nothing(tmp_path, u
         assert done.returncode == 1
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: device 'dev-000' was forgotten"), done.stderr
+        # `hdus-edge status` reads it from the store, with no agent running.
+        assert device_status(state)["forgotten"]["target"] == lab.r
         # The broker keeps no membership or seed of r after the restarts.
         root = p.topics.root
         assert retained_topics(url, f"{root}/membership/{lab.r}") == []

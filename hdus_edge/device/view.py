@@ -53,6 +53,7 @@ class StoreView:
     tombstones: tuple[dict[str, Any], ...]
     pending_receipts: tuple[str, ...]
     seen_requests: tuple[str, ...]
+    forgotten: dict[str, Any] | None = None  # this device itself was forgotten (durable; issue 14)
 
 
 def read_store_index(store_dir: Path) -> StoreView:
@@ -72,13 +73,14 @@ def read_store_index(store_dir: Path) -> StoreView:
         tombstones = tuple(sorted((dict(t) for t in data["tombstones"]), key=lambda t: t["target"]))
         pending = tuple(r["request_id"] for r in data["receipts"])
         seen = tuple(sorted(data["seen"]))
+        forgotten = dict(data["forgotten"]) if data.get("forgotten") else None
     except (ValueError, TypeError, KeyError) as exc:
         raise StateDirError(f"seed store index {path} is corrupt: {exc}",
                             hint="restore it from a backup, or start the agent to see the store's own diagnosis") from None
     for entry in seeds:
         if "/" in entry.file or entry.file.startswith("."):
             raise StateDirError(f"seed store index {path} names a bad seed file {entry.file!r}")
-    return StoreView(seeds, tombstones, pending, seen)
+    return StoreView(seeds, tombstones, pending, seen, forgotten)
 
 
 def read_member_seeds(state: StateDir, neighbors: tuple[str, ...] | None = None) -> tuple[StoreView, dict[str, bytes]]:
@@ -203,6 +205,8 @@ def device_status(state: StateDir) -> dict[str, Any]:
             "requested": evidence_summaries(state.evidence_dir),
         },
         "agent": agent,
+        # From the store, so it holds while no agent runs and after restarts.
+        "forgotten": view.forgotten,
     }
 
 

@@ -232,7 +232,14 @@ class _ProcessFleet:
         return all(len(self.status(d).get("members", [])) == len(self.honest) - 1 for d in self.honest)
 
     def rss_mb(self) -> dict[str, float]:
-        return {d: psutil.Process(pid).memory_info().rss / MB for d, pid in self.pids.items()}
+        """RSS of each running agent (a forgotten one has exited by itself)."""
+        out = {}
+        for d, pid in self.pids.items():
+            try:
+                out[d] = psutil.Process(pid).memory_info().rss / MB
+            except psutil.NoSuchProcess:
+                continue
+        return out
 
 
 def parking_flood(root: Path, broker_url: str, messages: int = 300, size: int = 1 << 20) -> dict[str, Any]:
@@ -270,7 +277,7 @@ def insider_flood(root: Path, broker_url: str, messages: int = 10_000, size: int
         time.sleep(2.0)
         base = unlearn(admin, "dev-004", broker_url=broker_url, wait_s=30)[0]
         baseline_s = base.latency_s
-        observed = [d for d in pf.honest if d != "dev-004"]
+        observed = [d for d in pf.honest if d not in ("dev-003", "dev-004")]  # the targets stop when forgotten
         before = {d: v for d, v in pf.rss_mb().items() if d in observed}
         sent = [0]
 
