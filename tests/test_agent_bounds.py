@@ -157,3 +157,24 @@ def test_an_unlearn_order_is_applied_while_the_seed_worker_is_busy(tmp_path, url
         assert agent.members() == (lab.a,)
         assert agent.store.seed_info(lab.a).version == 2
         assert agent.store.seed_info(lab.b) is None
+
+
+def test_a_new_epoch_certificate_lets_a_forgotten_device_start_again(tmp_path, url):
+    """Readmission issues a certificate of a higher epoch: the durable record covers only the
+    incarnation it forgot."""
+    from hdus_edge.protocol.crypto import issue_certificate, save_certificate
+
+    with SingleAgentLab(tmp_path, url) as lab:
+        p = lab.puppet
+        p.publish(p.topics.unlearn(lab.r), p.order(lab.r), retain=True)
+        assert lab.agent.wait_for(lambda a: a.forgotten, 30)
+        lab.fleet.stop()
+        state = lab.fleet.states[lab.r]
+        with pytest.raises(DeviceForgottenError):
+            DeviceAgent.from_state_dir(state, broker_url=url, settings=LAB_SETTINGS)
+        admin = lab.fleet.admin
+        cert = issue_certificate(admin.key(), fleet=admin.fleet().fleet.name, device_id=lab.r,
+                                 public_key=state.key().public_key, epoch=1, profile="generic-x86_64")
+        save_certificate(cert, state.cert_file)
+        agent = DeviceAgent.from_state_dir(state, broker_url=url, settings=LAB_SETTINGS)
+        agent.store.close()  # constructed (the check passed); not started

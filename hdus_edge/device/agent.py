@@ -426,15 +426,17 @@ class DeviceAgent:
         self.topics.check_matches(topic, env)
         if env.owner not in self._neighbors:
             raise _Refused(f"seed of {env.owner!r} refused: not a neighbour of {self.device_id!r}", "not-neighbour")
-        held = self.store.seed_info(env.owner)
-        if held is not None and held.sha256 == env.sha256 and held.version == env.version:
-            self.counters.duplicates += 1  # a redelivery (reconnect, retained): nothing changes
-            return
+        # In flight first, then held: the worker commits to the store before it clears ``_seed_busy``,
+        # so a copy that arrives while the first is being installed is seen in one or the other.
         with self._seed_wakeup:
             if self._seed_busy == (env.owner, env.sha256, env.version) or (
                     env.owner in self._seed_queue and _same_seed(self._seed_queue[env.owner][1], env)):
                 self.counters.duplicates += 1  # already on its way in
                 return
+        held = self.store.seed_info(env.owner)
+        if held is not None and held.sha256 == env.sha256 and held.version == env.version:
+            self.counters.duplicates += 1  # a redelivery (reconnect, retained): nothing changes
+            return
         self.store.check_seed(env.owner, env.version, env.epoch)
         expected_ref = self.fleet.data.reference_sha256
         if expected_ref and env.reference_sha256 != expected_ref:
@@ -625,7 +627,10 @@ class DeviceAgent:
         self.store.mark_forgotten(self.device_id, order.epoch, order.request_id)
         with self._seed_wakeup:
             self._seed_queue.clear()
-        for to in sorted(self._published):
+        # Every retained copy of our seed: those this run published, and those an earlier run may
+        # have left for any device that lists us (an order that came while our agent was down).
+        wanting = {i for i, wanted in self._wanted_by.items() if self.device_id in wanted}
+        for to in sorted(set(self._published) | wanting - {self.device_id}):
             self.transport.publish(self.topics.seed(to, self.device_id), b"", retain=True, wait=False)
         self._published.clear()
         # A forgotten device wants no seeds: its neighbour list leaves the broker too.
