@@ -173,8 +173,9 @@ def audit_flood(root: Path, broker_url: str, messages: int = 5000, size: int = 2
             if k % 200 == 199:
                 lab.puppet.transport.flush(60)  # in step with the agent: the broker's queue limit would drop some
         lab.puppet.transport.flush(60)
-        wait_until(lambda: agent.counters.rejected - rejected_before >= messages, 60)
-        settle(agent, quiet_s=1.0, timeout=30)  # what the broker dropped will not come
+        # Until every message is handled, or the count stays still (the broker drops what exceeds
+        # its queue limit for a slow client; those never come).
+        settle(agent, quiet_s=2.0, timeout=90)
         agent.store.flush_audit_summary()
         grown = audit.stat().st_size - before
         events = agent.store.audit_events()

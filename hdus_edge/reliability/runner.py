@@ -4,7 +4,10 @@ Two profiles. ``quick`` (``hdus-edge bench reliability --quick``, under 15 minut
 machine) runs every case at reduced size: 300 ONNX mutations, 200 SIGKILLs, load at 50x4, 50x8
 and 100x8, a 2-minute soak. The full profile runs 1,000 mutations, 300 SIGKILLs, load at 50 and
 100 devices x 4 and 8 neighbours, and a 10-minute soak. Every load fleet then takes the simultaneous
-unlearn orders (10).
+unlearn orders (10). Both run issue 14's insider cases: a forgotten device restarts; ~1 MB envelopes
+from made-up senders (100 quick, 300 full) and a 10,000-message flood at agent processes (targets:
+<= 20 MB more RSS, <= 1 s more receipt latency than a baseline order in the same run, counted in
+``goals_missed``); a compute-heavy seed; 5,000 garbage messages at the audit log.
 Every loss, violation, crash and false accept is a named count; ``totals`` adds them up (all must
 be 0) and ``failed_checks`` lists which are not.
 """
