@@ -224,3 +224,23 @@ def test_an_authenticated_insider_flooding_its_own_topic_is_bounded_on_the_gener
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_a_device_forgotten_while_its_agent_was_down_forgets_itself_on_return(tmp_path, url):
+    from hdus_edge.reliability.harness import start_agents
+
+    with SingleAgentLab(tmp_path, url) as lab:
+        p = lab.puppet
+        lab.fleet.stop()  # r is down (its session persists)
+        p.publish(p.topics.unlearn(lab.r), p.order(lab.r), retain=True)
+        # Execute: r returns and finds the retained order.
+        agent = start_agents(lab.fleet, [lab.r])[lab.r]
+        assert agent.wait_for(lambda a: a.forgotten, 30)
+        agent.stop()
+        lab.fleet.agents.clear()
+        # Assert: recorded, so the next start is refused; nothing of r stays on the broker.
+        with pytest.raises(DeviceForgottenError):
+            DeviceAgent.from_state_dir(lab.fleet.states[lab.r], broker_url=url, settings=LAB_SETTINGS)
+        root = p.topics.root
+        assert retained_topics(url, f"{root}/membership/{lab.r}") == []
+        assert retained_topics(url, f"{root}/seeds/+/{lab.r}") == []

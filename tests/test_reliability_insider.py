@@ -13,6 +13,7 @@ def test_forgotten_restart_case(tmp_path):
     assert result["forgotten_seen"] is True
     assert result["restarts_refused"] == 2 and result["restarts_not_refused"] == 0
     assert result["retained_after_restart"] == 0
+    assert result["missed_order_not_applied"] == 0 and result["missed_order_retained_after"] == 0
 
 
 def test_heavy_seed_case(tmp_path):

@@ -270,7 +270,9 @@ class DeviceAgent:
                 stray.unlink(missing_ok=True)
                 logger.warning("agent %s: removed stray temp file %s", self.device_id, stray)
         root = self.topics.root
-        filters = [f"{root}/devices/+/hello", f"{root}/membership/+", f"{root}/unlearn/+", f"{root}/tombstones/+"]
+        # Orders first: the broker hands over retained messages filter by filter, so an order that
+        # forgot this device while it was down is applied before any neighbour list asks for its seed.
+        filters = [f"{root}/unlearn/+", f"{root}/devices/+/hello", f"{root}/membership/+", f"{root}/tombstones/+"]
         filters += [self.topics.seed(self.device_id, j) for j in self._neighbors]
         self.transport.subscribe(filters)
         self._seed_thread = threading.Thread(target=self._seed_loop, name=f"hdus-seeds-{self.device_id}", daemon=True)
@@ -518,6 +520,11 @@ class DeviceAgent:
         self._wanted_by[msg.device_id] = frozenset(msg.neighbors)
         if msg.device_id == self.device_id:
             return
+        if self._forgotten and self.device_id in msg.neighbors:
+            # A list that still names a forgotten device: whatever copy of its seed an earlier run left
+            # for that device goes (an order that came while this agent was down).
+            self.transport.publish(self.topics.seed(msg.device_id, self.device_id), b"", retain=True, wait=False)
+            return
         if self.device_id in msg.neighbors:
             self._publish_seed_to(msg.device_id)
         elif msg.device_id in self._published:
@@ -629,7 +636,8 @@ class DeviceAgent:
             self._seed_queue.clear()
         # Every retained copy of our seed: those this run published, and those an earlier run may
         # have left for any device that lists us (an order that came while our agent was down).
-        wanting = {i for i, wanted in self._wanted_by.items() if self.device_id in wanted}
+        # (Lists that arrive later are answered in _on_membership.)
+        wanting = {i for i, wanted in self._wanted_by.items() if self.device_id in wanted} | set(self._neighbors)
         for to in sorted(set(self._published) | wanting - {self.device_id}):
             self.transport.publish(self.topics.seed(to, self.device_id), b"", retain=True, wait=False)
         self._published.clear()

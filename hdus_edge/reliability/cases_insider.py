@@ -39,6 +39,7 @@ from hdus_edge.reliability.harness import (
     SingleAgentLab,
     lab_fleet,
     settle,
+    start_agents,
     wait_until,
 )
 from hdus_edge.reliability.onnx_mutants import heavy_seed_model
@@ -115,8 +116,22 @@ def forgotten_restart(root: Path, broker_url: str) -> dict[str, Any]:
         root_topic = p.topics.root
         retained = (retained_topics(broker_url, f"{root_topic}/membership/{lab.r}")
                     + retained_topics(broker_url, f"{root_topic}/seeds/+/{lab.r}"))
+    # The order comes while r's agent is down (its neighbours' agents are down too: nobody else
+    # clears r's retained seeds): on return r must forget itself and leave nothing retained.
+    with SingleAgentLab(root / "missed", broker_url) as lab:
+        p = lab.puppet
+        lab.fleet.stop()
+        p.publish(p.topics.unlearn(lab.r), p.order(lab.r), retain=True)
+        back = start_agents(lab.fleet, [lab.r])[lab.r]
+        forgot_on_return = back.wait_for(lambda a: a.forgotten, 30)
+        time.sleep(0.5)  # the clears it publishes reach the broker
+        lab.fleet.stop()
+        root_topic = p.topics.root
+        left = (retained_topics(broker_url, f"{root_topic}/membership/{lab.r}")
+                + retained_topics(broker_url, f"{root_topic}/seeds/+/{lab.r}"))
     return {"forgotten_seen": forgot, "restarts": 2, "restarts_refused": refused,
-            "restarts_not_refused": 2 - refused, "retained_after_restart": len(retained)}
+            "restarts_not_refused": 2 - refused, "retained_after_restart": len(retained),
+            "missed_order_not_applied": int(not forgot_on_return), "missed_order_retained_after": len(left)}
 
 
 # --- attack 5 and the audit flood: one agent in this process ----------------------------------------
