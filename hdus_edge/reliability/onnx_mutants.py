@@ -146,6 +146,14 @@ def heavy_seed_model(channels: int = 64, pad: int = 60, layers: int = 2, seed: i
     return _model(nodes + head, inits + head_inits)
 
 
+def pooling_bomb_model(kernel: int = 200) -> bytes:
+    """No weights at all: an AveragePool whose window and padding grow the 8x8 input to
+    (7 + kernel)^2 outputs of kernel^2 operations each (~1.7 G operations per sample by default)."""
+    pool = helper.make_node("AveragePool", ["x"], ["big"], kernel_shape=[kernel, kernel], pads=[kernel - 1] * 4)
+    head, inits = _head("big")
+    return _model([pool, *head], inits)
+
+
 def memory_bomb_model(pad: int = 40000) -> bytes:
     """A ~1 KiB model whose first Conv pads the 8x8 input by ``pad`` on every side: the activation
     is [N, 1, 8 + 2 pad, 8 + 2 pad] floats (about 25 GiB per sample at the default)."""
