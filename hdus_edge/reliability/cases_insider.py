@@ -51,6 +51,7 @@ from hdus_edge.unlearn.commands import unlearn
 logger = logging.getLogger(__name__)
 
 MB = 2**20
+_AHEAD = 600  # how far a flood may run ahead of its slowest receiver (the broker queues 1,000 per client)
 FLOOD_RSS_TARGET_MB = 20.0
 FLOOD_DELAY_TARGET_S = 1.0
 
@@ -186,7 +187,9 @@ def audit_flood(root: Path, broker_url: str, messages: int = 5000, size: int = 2
         for k in range(messages):
             lab.puppet.transport.publish(topic, garbage(k, size), wait=False)
             if k % 200 == 199:
-                lab.puppet.transport.flush(60)  # in step with the agent: the broker's queue limit would drop some
+                # In step with the agent, so the broker's queue limit (1,000) drops none of the flood.
+                lab.puppet.transport.flush(60)
+                wait_until(lambda k=k: agent.counters.rejected - rejected_before >= k + 1 - _AHEAD, 60)
         lab.puppet.transport.flush(60)
         # Until every message is handled, or the count stays still (the broker drops what exceeds
         # its queue limit for a slow client; those never come).
@@ -297,6 +300,12 @@ def insider_flood(root: Path, broker_url: str, messages: int = 10_000, size: int
         before = {d: v for d, v in pf.rss_mb().items() if d in observed}
         sent = [0]
 
+        def handled(d: str) -> int:
+            c = pf.status(d).get("counters", {})
+            return int(c.get("rejected", 0)) + int(c.get("parked", 0))
+
+        start = {d: handled(d) for d in observed}
+
         def flood() -> None:
             with Puppet(broker_url, admin, pf.fleet.states) as p:
                 topic = p.topics.tombstones("dev-005")
@@ -306,6 +315,10 @@ def insider_flood(root: Path, broker_url: str, messages: int = 10_000, size: int
                     sent[0] = k + 1
                     if k % 200 == 199:
                         p.transport.flush(60)
+                        # In step with the slowest agent (its status file, ~1 s behind), so the broker's
+                        # queue limit drops none of the flood.
+                        wait_until(lambda k=k: min(handled(d) - start[d] for d in observed) >= k + 1 - _AHEAD,
+                                   60, interval=0.1)
                 p.transport.flush(120)
 
         flooder = threading.Thread(target=flood, name="insider-flood")
@@ -315,6 +328,7 @@ def insider_flood(root: Path, broker_url: str, messages: int = 10_000, size: int
         during = unlearn(admin, "dev-003", broker_url=broker_url, wait_s=60)[0]
         flooder.join()
         flood_s = time.monotonic() - flood_began
+        wait_until(lambda: min(handled(d) - start[d] for d in observed) >= messages, 60, interval=0.2)
         time.sleep(3.0)
         after = {d: v for d, v in pf.rss_mb().items() if d in observed}
         statuses = {d: pf.status(d) for d in observed}
@@ -324,6 +338,7 @@ def insider_flood(root: Path, broker_url: str, messages: int = 10_000, size: int
             "rss_growth_mb_max": max(growth.values()), "rss_mb_after_max": max(after.values()),
             "receipt_latency_s_baseline": baseline_s, "receipt_latency_s_during_flood": during.latency_s,
             "receipt_delay_s": delay, "receipts_missing": len(during.missing) + len(base.missing),
+            "delivered_min": min(handled(d) - start[d] for d in observed),
             "rejected_min": min(s.get("counters", {}).get("rejected", 0) for s in statuses.values()),
             "parked_dropped_min": min(s.get("counters", {}).get("parked_dropped", 0) for s in statuses.values()),
             "rss_over_target": int(max(growth.values()) > FLOOD_RSS_TARGET_MB),

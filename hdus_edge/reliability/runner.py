@@ -273,7 +273,7 @@ _TABLE: tuple[tuple[str, str, tuple[str, ...]], ...] = (
      ("messages", "rejected", "audit_growth_kb", "audit_bytes_per_message", "suppressed_counted",
       "unbounded_before_kb")),
     ("insider_flood", "10,000 messages from one authenticated device (agent processes)",
-     ("messages", "message_kb", "flood_s", "rss_growth_mb_max", "receipt_latency_s_baseline",
+     ("messages", "message_kb", "flood_s", "delivered_min", "rss_growth_mb_max", "receipt_latency_s_baseline",
       "receipt_latency_s_during_flood", "receipt_delay_s", "receipts_missing", "rss_over_target",
       "delay_over_target")),
     ("load", "seed propagation under load (one Mosquitto)",
