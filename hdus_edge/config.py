@@ -60,9 +60,10 @@ class LimitsSection:
     # parameters, counted statically on the ONNX graph): the zoo's seeds differ from their own
     # export by under 5% in our count, and 4x bounds what a hostile seed adds to every prediction.
     seed_compute_multiple: float = 4.0
-    # The probe child's wall-clock limit, and the most one probe batch may take to run: a seed batch
-    # runs in about a millisecond, so a second is generous even on a loaded Pi Zero.
-    probe_timeout_s: float = 10.0
+    # The probe child's wall-clock limit (it imports onnxruntime first: seconds on a small board), and
+    # the most one probe batch may take to run: a seed batch runs in about a millisecond, so a second
+    # is generous even on a loaded Pi Zero.
+    probe_timeout_s: float = 20.0
     probe_run_ms: float = 1000.0
     # Messages parked until their sender's hello: a few per device is what retained-order races
     # need; 4 MiB in total bounds what made-up sender ids can hold in memory.

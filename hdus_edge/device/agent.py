@@ -96,7 +96,7 @@ class AgentSettings:
     connect_timeout_s: float = 10.0
     # What a neighbour or an insider may cost (the profile's [limits]; reasons in hdus_edge/config.py).
     seed_compute_multiple: float | None = 4.0  # None: no static budget (trusted lab models only)
-    probe_timeout_s: float = 10.0
+    probe_timeout_s: float = 20.0
     probe_run_ms: float | None = 1000.0
     parking: ParkingLimits = ParkingLimits()
     audit_limit: AuditLimit = AuditLimit()
