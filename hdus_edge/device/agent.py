@@ -296,7 +296,9 @@ class DeviceAgent:
         if self._digest_thread is not None:
             self._digest_thread.join(timeout=5)
         if self._seed_thread is not None:
-            self._seed_thread.join(timeout=self.settings.probe_timeout_s + 5)
+            # Not for a probe's full time limit: a worker still probing finds _stop set under the
+            # lock and installs nothing (its child process ends by its own limits).
+            self._seed_thread.join(timeout=2)
         with self._lock:  # let a handler in flight finish before the transport goes
             pass
         self.transport.close()
