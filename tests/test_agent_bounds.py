@@ -183,31 +183,19 @@ def test_a_new_epoch_certificate_lets_a_forgotten_device_start_again(tmp_path, u
 def test_an_authenticated_insider_flooding_its_own_topic_is_bounded_on_the_generated_config(tmp_path):
     """Attack 4 with real credentials: Mosquitto runs what `broker-config` writes (passwords, ACL);
     the insider c may write only its own topics, and uses them to send envelopes from made-up senders."""
-    import json
-
-    from hdus_edge.admin.broker import write_broker_config
+    from hdus_edge.reliability.cases_insider import GeneratedBroker
     from hdus_edge.reliability.harness import Puppet
-    from hdus_edge.transport.mosquitto import find_binary
     from hdus_edge.transport.mqtt import MqttTransport
-    from hdus_edge.transport.ports import free_port, wait_for_port
 
-    # Prepare: the lab's fleet, then its generated broker config.
-    port = free_port()
+    # Prepare: the lab's fleet, then its generated broker.
     limits = ParkingLimits(per_sender=4, per_topic=5, total=20, total_bytes=200_000)
-    lab = SingleAgentLab(tmp_path / "lab", f"mqtt://127.0.0.1:{port}", name="gen",
-                         settings=replace(LAB_SETTINGS, parking=limits))
-    files = write_broker_config(lab.fleet.admin, tmp_path / "broker", port=port, persistence=False)
-    assert files.credentials is not None
-    creds = json.loads(files.credentials.read_text())
-    proc = subprocess.Popen([find_binary("mosquitto"), "-c", str(files.config)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        assert wait_for_port("127.0.0.1", port, 10)
-        lab.puppet = Puppet(creds["admin"]["url"], lab.fleet.admin, lab.fleet.states)
-        lab.fleet.broker_url = creds[lab.r]["url"]
+    lab = SingleAgentLab(tmp_path / "lab", "mqtt://127.0.0.1:1", name="gen", settings=replace(LAB_SETTINGS, parking=limits))
+    with GeneratedBroker(lab.fleet.admin, tmp_path / "broker") as broker:
+        lab.puppet = Puppet(broker.url("admin"), lab.fleet.admin, lab.fleet.states)
+        lab.fleet.broker_url = broker.url(lab.r)
         with lab:
             agent = lab.agent
-            insider = MqttTransport(creds[lab.c]["url"], f"gen.{lab.c}", clean_session=True)
+            insider = MqttTransport(broker.url(lab.c), f"gen.{lab.c}", clean_session=True)
             insider.connect(timeout=10)
             try:
                 # Execute: 40 envelopes of 30 KB from made-up senders, on c's own digest topic.
@@ -221,9 +209,6 @@ def test_an_authenticated_insider_flooding_its_own_topic_is_bounded_on_the_gener
             assert agent.status()["parked"]["messages"] == 5
             assert agent.counters.parked_dropped == 35
             assert agent.members() == (lab.a, lab.b)
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_a_device_forgotten_while_its_agent_was_down_forgets_itself_on_return(tmp_path, url):

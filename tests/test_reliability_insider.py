@@ -4,7 +4,13 @@ must-be-zero counts are 0 (the memory and delay figures are for the bench, not a
 from __future__ import annotations
 
 from hdus_edge.reliability.brokers import Broker
-from hdus_edge.reliability.cases_insider import audit_flood, forgotten_restart, heavy_seed, parking_flood
+from hdus_edge.reliability.cases_insider import (
+    audit_flood,
+    forgotten_restart,
+    heavy_seed,
+    insider_flood,
+    parking_flood,
+)
 
 
 def test_forgotten_restart_case(tmp_path):
@@ -37,3 +43,12 @@ def test_parking_flood_case_with_agent_processes(tmp_path):
         result = parking_flood(tmp_path / "case", broker.url, messages=12, size=64 << 10)
     assert result["parked_now_max"] <= 8  # the per-topic cap (profile default)
     assert result["parked_dropped_min"] >= 12 - 8
+
+
+def test_insider_flood_case_on_the_generated_config_at_toy_size(tmp_path):
+    """The goal's case (10,000 messages in the bench) at 400: every message reaches every observed
+    agent, every receipt comes; the RSS and delay figures are the bench's."""
+    result = insider_flood(tmp_path / "case", messages=400, size=1024)
+    assert result["delivered_min"] == 400
+    assert result["receipts_missing"] == 0
+    assert result["rejected_min"] >= 200  # the garbage half; the other half is parked (and dropped)

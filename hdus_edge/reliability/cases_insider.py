@@ -16,8 +16,10 @@ forgotten one, can do to the others, and the figures that show it is bounded.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import subprocess
 import threading
 import time
 from dataclasses import replace
@@ -54,6 +56,51 @@ MB = 2**20
 _AHEAD = 600  # how far a flood may run ahead of its slowest receiver (the broker queues 1,000 per client)
 FLOOD_RSS_TARGET_MB = 20.0
 FLOOD_DELAY_TARGET_S = 1.0
+
+
+# --- the broker `hdus-edge broker-config` writes ---------------------------------------------------
+
+
+class GeneratedBroker:
+    """Mosquitto running the config ``broker-config`` writes for a fleet (passwords, per-device ACL):
+    every client, the attacker included, connects with its own credentials (``url(user)``)."""
+
+    def __init__(self, admin: Any, folder: Path) -> None:
+        from hdus_edge.admin.broker import write_broker_config
+        from hdus_edge.transport.ports import free_port
+
+        self.port = free_port()
+        files = write_broker_config(admin, folder, port=self.port, persistence=False)
+        if files.credentials is None:
+            raise RuntimeError("broker-config wrote no credentials")
+        self._creds = json.loads(files.credentials.read_text())
+        self._config = files.config
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def url(self, user: str) -> str:
+        """``user``'s broker URL (a device id, or ``admin``)."""
+        return str(self._creds[user]["url"])
+
+    def __enter__(self) -> GeneratedBroker:
+        from hdus_edge.transport.mosquitto import find_binary
+        from hdus_edge.transport.ports import wait_for_port
+
+        self._proc = subprocess.Popen([find_binary("mosquitto"), "-c", str(self._config)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if not wait_for_port("127.0.0.1", self.port, 10):
+            self.__exit__()
+            raise RuntimeError(f"mosquitto did not start with {self._config}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(5)
+            self._proc = None
 
 
 # --- payloads ------------------------------------------------------------------------------------
@@ -211,7 +258,8 @@ def audit_flood(root: Path, broker_url: str, messages: int = 5000, size: int = 2
 class _ProcessFleet:
     """Agents of a lab fleet as ``hdus-edge agent`` processes (forked by the zygote)."""
 
-    def __init__(self, root: Path, broker_url: str, n: int, attacker: str | None = None) -> None:
+    def __init__(self, root: Path, broker_url: str, n: int, attacker: str | None = None,
+                 urls: dict[str, str] | None = None) -> None:
         ids = [f"dev-{k:03d}" for k in range(n)]
         honest = [d for d in ids if d != attacker]
         graph = {d: frozenset(set(honest) - {d}) for d in honest}
@@ -222,6 +270,7 @@ class _ProcessFleet:
         self.root = root
         self.honest = honest
         self.pids: dict[str, int] = {}
+        self.urls = urls or {}  # device -> its own broker URL (credentials); default: broker_url
         self.zygote = AgentZygote(root / "agents.log")
 
     def __enter__(self) -> _ProcessFleet:
@@ -229,7 +278,8 @@ class _ProcessFleet:
         try:
             for d in self.honest:
                 ready = self.root / f"{d}.ready"
-                self.pids[d] = self.zygote.spawn(self.fleet.states[d].root, self.broker_url, ready, digest_interval=1.0)
+                self.pids[d] = self.zygote.spawn(self.fleet.states[d].root, self.urls.get(d, self.broker_url), ready,
+                                                 digest_interval=1.0)
                 if not wait_until(ready.exists, 60):
                     raise TimeoutError(f"agent {d} did not start; see {self.root / 'agents.log'}")
             if not wait_until(self.converged, 120, interval=0.2):
@@ -287,58 +337,67 @@ def parking_flood(root: Path, broker_url: str, messages: int = 300, size: int = 
             "over_target": int(max(growth.values()) > FLOOD_RSS_TARGET_MB)}
 
 
-def insider_flood(root: Path, broker_url: str, messages: int = 10_000, size: int = 8 << 10) -> dict[str, Any]:
+def insider_flood(root: Path, messages: int = 10_000, size: int = 8 << 10) -> dict[str, Any]:
     """The goal: ``messages`` from one authenticated device (half made-up-sender envelopes, half
-    garbage) while the admin forgets a device; RSS growth of every other agent and the receipt delay
-    against a baseline order in the same run (targets: 20 MB, 1 s)."""
-    with _ProcessFleet(root, broker_url, 6, attacker="dev-005") as pf:
-        admin = pf.fleet.admin
-        time.sleep(2.0)
-        base = unlearn(admin, "dev-004", broker_url=broker_url, wait_s=30)[0]
-        baseline_s = base.latency_s
-        observed = [d for d in pf.honest if d not in ("dev-003", "dev-004")]  # the targets stop when forgotten
-        before = {d: v for d, v in pf.rss_mb().items() if d in observed}
-        sent = [0]
+    garbage, on its own topic) while the admin forgets a device; RSS growth of every other agent and
+    the receipt delay against a baseline order in the same run (targets: 20 MB, 1 s). Mosquitto runs
+    the config ``broker-config`` writes; every client uses its own credentials."""
+    pf = _ProcessFleet(root, "mqtt://127.0.0.1:1", 6, attacker="dev-005")  # provisioned, not started
+    attacker = "dev-005"
+    with GeneratedBroker(pf.fleet.admin, root / "broker") as broker:
+        pf.urls = {d: broker.url(d) for d in pf.honest}
+        admin_url = broker.url("admin")
+        with pf:
+            admin = pf.fleet.admin
+            time.sleep(2.0)
+            base = unlearn(admin, "dev-004", broker_url=admin_url, wait_s=30)[0]
+            baseline_s = base.latency_s
+            observed = [d for d in pf.honest if d not in ("dev-003", "dev-004")]  # the targets stop when forgotten
+            before = {d: v for d, v in pf.rss_mb().items() if d in observed}
+            sent = [0]
 
-        def handled(d: str) -> int:
-            c = pf.status(d).get("counters", {})
-            return int(c.get("rejected", 0)) + int(c.get("parked", 0))
+            def handled(d: str) -> int:
+                c = pf.status(d).get("counters", {})
+                return int(c.get("rejected", 0)) + int(c.get("parked", 0))
 
-        start = {d: handled(d) for d in observed}
+            start = {d: handled(d) for d in observed}
 
-        def flood() -> None:
-            with Puppet(broker_url, admin, pf.fleet.states) as p:
-                topic = p.topics.tombstones("dev-005")
-                for k in range(messages):
-                    data = made_up_sender_envelope(k, size, "dev-000") if k % 2 == 0 else garbage(k, size)
-                    p.transport.publish(topic, data, wait=False)
-                    sent[0] = k + 1
-                    if k % 200 == 199:
-                        p.transport.flush(60)
-                        # In step with the slowest agent (its status file, ~1 s behind), so the broker's
-                        # queue limit drops none of the flood.
-                        wait_until(lambda k=k: min(handled(d) - start[d] for d in observed) >= k + 1 - _AHEAD,
-                                   60, interval=0.1)
-                p.transport.flush(120)
+            def flood() -> None:
+                # The attacker's own account and client id: the ACL lets it write its own topics only.
+                with Puppet(broker.url(attacker), admin, pf.fleet.states,
+                            client_id=f"{pf.fleet.fleet.fleet.name}.{attacker}") as p:
+                    topic = p.topics.tombstones(attacker)
+                    for k in range(messages):
+                        data = made_up_sender_envelope(k, size, "dev-000") if k % 2 == 0 else garbage(k, size)
+                        p.transport.publish(topic, data, wait=False)
+                        sent[0] = k + 1
+                        if k % 200 == 199:
+                            p.transport.flush(60)
+                            # In step with the slowest agent (its status file, ~1 s behind), so the
+                            # broker's queue limit drops none of the flood.
+                            wait_until(lambda k=k: min(handled(d) - start[d] for d in observed) >= k + 1 - _AHEAD,
+                                       60, interval=0.1)
+                    p.transport.flush(120)
 
-        flooder = threading.Thread(target=flood, name="insider-flood")
-        flood_began = time.monotonic()
-        flooder.start()
-        wait_until(lambda: sent[0] >= messages // 5, 120)
-        during = unlearn(admin, "dev-003", broker_url=broker_url, wait_s=60)[0]
-        flooder.join()
-        flood_s = time.monotonic() - flood_began
-        wait_until(lambda: min(handled(d) - start[d] for d in observed) >= messages, 60, interval=0.2)
-        time.sleep(3.0)
-        after = {d: v for d, v in pf.rss_mb().items() if d in observed}
-        statuses = {d: pf.status(d) for d in observed}
+            flooder = threading.Thread(target=flood, name="insider-flood")
+            flood_began = time.monotonic()
+            flooder.start()
+            wait_until(lambda: sent[0] >= messages // 5, 120)
+            during = unlearn(admin, "dev-003", broker_url=admin_url, wait_s=60)[0]
+            flooder.join()
+            flood_s = time.monotonic() - flood_began
+            wait_until(lambda: min(handled(d) - start[d] for d in observed) >= messages, 60, interval=0.2)
+            time.sleep(3.0)
+            after = {d: v for d, v in pf.rss_mb().items() if d in observed}
+            statuses = {d: pf.status(d) for d in observed}
+            delivered = min(handled(d) - start[d] for d in observed)
     growth = {d: after[d] - before[d] for d in observed}
     delay = None if during.latency_s is None or baseline_s is None else during.latency_s - baseline_s
     return {"messages": messages, "message_kb": size / 1024, "flood_s": flood_s,
             "rss_growth_mb_max": max(growth.values()), "rss_mb_after_max": max(after.values()),
             "receipt_latency_s_baseline": baseline_s, "receipt_latency_s_during_flood": during.latency_s,
             "receipt_delay_s": delay, "receipts_missing": len(during.missing) + len(base.missing),
-            "delivered_min": min(handled(d) - start[d] for d in observed),
+            "delivered_min": delivered,
             "rejected_min": min(s.get("counters", {}).get("rejected", 0) for s in statuses.values()),
             "parked_dropped_min": min(s.get("counters", {}).get("parked_dropped", 0) for s in statuses.values()),
             "rss_over_target": int(max(growth.values()) > FLOOD_RSS_TARGET_MB),

@@ -168,8 +168,7 @@ def run_reliability(profile: Profile = QUICK, progress: Progress | None = None,
             root / "park", b.url, messages=profile.parking_flood_messages)))
         timed("heavy_seed", lambda: on_mosquitto("heavy", lambda b: heavy_seed(root / "heavy", b.url)))
         timed("audit_flood", lambda: on_mosquitto("auditf", lambda b: audit_flood(root / "auditf", b.url)))
-        timed("insider_flood", lambda: on_mosquitto("flood", lambda b: insider_flood(
-            root / "flood", b.url, messages=profile.flood_messages)))
+        timed("insider_flood", lambda: insider_flood(root / "flood", messages=profile.flood_messages))
         load_rows: list[dict[str, Any]] = []
         unlearn_rows: list[dict[str, Any]] = []
 
