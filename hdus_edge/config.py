@@ -52,8 +52,29 @@ class RuntimeSection:
 
 @dataclass(frozen=True)
 class LimitsSection:
+    """What one neighbour, or an insider, may cost this device (issue 14: no device takes the fleet down)."""
+
     max_seed_bytes: int = 8 * 1024 * 1024
     memory_budget_mb: int = 256
+    # A neighbour's seed may cost at most this many times this device's own seed (MACs and
+    # parameters, counted statically on the ONNX graph): the zoo's seeds differ from their own
+    # export by under 5% in our count, and 4x bounds what a hostile seed adds to every prediction.
+    seed_compute_multiple: float = 4.0
+    # The probe child's wall-clock limit (it imports onnxruntime first: seconds on a small board), and
+    # the most one probe batch may take to run: a seed batch runs in about a millisecond, so a second
+    # is generous even on a loaded Pi Zero.
+    probe_timeout_s: float = 20.0
+    probe_run_ms: float = 1000.0
+    # Messages parked until their sender's hello: a few per device is what retained-order races
+    # need; 4 MiB in total bounds what made-up sender ids can hold in memory.
+    parked_per_sender: int = 16
+    parked_per_topic: int = 8
+    parked_total: int = 256
+    parked_total_bytes: int = 4 * 1024 * 1024
+    # Audit lines that outside input triggers (rejections): 20 a second after a burst of 100, then
+    # one summary line with the count; lines about what the device did are never limited.
+    audit_rate_per_s: float = 20.0
+    audit_burst: int = 100
 
 
 @dataclass(frozen=True)
@@ -235,6 +256,14 @@ def validate_profile(p: Profile, where: str) -> Profile:
     _check(1024 <= p.api.max_body_bytes <= 256 * 1024 * 1024, f"{where}: api.max_body_bytes", "must be in 1 KiB..256 MiB")
     _check(1 <= p.api.max_batch <= 65536, f"{where}: api.max_batch", "must be in 1..65536")
     _check(1 <= p.api.max_connections <= 1024, f"{where}: api.max_connections", "must be in 1..1024")
+    lim = p.limits
+    _check(1.0 <= lim.seed_compute_multiple <= 1000.0, f"{where}: limits.seed_compute_multiple", "must be in 1..1000")
+    _check(0.5 <= lim.probe_timeout_s <= 600.0, f"{where}: limits.probe_timeout_s", "must be in 0.5..600 seconds")
+    _check(1.0 <= lim.probe_run_ms <= 600_000.0, f"{where}: limits.probe_run_ms", "must be in 1..600000 ms")
+    for key in ("parked_per_sender", "parked_per_topic", "parked_total", "audit_burst"):
+        _check(1 <= getattr(lim, key) <= 100_000, f"{where}: limits.{key}", "must be in 1..100000")
+    _check(1024 <= lim.parked_total_bytes <= 1 << 30, f"{where}: limits.parked_total_bytes", "must be in 1 KiB..1 GiB")
+    _check(0.01 <= lim.audit_rate_per_s <= 100_000.0, f"{where}: limits.audit_rate_per_s", "must be in 0.01..100000")
     return p
 
 

@@ -144,6 +144,10 @@ class ProbeRunError(OnnxRejectedError):
     """The model loaded but failed (or crashed) its probe run."""
 
 
+class ComputeBudgetError(OnnxRejectedError):
+    """The model would cost more MACs or parameters than the profile's seed budget (checked statically)."""
+
+
 # --- protocol, keys, authority -----------------------------------------------------------
 
 
@@ -226,3 +230,10 @@ class EvidenceRejectedError(HdusError):
 
 class UnlearnIncompleteError(HdusError):
     """Some holders of the forgotten seed did not send a receipt in time."""
+
+
+class DeviceForgottenError(HdusError):
+    """This device was forgotten: its agent publishes nothing until the admin re-admits it."""
+
+    exit_code = 1
+    default_hint = "the fleet admin must re-admit this device with a new epoch ('hdus-edge readmit')"

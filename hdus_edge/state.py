@@ -425,6 +425,7 @@ def _create_device(
     if device_id in registry:  # re-admission: keep what happened to the earlier epochs
         history = [*history, {k: v for k, v in registry[device_id].items() if k != "history"}]
     registry[device_id] = {"profile": profile, "epoch": epoch, "public_key": key.public_key.hex(), "issued_at": time.time(),
+                           "neighbors": list(cfg.neighbors),  # the requester's holders when no list is retained
                            **({"history": history} if history else {})}
     write_json(admin.registry_file, registry)
     return state

@@ -188,9 +188,15 @@ def test_device_lifecycle_end_to_end_through_the_cli(tmp_path):
                 if path.is_file():
                     assert d2_seed not in path.read_bytes(), path
         # --- agents stop cleanly ----------------------------------------------------------------------------
-        for i in IDS:
+        # d2 left: its agent stopped by itself with one error line (issue 14: forgotten is durable).
+        assert agents["d2"].wait(20) == 1
+        d2_err = agents["d2"].stderr.read().decode() if agents["d2"].stderr else ""
+        assert [ln for ln in d2_err.splitlines() if ln.startswith("error: ")] == [
+            ln for ln in d2_err.splitlines() if "forgotten" in ln], d2_err
+        assert "error: device 'd2' was forgotten" in d2_err
+        for i in ("d1", "d3"):
             agents[i].send_signal(signal.SIGTERM)
-        for i in IDS:
+        for i in ("d1", "d3"):
             assert agents[i].wait(20) == 0, agents[i].stderr.read()[-2000:] if agents[i].stderr else ""
         seconds = time.monotonic() - started
         print(f"\nend-to-end lifecycle through the CLI: {seconds:.1f} s")

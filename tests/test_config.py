@@ -64,6 +64,11 @@ def _profile_with(tmp_path: Path, old: str, new: str) -> Path:
         ('main_arch = "mobilenet-m"', 'main_arch = "seed-cnn"', r"seed architecture, not a main"),
         ('providers = ["CPUExecutionProvider"]', 'providers = ["CUDAExecutionProvider"]', r"CPUExecutionProvider"),
         ("[limits]", "[limitz]", r"unknown key 'limitz'"),
+        ("seed_compute_multiple = 4.0", "seed_compute_multiple = 0.5", r"limits\.seed_compute_multiple"),
+        ("parked_per_topic = 8", "parked_per_topic = 0", r"limits\.parked_per_topic"),
+        ("parked_total_bytes = 4194304", "parked_total_bytes = 10", r"limits\.parked_total_bytes"),
+        ("audit_rate_per_s = 20.0", "audit_rate_per_s = 0.0", r"limits\.audit_rate_per_s"),
+        ("probe_run_ms = 1000.0", "probe_run_ms = 0.0", r"limits\.probe_run_ms"),
     ],
 )
 def test_bad_profile_names_file_and_key(tmp_path, old, new, match):
@@ -94,3 +99,24 @@ def test_fleet_config_rejects_impossible_values(tmp_path, bad, match):
     path.write_text(f'[fleet]\nname = "lab"\n[ensemble]\n{bad}\n')
     with pytest.raises(ConfigError, match=match):
         load_fleet_config(path)
+
+
+def test_the_profile_limits_reach_the_agent_settings():
+    """Issue 14's caps come from the profile: what a neighbour or an insider may cost."""
+    from hdus_edge.config import FleetConfig, FleetSection
+    from hdus_edge.device.agent import settings_for
+
+    class _State:  # the two things settings_for reads from a state dir
+        def fleet(self):
+            return FleetConfig(FleetSection("t"))
+
+        def profile(self):
+            return load_profile("raspberry-pi-zero-2w")
+
+    settings = settings_for(_State())  # type: ignore[arg-type]
+    limits = load_profile("raspberry-pi-zero-2w").limits
+    assert settings.seed_compute_multiple == limits.seed_compute_multiple
+    assert settings.probe_timeout_s == limits.probe_timeout_s == 30.0
+    assert settings.parking.per_topic == limits.parked_per_topic
+    assert settings.parking.total_bytes == limits.parked_total_bytes
+    assert settings.audit_limit.burst == limits.audit_burst

@@ -220,7 +220,7 @@ def test_evidence_supplies_holders_and_tampered_evidence_receipts_do_not_count()
 
 def test_agent_counters_and_members_are_shown_where_a_status_file_is_given():
     # dev-0's agent refused dev-2's seed (say, a wrong reference set): the broker still holds it.
-    status = {"device_id": "dev-0", "parked": 2, "updated_at": 1.0, "connected": True, "members": ["dev-1"],
+    status = {"device_id": "dev-0", "parked": {"messages": 2, "bytes": 200}, "updated_at": 1.0, "connected": True, "members": ["dev-1"],
               "counters": {"accepted": 2, "rejected": 3, "reasons": {"SignatureError": 3}}}
     snap = snapshot(fleet_messages(), agent_status={"dev-0": status})
     assert device(snap, "dev-0").agent["parked"] == 2 and device(snap, "dev-0").agent["rejected"] == 3

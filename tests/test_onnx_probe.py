@@ -73,3 +73,13 @@ def test_providers_are_filtered_to_what_is_available() -> None:
     assert session.get_providers() == [CPU]
     with pytest.raises(ValueError):
         make_session(export_zoo("seed-mlp"), intra_op_threads=0)
+
+
+def test_a_probe_run_over_its_time_budget_is_refused():
+    """The probe's run budget (profile ``limits.probe_run_ms``): a heavy seed of allowed operators
+    runs fine but slowly; over the budget it is refused (issue 14, attack 5)."""
+    from hdus_edge.reliability.onnx_mutants import heavy_seed_model
+
+    with pytest.raises(ProbeRunError, match="over the budget of 1 ms"):
+        probe_in_subprocess(heavy_seed_model(), CONTRACT_8, timeout_s=60, run_budget_ms=1.0)
+    probe_in_subprocess(export_zoo("seed-cnn"), CONTRACT_8, timeout_s=60, run_budget_ms=60_000.0)

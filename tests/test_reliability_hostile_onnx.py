@@ -54,16 +54,17 @@ def test_every_fixed_hostile_kind_is_rejected_and_changes_nothing(lab):
         assert outcome == "rejected", (case, outcome)
         assert before.differences(snapshot(agent)) == [], case
         if case.kind == "memory-bomb":
-            # It passes every static check; only running it shows the ~25 GiB activation. The probe
-            # child's limits stop it: this process never tried to allocate it.
+            # It passes the structural checks; its cost does not: the static compute budget (issue
+            # 14) refuses the ~25 GiB activation before any probe runs it (the probe child's limits
+            # stop it too: tests/test_onnx_probe.py). This process never tried to allocate it.
             check_onnx(case.data, CONTRACT)
-            assert _rejections(agent)[-1]["reason"] == "ProbeRunError"
+            assert _rejections(agent)[-1]["reason"] == "ComputeBudgetError"
             assert psutil.Process(os.getpid()).memory_info().rss - rss_before < 256 << 20
     # Every rejection is in the audit log, with the check that refused it.
     events = _rejections(agent)[audited:]
     assert len(events) == len(cases)
     reasons = {e["reason"] for e in events}
-    assert {"NotOnnxError", "PayloadTooLargeError", "ProbeRunError"} <= reasons, reasons
+    assert {"NotOnnxError", "PayloadTooLargeError", "ComputeBudgetError"} <= reasons, reasons
     # Alive and still working: a valid new seed from b is installed afterwards.
     assert lab.send_seed(lab.b, lab.seeds[lab.c]) == "accepted"
     assert agent.members() == (lab.a, lab.b)

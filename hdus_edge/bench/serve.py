@@ -38,7 +38,13 @@ from typing import Any
 
 import numpy as np
 
-from hdus_edge.config import DataSection, EnsembleSection, FleetConfig, FleetSection, load_profile
+from hdus_edge.config import (
+    DataSection,
+    EnsembleSection,
+    FleetConfig,
+    FleetSection,
+    load_profile,
+)
 from hdus_edge.device.agent import AgentSettings, DeviceAgent
 from hdus_edge.lab.agents import AgentFleet, DeviceModels
 from hdus_edge.lab.synthetic import CREATED_AT, REFERENCE_SHA

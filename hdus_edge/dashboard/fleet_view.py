@@ -455,8 +455,9 @@ def _agent_counters(status: Mapping[str, Any] | None) -> Mapping[str, Any] | Non
     reasons = counters.get("reasons")
     if isinstance(reasons, Mapping):
         keep["reasons"] = {str(k): v for k, v in reasons.items() if isinstance(v, int)}
-    if isinstance(status.get("parked"), int):
-        keep["parked"] = status["parked"]
+    parked = status.get("parked")
+    if isinstance(parked, dict) and isinstance(parked.get("messages"), int):
+        keep["parked"] = parked["messages"]
     keep["updated_at"] = status.get("updated_at") if isinstance(status.get("updated_at"), (int, float)) else None
     return keep
 

@@ -2,7 +2,9 @@
 
 - ``agent``: the one event loop; joins transport, store, ensemble and membership; applies orders.
 - ``daemon``: runs the agent as a process until a signal (``hdus-edge agent``).
-- ``store``: the durable seed store (atomic writes, index, tombstones, orders, audit log).
+- ``store``: the durable seed store (atomic writes, index, tombstones, orders, audit log, and
+  whether this device itself was forgotten).
+- ``parking``: messages awaiting their sender's hello, capped per sender, per topic and in total.
 - ``publish``: announcing the device (hello, membership, own seed) and reading the broker's state.
 - ``neighbors``: changing the neighbour list of a state dir.
 - ``login``: how the device's one-shot commands log in next to its agent (command login, ``keys/tls/``).

@@ -3,7 +3,13 @@
 Every message is handled on the transport's single worker thread (paho's callbacks only enqueue),
 in this order: parse topic -> decode -> verify signer, certificate and authority -> check it belongs
 on its topic -> policy (neighbour, tombstone, version) -> act -> persist -> rebuild the ensemble ->
-answer. A rejected message is logged and audited and changes nothing.
+answer. A rejected message is logged and audited (rate-limited) and changes nothing.
+
+No single device can take this one down (issue 14): a seed that passes the cheap checks is queued
+(one per neighbour, latest wins) for the seed worker thread, which runs the static compute budget,
+the safe-load checks and the probe outside the agent's lock, so an unlearn order is handled at once
+even while seeds are probed; messages from not-yet-certified senders are parked within caps
+(``device.parking``); rejections reach the audit log through the store's rate limit.
 
 Who sends seeds to whom: each device publishes its neighbour list (``membership/<id>``, retained,
 signed); device j publishes its seed to ``seeds/<i>/<j>`` for every device i whose list names j.
@@ -14,7 +20,8 @@ holder commit tombstone + deletion + receipt in one store step, drop the seed fr
 clear its retained inbox copy on the broker, and publish the signed receipt. A device that was away
 gets the retained order on return; the tombstone digest each device gossips covers brokers that
 lost retained messages or queues. Seeds of a forgotten device are refused until it is re-admitted
-with a higher epoch.
+with a higher epoch. A device forgotten itself records it in its store and stops: it publishes
+nothing more, and its agent refuses to start again (``DeviceForgottenError``) until re-admitted.
 """
 
 from __future__ import annotations
@@ -30,9 +37,11 @@ from typing import Any
 import numpy as np
 
 from hdus_edge.config import FleetConfig
-from hdus_edge.device.store import SeedStore
+from hdus_edge.device.parking import ParkingLimits, ParkingLot
+from hdus_edge.device.store import AuditLimit, SeedStore
 from hdus_edge.ensemble.runtime import EnsembleRuntime
 from hdus_edge.errors import (
+    DeviceForgottenError,
     HdusError,
     ProtocolError,
     ReplayError,
@@ -41,7 +50,12 @@ from hdus_edge.errors import (
     UnknownSenderError,
 )
 from hdus_edge.files import write_json
-from hdus_edge.onnx.contract import DEFAULT_POLICY, LoadPolicy, ModelContract
+from hdus_edge.onnx.contract import (
+    DEFAULT_POLICY,
+    ComputeBudget,
+    LoadPolicy,
+    ModelContract,
+)
 from hdus_edge.onnx.metadata import Provenance, provenance_of_props
 from hdus_edge.onnx.probe import probe_in_subprocess
 from hdus_edge.onnx.session import make_session
@@ -69,7 +83,6 @@ from hdus_edge.transport.mqtt import MqttTransport, TlsFiles
 
 logger = logging.getLogger(__name__)
 
-_MAX_PARKED_PER_SENDER = 16  # messages that arrived before their sender's hello
 _WATCH_INTERVAL_S = 1.0  # how often the state dir is checked for neighbour and seed changes
 
 
@@ -89,6 +102,12 @@ class AgentSettings:
     probe_in_subprocess: bool = True
     digest_interval_s: float = 30.0  # how often the tombstone digest is re-published
     connect_timeout_s: float = 10.0
+    # What a neighbour or an insider may cost (the profile's [limits]; reasons in hdus_edge/config.py).
+    seed_compute_multiple: float | None = 4.0  # None: no static budget (trusted lab models only)
+    probe_timeout_s: float = 20.0
+    probe_run_ms: float | None = 1000.0
+    parking: ParkingLimits = ParkingLimits()
+    audit_limit: AuditLimit = AuditLimit()
 
 
 @dataclass(frozen=True)
@@ -114,6 +133,9 @@ class AgentCounters:
     receipts_sent: int = 0
     digests: int = 0  # neighbours' tombstone digests handled
     digest_orders_verified: int = 0  # orders inside them whose signatures were checked (new to us)
+    parked: int = 0  # messages parked until their sender's hello
+    parked_dropped: int = 0  # parked messages dropped to stay within the caps (oldest first)
+    seeds_superseded: int = 0  # queued seeds replaced by a newer one of the same owner before their turn
     reasons: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
 
@@ -176,7 +198,6 @@ class DeviceAgent:
         self._watch = watch
         self._watched: dict[Path, int] = {}
         self.contract = ModelContract.from_shape(fleet.data.input_shape, fleet.data.num_classes)
-        self._policy = LoadPolicy(max_bytes=settings.max_seed_bytes)
         self.trust = TrustStore(fleet.fleet.name, admin_key)
         self.trust.certify(certificate)
         self._lock = threading.RLock()  # the worker thread and API callers (set_neighbors, stop)
@@ -184,8 +205,13 @@ class DeviceAgent:
         self._wanted_by: dict[str, frozenset[str]] = {}  # device -> its neighbour list
         self._membership_versions: dict[str, int] = {}
         self._published: dict[str, int] = {}  # recipient -> seed version published to it
-        # Parked per sender and topic (latest wins), so periodic digests cannot evict a parked seed.
-        self._parked: dict[str, dict[str, bytes]] = defaultdict(dict)
+        # Parked per sender and topic (latest wins), capped per sender, per topic and in total.
+        self._parked = ParkingLot(settings.parking)
+        # Seeds that passed the cheap checks wait here (one per owner, latest wins) for the seed
+        # worker, which runs the costly checks and the probe off the message handler's path.
+        self._seed_queue: dict[str, tuple[str, SeedEnvelope]] = {}
+        self._seed_busy: tuple[str, str, int] | None = None  # (owner, sha256, version) being checked
+        self._seed_wakeup = threading.Condition(threading.Lock())
         self._hellos: dict[str, Hello] = {}
         self._forgotten = False
         self._connects_seen = 0
@@ -194,8 +220,20 @@ class DeviceAgent:
         # Encoded orders already applied here, as they travel inside digests: skipped unverified.
         self._applied_order_bytes: set[bytes] = set()
         self.counters = AgentCounters()
-        self.store = SeedStore(store_dir)
+        self.store = SeedStore(store_dir, audit_limit=settings.audit_limit)
+        forgotten = self.store.forgotten()
+        if forgotten is not None and forgotten.epoch >= certificate.epoch:
+            self.store.close()
+            raise DeviceForgottenError(
+                f"device {device_id!r} was forgotten (request {forgotten.request_id}, epoch {forgotten.epoch}); "
+                "its agent publishes nothing until it is re-admitted"
+            )
         try:
+            self._policy = LoadPolicy(max_bytes=settings.max_seed_bytes)
+            # The fleet's seed architecture, as this device's own seed: what a neighbour's seed may cost
+            # (a multiple of it). Measured where the checks run: in the probe child, or here.
+            self._budget_reference = models.seed_onnx if settings.seed_compute_multiple is not None else None
+            self._budget: ComputeBudget | None = None
             self.runtime = EnsembleRuntime(
                 models.main_onnx, settings.lam, settings.space, settings.strategy,  # type: ignore[arg-type]
                 providers=settings.providers, intra_op_threads=settings.intra_op_threads,
@@ -215,7 +253,19 @@ class DeviceAgent:
         )
         self._stop = threading.Event()
         self._digest_thread: threading.Thread | None = None
+        self._seed_thread: threading.Thread | None = None
         self._ready = threading.Event()
+
+    def _budgeted_policy(self) -> LoadPolicy:
+        """The load policy with the compute budget, measured here on first use (in-process checks only)."""
+        if self._budget is None and self._budget_reference is not None:
+            import onnx
+
+            from hdus_edge.onnx.cost import graph_cost
+
+            self._budget = ComputeBudget(graph_cost(onnx.load_from_string(self._budget_reference)),
+                                         float(self.settings.seed_compute_multiple))  # type: ignore[arg-type]
+        return LoadPolicy(max_bytes=self._policy.max_bytes, compute_budget=self._budget)
 
     # --- construction from a state directory ------------------------------------------------
 
@@ -263,7 +313,12 @@ class DeviceAgent:
             for stray in [*self._watch.root.glob(".tmp-*"), *self._watch.models.glob(".tmp-*")]:
                 stray.unlink(missing_ok=True)
                 logger.warning("agent %s: removed stray temp file %s", self.device_id, stray)
+        # Orders first (Topics.subscriptions): the broker hands over retained messages filter by filter,
+        # so an order that forgot this device while it was down is applied before any neighbour list
+        # asks for its seed.
         self.transport.subscribe(self.topics.subscriptions(self.device_id, self._neighbors))
+        self._seed_thread = threading.Thread(target=self._seed_loop, name=f"hdus-seeds-{self.device_id}", daemon=True)
+        self._seed_thread.start()
         self.transport.connect(timeout=self.settings.connect_timeout_s)
         self._announce()
         for pending in self.store.pending_receipts():
@@ -278,8 +333,14 @@ class DeviceAgent:
     def stop(self) -> None:
         """Leave cleanly: presence offline, disconnect, close the store."""
         self._stop.set()
+        with self._seed_wakeup:
+            self._seed_wakeup.notify_all()
         if self._digest_thread is not None:
             self._digest_thread.join(timeout=5)
+        if self._seed_thread is not None:
+            # Not for a probe's full time limit: a worker still probing finds _stop set under the
+            # lock and installs nothing (its child process ends by its own limits).
+            self._seed_thread.join(timeout=2)
         with self._lock:  # let a handler in flight finish before the transport goes
             pass
         self.transport.close()
@@ -309,7 +370,7 @@ class DeviceAgent:
     def observe(self) -> AgentObservation:
         """Counters and state for metrics, without the lock (every read is one atomic copy)."""
         c = self.counters
-        parked = sum(len(p) for p in list(self._parked.values()))
+        parked = len(self._parked)  # messages awaiting their sender's hello (one atomic read)
         return AgentObservation(
             device_id=self.device_id, members=self.runtime.members(), seed_versions=dict(self.runtime.seed_versions()),
             ensemble_generation=self.runtime.generation, ensemble_built_at=self.runtime.built_at,
@@ -347,7 +408,8 @@ class DeviceAgent:
                                for t in self.store.tombstones()],
                 "pending_receipts": [r.request_id for r in self.store.pending_receipts()],
                 "forgotten": self._forgotten,
-                "parked": sum(len(v) for v in self._parked.values()),  # awaiting their sender's hello
+                "parked": {"messages": len(self._parked), "bytes": self._parked.bytes},
+                "seed_queue": len(self._seed_queue),
                 "counters": {k: v for k, v in vars(self.counters).items() if k != "reasons"}
                 | {"reasons": dict(self.counters.reasons)},
                 "updated_at": time.time(),
@@ -364,6 +426,8 @@ class DeviceAgent:
             self._neighbors = new
             for j in sorted(gone):
                 self.transport.unsubscribe(self.topics.seed(self.device_id, j))
+                with self._seed_wakeup:
+                    self._seed_queue.pop(j, None)
                 if self.runtime.remove(j):
                     self.store.delete_seed(j, reason="neighbour removed")
             self._publish_membership()
@@ -419,7 +483,7 @@ class DeviceAgent:
         self._hellos[msg.device_id] = msg
         if changed:
             logger.info("agent %s: certified %s (epoch %d)", self.device_id, msg.device_id, msg.certificate.epoch)
-        for parked_topic, parked in self._parked.pop(msg.device_id, {}).items():
+        for parked_topic, parked in self._parked.release(msg.device_id):
             self._on_message(parked_topic, parked, True)
 
     def _on_seed(self, topic: str, signed: codec.SignedMessage) -> None:
@@ -428,6 +492,13 @@ class DeviceAgent:
         self.topics.check_matches(topic, env)
         if env.owner not in self._neighbors:
             raise _Refused(f"seed of {env.owner!r} refused: not a neighbour of {self.device_id!r}", "not-neighbour")
+        # In flight first, then held: the worker commits to the store before it clears ``_seed_busy``,
+        # so a copy that arrives while the first is being installed is seen in one or the other.
+        with self._seed_wakeup:
+            if self._seed_busy == (env.owner, env.sha256, env.version) or (
+                    env.owner in self._seed_queue and _same_seed(self._seed_queue[env.owner][1], env)):
+                self.counters.duplicates += 1  # already on its way in
+                return
         held = self.store.seed_info(env.owner)
         if held is not None and held.sha256 == env.sha256 and held.version == env.version:
             self.counters.duplicates += 1  # a redelivery (reconnect, retained): nothing changes
@@ -439,22 +510,71 @@ class DeviceAgent:
                 f"seed of {env.owner!r} was distilled on reference set {env.reference_sha256[:12]}..., "
                 f"not the fleet's {expected_ref[:12]}...", "wrong-reference",
             )
-        if self.settings.probe_in_subprocess:  # the checks, then a probe run, in a limited child
-            probe_in_subprocess(env.onnx, self.contract, policy=self._policy)
+        # The costly part (parse, checker, compute budget, probe, session) runs on the seed worker:
+        # an unlearn order that arrives meanwhile is handled at once, never behind seed probes.
+        with self._seed_wakeup:
+            replaced = self._seed_queue.pop(env.owner, None)
+            if replaced is not None:
+                self.counters.seeds_superseded += 1
+            self._seed_queue[env.owner] = (topic, env)
+            self._seed_wakeup.notify()
+
+    def _seed_loop(self) -> None:
+        """The seed worker: one queued seed at a time, checked and probed outside the agent's lock."""
+        while True:
+            with self._seed_wakeup:
+                while not self._seed_queue and not self._stop.is_set():
+                    self._seed_wakeup.wait()
+                if self._stop.is_set():
+                    return
+                owner = next(iter(self._seed_queue))
+                topic, env = self._seed_queue.pop(owner)
+                self._seed_busy = (env.owner, env.sha256, env.version)
+            try:
+                self._install_seed(topic, env)
+            except HdusError as exc:
+                self._reject(topic, exc)
+            except Exception:  # a bug must not stop the worker; it is logged with its traceback
+                logger.exception("agent %s: unexpected error installing the seed of %s", self.device_id, owner)
+            finally:
+                with self._seed_wakeup:
+                    self._seed_busy = None
+
+    def _install_seed(self, topic: str, env: SeedEnvelope) -> None:
+        if self.settings.probe_in_subprocess:  # the checks, the compute budget, then a probe run, in a limited child
+            probe_in_subprocess(env.onnx, self.contract, timeout_s=self.settings.probe_timeout_s,
+                                policy=self._policy, run_budget_ms=self.settings.probe_run_ms,
+                                budget_reference=self._budget_reference, budget_multiple=self.settings.seed_compute_multiple)
         else:
             from hdus_edge.onnx.checks import check_onnx  # loads onnx into this process
 
-            check_onnx(env.onnx, self.contract, self._policy)
-        # Ensemble first (it builds, probes, then swaps): if it fails, the store never saw the seed.
-        self.runtime.add_seed(env.owner, env.onnx, version=env.version)
-        try:
-            self.store.put_envelope(env)
-        except BaseException:
-            self.runtime.remove(env.owner)
-            raise
-        self.counters.accepted += 1
-        logger.info("agent %s: installed seed of %s v%d", self.device_id, env.owner, env.version)
-        self._write_status()
+            check_onnx(env.onnx, self.contract, self._budgeted_policy())
+        with self._lock:
+            if self._stop.is_set():
+                return
+            # Checked again under the lock: an order or a neighbour change may have come meanwhile.
+            if env.owner not in self._neighbors:
+                raise _Refused(f"seed of {env.owner!r} refused: not a neighbour of {self.device_id!r}", "not-neighbour")
+            held = self.store.seed_info(env.owner)
+            if held is not None and held.sha256 == env.sha256 and held.version == env.version:
+                self.counters.duplicates += 1
+                return
+            self.store.check_seed(env.owner, env.version, env.epoch)
+            # Ensemble first (it builds, probes, then swaps): if it fails, the store never saw the seed.
+            self.runtime.add_seed(env.owner, env.onnx, version=env.version)
+            try:
+                self.store.put_envelope(env)
+            except BaseException:
+                self.runtime.remove(env.owner)
+                raise
+            self.counters.accepted += 1
+            logger.info("agent %s: installed seed of %s v%d", self.device_id, env.owner, env.version)
+            self._write_status()
+
+    def pending_seeds(self) -> int:
+        """Seeds queued for, or being checked by, the seed worker."""
+        with self._seed_wakeup:
+            return len(self._seed_queue) + (self._seed_busy is not None)
 
     def _on_membership(self, topic: str, signed: codec.SignedMessage) -> None:
         msg = codec.verify(signed, self.trust)
@@ -467,6 +587,11 @@ class DeviceAgent:
         self._membership_versions[msg.device_id] = msg.version
         self._wanted_by[msg.device_id] = frozenset(msg.neighbors)
         if msg.device_id == self.device_id:
+            return
+        if self._forgotten and self.device_id in msg.neighbors:
+            # A list that still names a forgotten device: whatever copy of its seed an earlier run left
+            # for that device goes (an order that came while this agent was down).
+            self.transport.publish(self.topics.seed(msg.device_id, self.device_id), b"", retain=True, wait=False)
             return
         if self.device_id in msg.neighbors:
             self._publish_seed_to(msg.device_id)
@@ -603,9 +728,15 @@ class DeviceAgent:
             self.store.mark_request_seen(order.request_id)
             return
         self._forgotten = True
-        self.store.mark_request_seen(order.request_id)
-        self.store.audit("forgotten", request_id=order.request_id)
-        for to in sorted(self._published):
+        # Durable: a restarted agent reads it and refuses to start (and so to publish anything).
+        self.store.mark_forgotten(self.device_id, order.epoch, order.request_id)
+        with self._seed_wakeup:
+            self._seed_queue.clear()
+        # Every retained copy of our seed: those this run published, and those an earlier run may
+        # have left for any device that lists us (an order that came while our agent was down).
+        # (Lists that arrive later are answered in _on_membership.)
+        wanting = {i for i, wanted in self._wanted_by.items() if self.device_id in wanted} | set(self._neighbors)
+        for to in sorted(set(self._published) | wanting - {self.device_id}):
             self.transport.publish(self.topics.seed(to, self.device_id), b"", retain=True, wait=False)
         self._published.clear()
         # A forgotten device wants no seeds: its neighbour list leaves the broker too.
@@ -624,7 +755,14 @@ class DeviceAgent:
 
     # --- publishing ----------------------------------------------------------------------------
 
+    @property
+    def forgotten(self) -> bool:
+        """True once an order forgot this device: it publishes nothing more (the daemon exits)."""
+        return self._forgotten
+
     def _announce(self) -> None:
+        if self._forgotten:
+            return
         hello = Hello(self.device_id, self._key.public_key.raw, self._cert, self._profile,
                       self._models.main_arch, self._models.seed_arch)
         self.transport.publish(self.topics.hello(self.device_id), codec.encode(hello, self._key, self.device_id), retain=True)
@@ -632,6 +770,8 @@ class DeviceAgent:
         self._publish_digest()
 
     def _publish_membership(self) -> None:
+        if self._forgotten:
+            return
         # Versions must only go up, across restarts too: wall-clock milliseconds do that.
         version = max(int(time.time() * 1000), self._membership_versions.get(self.device_id, 0) + 1)
         msg = NeighborList(self.device_id, self._neighbors, version)
@@ -666,6 +806,8 @@ class DeviceAgent:
                     self._publish_seed_to(to)
 
     def _publish_digest(self) -> None:
+        if self._forgotten:
+            return
         orders = tuple(self.store.orders().values())
         digest = TombstoneDigest(self.device_id, orders[-64:])
         self.transport.publish(self.topics.tombstones(self.device_id), codec.encode(digest, self._key, self.device_id),
@@ -687,6 +829,7 @@ class DeviceAgent:
                             break
                         self._digest_due = False
                         self._publish_digest()
+                        self.store.flush_audit_summary()
                         self._write_status()
             except Exception:  # housekeeping must go on; the next tick retries
                 logger.exception("agent %s: housekeeping failed", self.device_id)
@@ -752,22 +895,29 @@ class DeviceAgent:
         if sender == ADMIN_ID:
             self._reject(topic, exc)
             return
-        parked = self._parked[sender]
-        parked.pop(topic, None)
-        parked[topic] = payload
-        while len(parked) > _MAX_PARKED_PER_SENDER:
-            parked.pop(next(iter(parked)))
-        logger.info("agent %s: %s from not-yet-certified %s parked until its hello", self.device_id, topic, sender)
+        with self._lock:  # the lot is shared with _on_hello (same worker thread; the lock is cheap)
+            dropped = self._parked.park(sender, topic, payload)
+        self.counters.parked += 1
+        if dropped:
+            self.counters.parked_dropped += dropped
+            self.store.audit("park_drop", limited=True, topic=topic[-200:], sender=sender, dropped=dropped,
+                             dropped_total=self._parked.counts.dropped)
+        logger.debug("agent %s: %s from not-yet-certified %s parked until its hello", self.device_id, topic, sender)
 
     def _reject(self, topic: str, exc: HdusError) -> None:
         reason = getattr(exc, "reason", type(exc).__name__)
         self.counters.rejected += 1
         self.counters.reasons[reason] += 1
-        logger.warning("agent %s: rejected %s: %s", self.device_id, topic, exc.message)
         try:
-            self.store.audit("reject", topic=topic[-200:], reason=reason, error=exc.message[:500])
+            # Rate-limited: a flood of garbage leaves a summary line, not one line per message.
+            audited = self.store.audit("reject", limited=True, topic=topic[-200:], reason=reason, error=exc.message[:500])
         except HdusError:
             logger.exception("agent %s: cannot audit a rejection", self.device_id)
+            audited = True
+        if audited:
+            logger.warning("agent %s: rejected %s: %s", self.device_id, topic, exc.message)
+        else:
+            logger.debug("agent %s: rejected %s: %s", self.device_id, topic, exc.message)
         if isinstance(exc, TombstonedError):
             return
 
@@ -797,6 +947,11 @@ def settings_for(state: StateDir) -> AgentSettings:
         lam=fleet.ensemble.lam, space=fleet.ensemble.space, strategy=profile.runtime.strategy,
         providers=profile.runtime.providers, intra_op_threads=profile.runtime.intra_op_threads,
         max_seed_bytes=profile.limits.max_seed_bytes,
+        seed_compute_multiple=profile.limits.seed_compute_multiple,
+        probe_timeout_s=profile.limits.probe_timeout_s, probe_run_ms=profile.limits.probe_run_ms,
+        parking=ParkingLimits(per_sender=profile.limits.parked_per_sender, per_topic=profile.limits.parked_per_topic,
+                              total=profile.limits.parked_total, total_bytes=profile.limits.parked_total_bytes),
+        audit_limit=AuditLimit(rate_per_s=profile.limits.audit_rate_per_s, burst=profile.limits.audit_burst),
     )
 
 
@@ -816,6 +971,10 @@ def _own_provenance(data: bytes, name: str) -> Provenance | None:
     except (HdusError, ValueError) as exc:
         message = exc.message if isinstance(exc, HdusError) else str(exc)
         raise StateDirError(f"models/{name} cannot be read: {message}", hint="run 'hdus-edge export' again") from None
+
+
+def _same_seed(a: SeedEnvelope, b: SeedEnvelope) -> bool:
+    return a.owner == b.owner and a.sha256 == b.sha256 and a.version == b.version
 
 
 def require_exported(state: StateDir) -> None:

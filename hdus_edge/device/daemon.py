@@ -5,7 +5,8 @@ reliability suite's forked agents and the fleet launcher: it loads the state dir
 device that has no exported models, starts the agent and, when asked, its HTTP API
 (``hdus_edge.device.http_api``), announces readiness (a ready file, and ``READY=1`` to systemd when
 ``NOTIFY_SOCKET`` is set), and stops cleanly on a signal so that the durable outbox and the store are
-left consistent.
+left consistent. A device that was forgotten (now, or before a restart: its store remembers) stops
+with ``DeviceForgottenError``, the CLI's one error line.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hdus_edge.device.agent import DeviceAgent, require_exported, settings_for
+from hdus_edge.errors import DeviceForgottenError
 from hdus_edge.state import StateDir
 
 if TYPE_CHECKING:
@@ -76,6 +78,8 @@ def run_agent(
             on_ready(agent, server)
         generation = -1
         while not stop.wait(0.5):
+            if agent.forgotten:
+                break
             if agent.runtime.generation != generation:  # the ensemble was rebuilt: old sessions are gone
                 generation = agent.runtime.generation
                 _return_free_memory()
@@ -84,6 +88,11 @@ def run_agent(
         if server is not None:
             server.stop()
         agent.stop()
+    if agent.forgotten:
+        raise DeviceForgottenError(
+            f"device {agent.device_id!r} was forgotten by an unlearn order; its agent stopped and publishes "
+            "nothing until it is re-admitted"
+        )
 
 
 def _serve(agent: DeviceAgent, state: StateDir, address: tuple[str, int]) -> InferenceServer:

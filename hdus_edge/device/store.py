@@ -2,9 +2,11 @@
 
 Layout under ``root``::
 
-    index.json          every fact (seeds, tombstones, seen request ids, version floors, pending receipts)
+    index.json          every fact (seeds, tombstones, seen request ids, version floors, pending receipts,
+                        and whether this device itself was forgotten)
     seeds/<owner>@<epoch>-<version>.onnx   one file per held seed, named by content version
-    audit.jsonl         append-only JSON lines, fsynced; hashes only, never seed bytes
+    audit.jsonl         append-only JSON lines, fsynced; hashes only, never seed bytes; lines that
+                        outside input triggers are rate-limited (``AuditLimit``) with a summary line
     .lock               flock'd while a SeedStore is open (one process per store)
 
 Why files and one JSON index rather than SQLite: the state is small (tens of seeds, hundreds of ids), the
@@ -62,6 +64,43 @@ MAX_AUDIT_STRING = 1024  # long strings are refused so no encoded seed can end u
 
 
 @dataclass(frozen=True)
+class AuditLimit:
+    """A token bucket for audit lines that outside input can trigger (rejections).
+
+    Lines that record what this device did (accept, delete, tombstone, receipt) are never limited;
+    a rejection is worth a line, but 5,000 garbage messages are worth one summary. The defaults
+    keep a flood to ~20 lines a second (~4 KB/s, ~330 MB a day at worst) while a normal fleet's few
+    rejections all get their own line.
+    """
+
+    rate_per_s: float = 20.0
+    burst: int = 100
+
+    def __post_init__(self) -> None:
+        if self.rate_per_s <= 0 or self.burst < 1:
+            raise ValueError(f"audit limit must be positive: {self}")
+
+
+class _AuditBucket:
+    """Token bucket state; ``suppressed`` counts lines dropped since the last summary, by event."""
+
+    def __init__(self, limit: AuditLimit, now: float) -> None:
+        self.limit = limit
+        self.tokens = float(limit.burst)
+        self.at = now
+        self.suppressed: dict[str, int] = {}
+        self.suppressed_since = 0.0
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(float(self.limit.burst), self.tokens + max(0.0, now - self.at) * self.limit.rate_per_s)
+        self.at = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+@dataclass(frozen=True)
 class StoredSeed:
     """An index entry: a seed held on disk (the bytes are in ``seeds/<file>``)."""
 
@@ -102,10 +141,12 @@ class _State:
     seen: dict[str, float] = field(default_factory=dict)
     highest: dict[str, tuple[int, int]] = field(default_factory=dict)  # owner -> (epoch, version)
     receipts: dict[str, PendingReceipt] = field(default_factory=dict)
+    forgotten: Tombstone | None = None  # this device itself was forgotten (by this order, up to this epoch)
 
     def copy(self) -> _State:
         return _State(
-            dict(self.seeds), dict(self.tombstones), dict(self.seen), dict(self.highest), dict(self.receipts)
+            dict(self.seeds), dict(self.tombstones), dict(self.seen), dict(self.highest), dict(self.receipts),
+            self.forgotten,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -135,7 +176,9 @@ class _State:
                 {"request_id": r.request_id, "data": r.data.hex(), "created_at": r.created_at}
                 for r in self.receipts.values()
             ],
-        }
+        } | ({} if self.forgotten is None else {"forgotten": {
+            "target": self.forgotten.target, "epoch": self.forgotten.epoch,
+            "request_id": self.forgotten.request_id, "at": self.forgotten.at}})
 
     @classmethod
     def from_json(cls, data: Any) -> _State:
@@ -155,6 +198,10 @@ class _State:
         state.highest = {check_device_id(k): (int(v[0]), int(v[1])) for k, v in data["highest"].items()}
         for r in data["receipts"]:
             state.receipts[r["request_id"]] = PendingReceipt(r["request_id"], bytes.fromhex(r["data"]), r["created_at"])
+        if data.get("forgotten") is not None:
+            f = data["forgotten"]
+            state.forgotten = Tombstone(check_device_id(f["target"]), int(f["epoch"]), check_request_id(f["request_id"]),
+                                        float(f["at"]))
         return state
 
 
@@ -201,9 +248,12 @@ class SeedStore:
     the process dies first, a reopened store shows the state before it (or after it, once committed).
     """
 
-    def __init__(self, root: Path, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, root: Path, *, clock: Callable[[], float] = time.time,
+                 audit_limit: AuditLimit = AuditLimit()) -> None:
         self.root = Path(root)
         self._clock = clock
+        self._bucket = _AuditBucket(audit_limit, clock())
+        self.audit_suppressed_total = 0  # limited audit lines dropped since open (summarised in the log)
         self._lock = threading.RLock()
         self._seeds_dir = self.root / SEEDS_DIR
         try:
@@ -238,6 +288,10 @@ class SeedStore:
     def close(self) -> None:
         """Release the process lock and the audit file (idempotent)."""
         if self._audit_fd >= 0:
+            try:
+                self._flush_suppressed()
+            except (OSError, StoreError):
+                logger.warning("could not write the audit summary of %s", self.root)
             os.close(self._audit_fd)
             self._audit_fd = -1
         if self._lock_fd >= 0:
@@ -341,7 +395,7 @@ class SeedStore:
             check_counter(epoch, "seed epoch")
             tomb = self._state.tombstones.get(owner)
             if tomb is not None and epoch <= tomb.epoch:
-                self._audit("reject", owner=owner, version=version, epoch=epoch, reason="tombstoned")
+                self._audit("reject", owner=owner, version=version, epoch=epoch, reason="tombstoned", limited=True)
                 raise TombstonedError(
                     f"seed of {owner!r} (epoch {epoch}) refused: {owner!r} was forgotten up to epoch {tomb.epoch} "
                     f"(request {tomb.request_id})",
@@ -349,7 +403,7 @@ class SeedStore:
                 )
             floor = self._state.highest.get(owner)
             if floor is not None and (epoch, version) <= floor:
-                self._audit("reject", owner=owner, version=version, epoch=epoch, reason="replay")
+                self._audit("reject", owner=owner, version=version, epoch=epoch, reason="replay", limited=True)
                 raise ReplayError(
                     f"seed of {owner!r} version {version} (epoch {epoch}) is not newer than the version "
                     f"{floor[1]} (epoch {floor[0]}) already seen"
@@ -518,7 +572,7 @@ class SeedStore:
         """
         with self._lock:
             if request_id in self._state.seen:
-                self._audit("reject", target=target, request_id=request_id, reason="replay")
+                self._audit("reject", target=target, request_id=request_id, reason="replay", limited=True)
                 raise ReplayError(f"unlearn request {request_id!r} was already applied")
             return self._unlearn(target, epoch, request_id, mark_seen=True, receipt=receipt)
 
@@ -562,6 +616,34 @@ class SeedStore:
             self._audit("receipt_pending", request_id=request_id, target=target, removed_sha256=removed_sha)
         logger.info("forgot %s up to epoch %d (request %s), removed %s", target, epoch, request_id, removed_sha)
         return removed_sha
+
+    # --- this device itself forgotten -----------------------------------------------------------
+
+    def mark_forgotten(self, device_id: str, epoch: int, request_id: str) -> None:
+        """Record durably that this device (``device_id``) was forgotten up to ``epoch`` by ``request_id``.
+
+        One commit with ``request_id`` marked seen. A restarted agent reads it (``forgotten``) and
+        refuses to publish: forgetting must survive a restart of the forgotten device itself.
+        """
+        check_device_id(device_id)
+        check_counter(epoch, "forgotten epoch")
+        check_request_id(request_id)
+        with self._lock:
+            held = self._state.forgotten
+            if held is not None and held.epoch >= epoch and request_id in self._state.seen:
+                return
+            state = self._state.copy()
+            now = self._clock()
+            if held is None or epoch >= held.epoch:
+                state.forgotten = Tombstone(device_id, epoch, request_id, now)
+            state.seen.setdefault(request_id, now)
+            self._commit(state, [])
+            self._audit("forgotten", device_id=device_id, epoch=epoch, request_id=request_id)
+
+    def forgotten(self) -> Tombstone | None:
+        """The order that forgot this device (its ``epoch`` is the last incarnation it covers), or None."""
+        with self._lock:
+            return self._state.forgotten
 
     # --- receipts ----------------------------------------------------------------------------
 
@@ -622,22 +704,55 @@ class SeedStore:
 
     # --- audit -------------------------------------------------------------------------------
 
-    def audit(self, event: str, **fields: Any) -> None:
-        """Append one fsynced JSON line ``{"at", "event", **fields}``; bytes and long strings are refused."""
-        with self._lock:
-            self._audit(event, **fields)
+    def audit(self, event: str, *, limited: bool = False, **fields: Any) -> bool:
+        """Append one fsynced JSON line ``{"at", "event", **fields}``; bytes and long strings are refused.
 
-    def _audit(self, event: str, sync: bool = True, **fields: Any) -> None:
+        ``limited`` lines (what outside input triggers: rejections) go through the store's
+        ``AuditLimit``; over it they are counted, not written, and the next limited line that fits is
+        preceded by one ``audit_suppressed`` line with the counts (so is ``close``). Returns whether
+        the line was written.
+        """
+        with self._lock:
+            return self._audit(event, limited=limited, **fields)
+
+    def _audit(self, event: str, sync: bool = True, limited: bool = False, **fields: Any) -> bool:
         # sync=False leaves the fsync to the next audit line of the same step.
         check_name(event, "audit event")
         for key, value in fields.items():
             _check_audit_value(value, key)
         if self._audit_fd < 0:
             raise StoreError(f"seed store {self.root} is closed")
-        record = {"at": self._clock(), "event": event, **fields}
+        now = self._clock()
+        if limited:
+            bucket = self._bucket
+            if not bucket.take(now):
+                if not bucket.suppressed:
+                    bucket.suppressed_since = now
+                bucket.suppressed[event] = bucket.suppressed.get(event, 0) + 1
+                self.audit_suppressed_total += 1
+                return False
+            self._flush_suppressed(sync=False)
+        record = {"at": now, "event": event, **fields}
         os.write(self._audit_fd, canonical.dumps(record) + b"\n")
         if sync:
             os.fsync(self._audit_fd)
+        return True
+
+    def _flush_suppressed(self, sync: bool = True) -> None:
+        bucket = self._bucket
+        if not bucket.suppressed or self._audit_fd < 0:
+            return
+        record = {"at": self._clock(), "event": "audit_suppressed", "count": sum(bucket.suppressed.values()),
+                  "by_event": dict(sorted(bucket.suppressed.items())), "since": bucket.suppressed_since}
+        bucket.suppressed = {}
+        os.write(self._audit_fd, canonical.dumps(record) + b"\n")
+        if sync:
+            os.fsync(self._audit_fd)
+
+    def flush_audit_summary(self) -> None:
+        """Write the ``audit_suppressed`` summary now if lines were dropped (the agent's housekeeping tick)."""
+        with self._lock:
+            self._flush_suppressed()
 
     def audit_events(self) -> list[dict[str, Any]]:
         """Every audit record, oldest first."""

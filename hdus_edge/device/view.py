@@ -33,6 +33,7 @@ class StoreView:
     tombstones: tuple[dict[str, Any], ...]
     pending_receipts: tuple[str, ...]
     seen_requests: tuple[str, ...]
+    forgotten: dict[str, Any] | None = None  # this device itself was forgotten (durable; issue 14)
 
 
 def seed_json(seed: StoredSeed) -> dict[str, Any]:
@@ -52,7 +53,9 @@ def read_store_index(store_dir: Path) -> StoreView:
     seeds = tuple(s for _, s in sorted(index.seeds.items()))
     tombstones = tuple({"target": t.target, "epoch": t.epoch, "request_id": t.request_id, "at": t.at}
                        for _, t in sorted(index.tombstones.items()))
-    return StoreView(seeds, tombstones, tuple(index.receipts), tuple(sorted(index.seen)))
+    f = index.forgotten
+    forgotten = None if f is None else {"target": f.target, "epoch": f.epoch, "request_id": f.request_id, "at": f.at}
+    return StoreView(seeds, tombstones, tuple(index.receipts), tuple(sorted(index.seen)), forgotten)
 
 
 def read_member_seeds(state: StateDir, neighbors: tuple[str, ...] | None = None) -> tuple[StoreView, dict[str, bytes]]:
@@ -177,6 +180,8 @@ def device_status(state: StateDir) -> dict[str, Any]:
             "requested": evidence_summaries(state.evidence_dir),
         },
         "agent": agent,
+        # From the store, so it holds while no agent runs and after restarts.
+        "forgotten": view.forgotten,
     }
 
 

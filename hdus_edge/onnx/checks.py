@@ -32,6 +32,7 @@ from hdus_edge.errors import (
     OpsetError,
     PayloadTooLargeError,
 )
+
 # The contract, the policy and the operator sets live in an onnx-free module (the agent process
 # imports them without loading onnx); they are re-exported here, where callers have always found them.
 from hdus_edge.onnx.contract import (
@@ -45,6 +46,7 @@ from hdus_edge.onnx.contract import (
     LoadPolicy,
     ModelContract,
 )
+from hdus_edge.onnx.cost import check_budget
 from hdus_edge.onnx.metadata import Provenance, metadata_dict, read_provenance
 
 logger = logging.getLogger(__name__)
@@ -340,6 +342,8 @@ def check_onnx(data: bytes, contract: ModelContract, policy: LoadPolicy = DEFAUL
         check_operators(model, policy)
         inferred = check_structure(model)
         check_contract(inferred, contract)
+        if policy.compute_budget is not None:
+            check_budget(model, policy.compute_budget)
         provenance = check_provenance(model, contract)
     except (TypeError, UnicodeDecodeError, AttributeError) as exc:
         # The protobuf binding hands non-UTF-8 strings back as bytes: a malformed model, not a bug.
@@ -381,5 +385,8 @@ def find_problems(
     if self_contained and standard:
         attempt(lambda: inferred.append(check_structure(model)))
     attempt(lambda: check_contract(inferred[0] if inferred else model, contract))
+    if policy.compute_budget is not None and inferred:
+        budget = policy.compute_budget
+        attempt(lambda: check_budget(model, budget))
     attempt(lambda: check_provenance(model, contract))
     return problems

@@ -1,5 +1,6 @@
 """The fleet's model contract and the safe-loading policy: plain values, no onnx import.
 
+Also the plain values of the seed compute budget (``GraphCost``, ``ComputeBudget``; ``cost`` counts).
 Split from ``checks`` so that code that only needs to name a contract or a policy (the agent, the
 probe's parent side, the runtime) does not load onnx (~11 MiB resident, and its checker's schema
 registry another ~7 MiB once used). ``checks`` re-exports every name.
@@ -92,6 +93,36 @@ class ModelContract:
 
 
 @dataclass(frozen=True)
+class GraphCost:
+    """Per sample: multiply-accumulates of convs and linear layers, every other operation, parameters."""
+
+    macs: int
+    params: int
+    ops: int = 0
+
+    @property
+    def work(self) -> int:
+        """MACs plus other operations: what the compute budget bounds."""
+        return self.macs + self.ops
+
+
+@dataclass(frozen=True)
+class ComputeBudget:
+    """The most a seed may cost: ``multiple`` x the fleet's own seed (``reference``)."""
+
+    reference: GraphCost
+    multiple: float
+
+    @property
+    def max_work(self) -> int:
+        return int(self.reference.work * self.multiple)
+
+    @property
+    def max_params(self) -> int:
+        return int(self.reference.params * self.multiple)
+
+
+@dataclass(frozen=True)
 class LoadPolicy:
     """Limits for safe loading; the defaults fit every model the zoo exports."""
 
@@ -104,6 +135,9 @@ class LoadPolicy:
     # Every node runs at every prediction: a tiny payload of thousands of cheap nodes would slow the
     # device by orders of magnitude. The largest zoo model has 180 nodes.
     max_nodes: int = 1024
+    # MACs and parameters at most a multiple of the fleet's own seed (None: not checked, e.g. for
+    # the device's own trusted models). Checked statically, before any probe runs the model.
+    compute_budget: ComputeBudget | None = None
 
 
 DEFAULT_POLICY = LoadPolicy()

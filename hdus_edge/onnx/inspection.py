@@ -1,12 +1,11 @@
 """The facts ``hdus-edge inspect`` shows about one ONNX file (pure, onnx only).
 
-MACs per sample are estimated from shape inference for the operators that dominate our models
-(Conv, Gemm, MatMul and their int8 forms); everything else is counted as free.
+MACs per sample come from ``onnx.cost`` (Conv, Gemm, MatMul and their int8 forms, as the torch count
+gives them), the same count the agent's compute budget uses.
 """
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -23,10 +22,8 @@ from hdus_edge.onnx.checks import (
     find_problems,
     parse_onnx,
 )
+from hdus_edge.onnx.cost import graph_cost
 from hdus_edge.onnx.metadata import metadata_dict, read_provenance
-
-_CONV_WEIGHT = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3}
-_MATMUL = {"MatMul", "MatMulInteger", "QLinearMatMul"}
 
 
 @dataclass(frozen=True)
@@ -69,6 +66,7 @@ def inspect_onnx(
             problems.append(why)
     if contract is not None:
         problems += [str(p) for p in find_problems(model, contract, policy)]
+    cost = graph_cost(model, strict=False)  # what the agent's compute budget counts (lenient: a report)
     return InspectReport(
         bytes=len(data),
         ir_version=model.ir_version,
@@ -77,8 +75,8 @@ def inspect_onnx(
         inputs=[describe_value(v) for v in model.graph.input],
         outputs=[describe_value(v) for v in model.graph.output],
         operators=dict(sorted(Counter(n.op_type for _, n in _iter_nodes(model)).items())),
-        params=sum(math.prod(t.dims) for t in model.graph.initializer),
-        macs=estimate_macs(model),
+        params=cost.params,
+        macs=cost.macs,
         metadata=metadata_dict(model),
         contract=None if contract is None else asdict(contract),
         safe=not problems,
@@ -100,38 +98,3 @@ def _own_contract(model: onnx.ModelProto) -> tuple[ModelContract | None, str]:
         return ModelContract.from_graph(model), ""
     except ValueError:
         return None, problem or "no contract: pass --height/--width/--classes (the model declares no usable I/O shape)"
-
-
-def estimate_macs(model: onnx.ModelProto) -> int:
-    """Multiply-accumulates per sample of Conv, Gemm and MatMul nodes (and their int8 forms).
-
-    Uses shape inference; the first dimension of activations is taken as the batch. Nodes whose
-    shapes stay unknown contribute nothing.
-    """
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception:  # noqa: BLE001  # a model that fails inference still gets the rest of its report
-        inferred = model
-    graph = inferred.graph
-    shapes: dict[str, list[int | None]] = {t.name: list(t.dims) for t in graph.initializer}
-    for value in [*graph.input, *graph.value_info, *graph.output]:
-        dims = value.type.tensor_type.shape.dim
-        shapes.setdefault(value.name, [d.dim_value if d.HasField("dim_value") else None for d in dims])
-    total = 0
-    for node in graph.node:
-        out = shapes.get(node.output[0]) if node.output else None
-        if not out or any(d is None for d in out[1:]):
-            continue
-        if node.op_type in _CONV_WEIGHT and len(node.input) > _CONV_WEIGHT[node.op_type]:
-            weight = shapes.get(node.input[_CONV_WEIGHT[node.op_type]])
-            if weight and all(d is not None for d in weight):
-                total += math.prod(out[1:]) * math.prod(weight[1:])  # type: ignore[arg-type]
-        elif node.op_type == "Gemm" or node.op_type in _MATMUL:
-            a = shapes.get(node.input[0])
-            if not a:
-                continue
-            trans_a = any(at.name == "transA" and at.i for at in node.attribute)
-            k = a[0] if (node.op_type == "Gemm" and trans_a) else a[-1]
-            if k is not None:
-                total += math.prod(out[1:]) * k  # type: ignore[arg-type]
-    return int(total)

@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -45,16 +46,24 @@ def probe_run(
     batch: int = PROBE_BATCH,
     seed: int = 0,
     providers: Sequence[str] | None = None,
+    run_budget_ms: float | None = None,
 ) -> None:
     """Load ``data`` in onnxruntime and run one batch; ``ProbeRunError`` unless the output is
-    float32 [batch, num_classes] and finite."""
+    float32 [batch, num_classes] and finite, and (with ``run_budget_ms``) the run took at most that."""
     session = make_session(data, providers=providers, intra_op_threads=1)
     x = probe_inputs(contract, batch, seed)
+    began = time.perf_counter()
     try:
         outputs = session.run(None, {session.get_inputs()[0].name: x})
     except Exception as exc:  # noqa: BLE001  # onnxruntime's pybind errors have no common base
         raise ProbeRunError(f"probe run failed: {type(exc).__name__}: {exc}") from None
+    took_ms = 1e3 * (time.perf_counter() - began)
     check_probe_output(outputs, batch, contract.num_classes)
+    if run_budget_ms is not None and took_ms > run_budget_ms:
+        raise ProbeRunError(
+            f"probe batch of {batch} took {took_ms:.0f} ms, over the budget of {run_budget_ms:g} ms; "
+            "every prediction would pay for it"
+        )
 
 
 def check_probe_output(outputs: Sequence[np.ndarray], batch: int, num_classes: int) -> None:
@@ -82,12 +91,20 @@ from hdus_edge.errors import OnnxRejectedError
 from hdus_edge.onnx.contract import LoadPolicy, ModelContract
 from hdus_edge.onnx.probe import probe_run
 contract = ModelContract(**json.loads(sys.argv[3]))
-max_bytes = int(sys.argv[4])
+opts = json.loads(sys.argv[4])
+candidate = data[:opts["split"]]
 try:
-    if max_bytes > 0:
+    if opts["max_bytes"] > 0:
         from hdus_edge.onnx.checks import check_onnx
-        check_onnx(data, contract, LoadPolicy(max_bytes=max_bytes))
-    probe_run(data, contract)
+        policy = LoadPolicy(max_bytes=opts["max_bytes"])
+        if opts["budget_multiple"] is not None:  # the fleet's own seed follows the candidate on stdin
+            import onnx
+            from hdus_edge.onnx.contract import ComputeBudget
+            from hdus_edge.onnx.cost import graph_cost
+            reference = graph_cost(onnx.load_from_string(data[opts["split"]:]))
+            policy = LoadPolicy(max_bytes=opts["max_bytes"], compute_budget=ComputeBudget(reference, opts["budget_multiple"]))
+        check_onnx(candidate, contract, policy)
+    probe_run(candidate, contract, run_budget_ms=opts["run_budget_ms"])
 except OnnxRejectedError as exc:
     print(json.dumps({"ok": False, "error": exc.message, "kind": type(exc).__name__}), flush=True)
     sys.exit(3)
@@ -101,9 +118,17 @@ def probe_in_subprocess(
     timeout_s: float = 20.0,
     mem_mb: int = 2048,
     policy: LoadPolicy | None = None,
+    run_budget_ms: float | None = None,
+    budget_reference: bytes | None = None,
+    budget_multiple: float | None = None,
 ) -> None:
     """``probe_run`` in a child process limited to ``mem_mb`` MiB of address space and ``timeout_s``;
     with ``policy``, ``check_onnx`` (its ``max_bytes``, default limits otherwise) runs there first.
+
+    ``run_budget_ms`` bounds the probe batch's run itself (the profile's ``limits.probe_run_ms``).
+    With ``policy``, ``budget_reference`` (the fleet's own seed, ONNX bytes) and ``budget_multiple``,
+    the seed compute budget is checked there too, before the run (``ComputeBudgetError``): the agent
+    process never loads onnx.
 
     Raises ``ProbeRunError`` when the probe fails, the child crashes (signal), runs out of memory
     or time; a failed check raises its own ``OnnxRejectedError`` subclass. The default memory
@@ -111,6 +136,7 @@ def probe_in_subprocess(
     """
     if policy is not None and policy != LoadPolicy(max_bytes=policy.max_bytes):
         raise ValueError("only a policy's max_bytes travels to the probe child; check other limits in-process")
+    checked_budget = policy is not None and budget_reference is not None and budget_multiple is not None
     if timeout_s <= 0 or mem_mb <= 0:
         raise ValueError("timeout_s and mem_mb must be positive")
     spec = json.dumps({"height": contract.height, "width": contract.width,
@@ -118,9 +144,11 @@ def probe_in_subprocess(
     # OMP/ORT thread pools each reserve stack address space; one thread keeps the child small.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-c", _CHILD, str(int(mem_mb)), str(max(1, int(timeout_s) + 1)), spec,
-           str(policy.max_bytes if policy is not None else 0)]
+           json.dumps({"max_bytes": policy.max_bytes if policy is not None else 0, "run_budget_ms": run_budget_ms,
+                       "budget_multiple": budget_multiple if checked_budget else None, "split": len(data)})]
     try:
-        done = subprocess.run(cmd, input=bytes(data), capture_output=True, timeout=timeout_s, env=env, check=False)
+        stdin = bytes(data) + (bytes(budget_reference) if checked_budget else b"")  # type: ignore[arg-type]
+        done = subprocess.run(cmd, input=stdin, capture_output=True, timeout=timeout_s, env=env, check=False)
     except subprocess.TimeoutExpired:
         raise ProbeRunError(f"probe run did not finish within {timeout_s:g} s; the child was killed") from None
     report = _last_json(done.stdout)

@@ -147,12 +147,17 @@ class Topics:
         return f"{self.root}/devices/+/hello"
 
     def subscriptions(self, device: str, neighbors: Iterable[str]) -> list[str]:
-        """The filters a device's agent subscribes to: the fleet's state, every tombstone digest, and
-        the seed each neighbour addresses to it (one topic per neighbour, so the ACL's per-pair rule
-        and a neighbour removed later leave nothing behind)."""
+        """The filters a device's agent subscribes to, orders and revocations first: the fleet's state,
+        every tombstone digest, and the seed each neighbour addresses to it (one topic per neighbour,
+        so the ACL's per-pair rule and a neighbour removed later leave nothing behind).
+
+        Order matters: a broker hands over retained messages filter by filter, so an order that forgot
+        this device while its agent was down is applied before any neighbour list asks for its seed.
+        """
         check_device_id(device)
-        return [*self.fleet_state_filters(), f"{self.root}/tombstones/+", self.revocations(),
-                *(self.seed(device, j) for j in sorted(neighbors))]
+        orders = f"{self.root}/unlearn/+"
+        return [orders, self.revocations(), *(f for f in self.fleet_state_filters() if f != orders),
+                f"{self.root}/tombstones/+", *(self.seed(device, j) for j in sorted(neighbors))]
 
     def observer_filters(self) -> list[str]:
         """What a read-only observer (the dashboard) subscribes to first: every kind but the seeds.

@@ -124,6 +124,36 @@ def deep_chain_model(depth: int, op: str = "Relu") -> bytes:
     return _model(nodes + head, inits)
 
 
+def heavy_seed_model(channels: int = 64, pad: int = 60, layers: int = 2, seed: int = 0) -> bytes:
+    """A valid, well-formed seed of allowed operators only that is expensive to run (attack 5 of
+    issue 14): the first Conv pads the 8x8 input to ~(8 + 2 pad)^2 and widens it to ``channels``,
+    then ``layers`` 3x3 Convs at that size; about 0.6 G multiply-accumulates per sample by default,
+    thousands of times a zoo seed, in ~150 KB."""
+    rng = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array((0.1 * rng.standard_normal((channels, 1, 3, 3))).astype(np.float32), "w0")]
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["h0"], pads=[pad] * 4, kernel_shape=[3, 3]),
+             helper.make_node("Relu", ["h0"], ["r0"])]
+    prev = "r0"
+    for k in range(1, layers + 1):
+        w = (rng.standard_normal((channels, channels, 3, 3)) / (3.0 * channels)).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"w{k}"))
+        nodes += [helper.make_node("Conv", [prev, f"w{k}"], [f"h{k}"], pads=[1] * 4, kernel_shape=[3, 3]),
+                  helper.make_node("Relu", [f"h{k}"], [f"r{k}"])]
+        prev = f"r{k}"
+    inits.append(numpy_helper.from_array(np.full((1, channels, 1, 1), 1.0 / channels, np.float32), "w_out"))
+    nodes.append(helper.make_node("Conv", [prev, "w_out"], ["one"], kernel_shape=[1, 1]))
+    head, head_inits = _head("one")
+    return _model(nodes + head, inits + head_inits)
+
+
+def pooling_bomb_model(kernel: int = 200) -> bytes:
+    """No weights at all: an AveragePool whose window and padding grow the 8x8 input to
+    (7 + kernel)^2 outputs of kernel^2 operations each (~1.7 G operations per sample by default)."""
+    pool = helper.make_node("AveragePool", ["x"], ["big"], kernel_shape=[kernel, kernel], pads=[kernel - 1] * 4)
+    head, inits = _head("big")
+    return _model([pool, *head], inits)
+
+
 def memory_bomb_model(pad: int = 40000) -> bytes:
     """A ~1 KiB model whose first Conv pads the 8x8 input by ``pad`` on every side: the activation
     is [N, 1, 8 + 2 pad, 8 + 2 pad] floats (about 25 GiB per sample at the default)."""

@@ -4,7 +4,10 @@ Two profiles. ``quick`` (``hdus-edge bench reliability --quick``, under 15 minut
 machine) runs every case at reduced size: 300 ONNX mutations, 200 SIGKILLs, load at 50x4, 50x8
 and 100x8, a 2-minute soak. The full profile runs 1,000 mutations, 300 SIGKILLs, load at 50 and
 100 devices x 4 and 8 neighbours, and a 10-minute soak. Every load fleet then takes the simultaneous
-unlearn orders (10).
+unlearn orders (10). Both run issue 14's insider cases: a forgotten device restarts; ~1 MB envelopes
+from made-up senders (100 quick, 300 full) and a 10,000-message flood at agent processes (targets:
+<= 20 MB more RSS, <= 1 s more receipt latency than a baseline order in the same run, counted in
+``goals_missed``); a compute-heavy seed; 5,000 garbage messages at the audit log.
 Every loss, violation, crash and false accept is a named count; ``totals`` adds them up (all must
 be 0) and ``failed_checks`` lists which are not.
 """
@@ -38,6 +41,13 @@ from hdus_edge.reliability.cases_hostile import (
     envelope_campaign,
     onnx_campaign,
 )
+from hdus_edge.reliability.cases_insider import (
+    audit_flood,
+    forgotten_restart,
+    heavy_seed,
+    insider_flood,
+    parking_flood,
+)
 from hdus_edge.reliability.cases_load import (
     propagation_load,
     simultaneous_unlearns,
@@ -65,15 +75,17 @@ class Profile:
     soak_s: float = 600.0
     seed: int = 0
     only: tuple[str, ...] = ()  # run just these cases (names of CASES); empty: all
+    parking_flood_messages: int = 300  # ~1 MB envelopes from made-up senders (issue 14, attack 4)
+    flood_messages: int = 10_000  # the goal's flood from one authenticated device
 
 
 CASES = ("hostile_onnx", "envelopes", "authority", "broker_crash_seeds", "broker_crash_unlearn", "link_cut",
-         "offline_past_queue", "duplicates", "sigkill", "load", "soak", "session_takeover", "forgotten_revoked",
-         "tls_only")
+         "offline_past_queue", "duplicates", "sigkill", "insider_restart", "parking_flood", "heavy_seed",
+         "audit_flood", "insider_flood", "load", "soak", "session_takeover", "forgotten_revoked", "tls_only")
 # Quick keeps every case and the 200 kills; the 100-device fleets (about a quarter of the time on
 # two cores) are the full profile's, so --quick stays under 15 minutes on a shared machine.
 QUICK = Profile(name="quick", mutations=300, envelope_flips_per_region=8, kills=200,
-                load=((50, 4), (50, 8)), soak_s=120.0)
+                load=((50, 4), (50, 8)), soak_s=120.0, parking_flood_messages=100)
 FULL = Profile()
 
 # Every figure whose value must be 0, by (section, key). ``totals`` sums them per kind.
@@ -88,17 +100,25 @@ _MUST_BE_ZERO = {
                             ("forgotten_revoked", "forgotten_seeds_retained")],
     "plaintext_open": [("tls_only", "plaintext_listener_open"), ("tls_only", "tls_without_client_cert_accepted"),
                        ("tls_only", "non_loopback_plaintext_allowed")],
-    "violations": [("authority", "violations"), ("duplicates", "invariant_violations"),
+    "violations": [("heavy_seed", "heavy_installed"), ("heavy_seed", "order_waited_for_seed_work"),
+                   ("authority", "violations"), ("duplicates", "invariant_violations"),
                    ("sigkill", "invariant_violations"), ("sigkill", "orphan_temp_files"),
                    ("soak", "invariant_violations")],
     "losses": [("unlearn_load", "not_applied"), ("unlearn_load", "missing_receipts"),
                ("broker_crash_seeds", "losses"), ("broker_crash_unlearn", "losses"), ("link_cut", "losses"),
                ("offline_past_queue", "losses"), ("sigkill", "missing_receipts_at_end"),
                ("sigkill", "forgotten_seeds_still_held_at_end")],
-    "forgotten_came_back": [("broker_crash_unlearn", "forgotten_came_back"), ("link_cut", "forgotten_came_back"),
+    "forgotten_came_back": [("insider_restart", "restarts_not_refused"), ("insider_restart", "retained_after_restart"),
+                            ("insider_restart", "missed_order_not_applied"),
+                            ("insider_restart", "missed_order_retained_after"),
+                            ("broker_crash_unlearn", "forgotten_came_back"), ("link_cut", "forgotten_came_back"),
                             ("unlearn_load", "forgotten_came_back"), ("forgotten_revoked", "forgotten_came_back")],
     "messages_dropped": [("load", "messages_dropped")],
     "inference_errors": [("unlearn_load", "inference_errors")],
+    # Issue 14's goals: one insider's flood raises no other agent's RSS by over 20 MB and delays
+    # no unlearn receipt by over 1 s; every receipt still comes.
+    "goals_missed": [("parking_flood", "over_target"), ("insider_flood", "rss_over_target"),
+                     ("insider_flood", "delay_over_target"), ("insider_flood", "receipts_missing")],
 }
 
 
@@ -157,6 +177,13 @@ def run_reliability(profile: Profile = QUICK, progress: Progress | None = None,
         timed("tls_only", lambda: tls_only(root / "tls"))
         timed("sigkill", lambda: on_mosquitto("kill", lambda b: sigkill_campaign(
             root / "kill", b.url, kills=profile.kills, seed=seed, progress=say).summary()))
+        # Issue 14: a forgotten device restarts; one insider floods, sends a heavy seed, fills the log.
+        timed("insider_restart", lambda: on_mosquitto("forgot", lambda b: forgotten_restart(root / "forgot", b.url)))
+        timed("parking_flood", lambda: on_mosquitto("park", lambda b: parking_flood(
+            root / "park", b.url, messages=profile.parking_flood_messages)))
+        timed("heavy_seed", lambda: on_mosquitto("heavy", lambda b: heavy_seed(root / "heavy", b.url)))
+        timed("audit_flood", lambda: on_mosquitto("auditf", lambda b: audit_flood(root / "auditf", b.url)))
+        timed("insider_flood", lambda: insider_flood(root / "flood", messages=profile.flood_messages))
         load_rows: list[dict[str, Any]] = []
         unlearn_rows: list[dict[str, Any]] = []
 
@@ -247,6 +274,22 @@ _TABLE: tuple[tuple[str, str, tuple[str, ...]], ...] = (
      ("kills", "kills_before_ready", "kills_during_unlearn", "invariant_violations", "orphan_temp_files",
       "missing_receipts_at_end", "forgotten_seeds_still_held_at_end", "restart_to_ready_p50_s",
       "restart_to_ready_p95_s")),
+    ("insider_restart", "a forgotten device restarts its agent",
+     ("restarts", "restarts_refused", "restarts_not_refused", "retained_after_restart", "missed_order_not_applied",
+      "missed_order_retained_after")),
+    ("parking_flood", "~1 MB envelopes from made-up senders (agent processes)",
+     ("messages", "message_kb", "rss_mb_before", "rss_mb_after", "rss_growth_mb_max", "parked_now_max",
+      "parked_mb_now_max", "parked_dropped_min", "over_target")),
+    ("heavy_seed", "compute-heavy seed from a certified neighbour",
+     ("refused", "reason", "time_to_reject_ms", "heavy_installed", "order_applied_ms_while_probing",
+      "seed_work_ms", "order_waited_for_seed_work")),
+    ("audit_flood", "garbage flood at the audit log",
+     ("messages", "rejected", "audit_growth_kb", "audit_bytes_per_message", "suppressed_counted",
+      "unbounded_before_kb")),
+    ("insider_flood", "10,000 messages from one authenticated device (agent processes)",
+     ("messages", "message_kb", "flood_s", "delivered_min", "rss_growth_mb_max", "receipt_latency_s_baseline",
+      "receipt_latency_s_during_flood", "receipt_delay_s", "receipts_missing", "rss_over_target",
+      "delay_over_target")),
     ("load", "seed propagation under load (one Mosquitto)",
      ("propagation_p50_s", "propagation_p95_s", "propagation_p99_s", "time_to_converge_s", "messages_dropped",
       "process_rss_mb", "rss_growth_mb", "mosquitto_rss_mb")),

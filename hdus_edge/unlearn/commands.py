@@ -68,12 +68,23 @@ def unlearn(admin: AdminDir, target: str, *, broker_url: str | None = None, wait
         broker_url=url, fleet=fleet.fleet.name, admin_key=key.public_key, signer=key,
         issuer="admin", target=target, epoch=int(registry[target].get("epoch", 0)), reason=reason, wait_s=wait_s,
         tls=TlsFiles.for_url(url, admin.tls_dir),
+        expected=expected_holders(registry),
     )
     path = save_evidence(outcome, admin.evidence_dir / f"{outcome.order.request_id}.json")
     registry = admin.registry()
     registry[target] = {**registry[target], "unlearned": outcome.order.request_id}
     write_json(admin.registry_file, registry)
     return outcome, path
+
+
+def expected_holders(registry: dict[str, dict[str, Any]]) -> dict[str, tuple[str, ...]]:
+    """Every provisioned device not forgotten, with its provisioned neighbours (the registry's view).
+
+    Forgotten: ordered forgotten (``unlearned``) or revoked at the broker (``forgotten``); a device
+    re-admitted since has a fresh entry with neither.
+    """
+    return {device_id: tuple(entry.get("neighbors", ())) for device_id, entry in registry.items()
+            if not entry.get("unlearned") and not entry.get("forgotten")}
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,13 @@
 """The requester's side of forgetting: publish a signed unlearn order, collect signed receipts, keep evidence.
 
 The admin (``hdus-edge unlearn``) or the device itself (``hdus-edge leave``) signs the order. Holders
-are the devices whose retained neighbour list names the target: each must answer with a receipt
-signed by its own certified key. The evidence file holds the order, every receipt exactly as it
+are the devices whose neighbour list names the target: each must answer with a receipt signed by its
+own certified key. With the admin's registry (``expected``: every provisioned, non-forgotten device and
+its provisioned neighbour list), the holder set does not depend on how fast the broker hands over
+retained lists: the requester waits for each expected device's retained list and falls back to the
+provisioned one for a device whose list never came (a broker that lost its retained state, a device
+that never ran), so such a device is named among the ``missing`` instead of silently left out. A
+device that was offline answers when it returns (its receipt is retained; ``hdus-edge receipts``). The evidence file holds the order, every receipt exactly as it
 travelled, and the certificates needed to check them, so anyone with the fleet admin's public key can
 verify it offline (``verify_evidence``).
 """
@@ -15,6 +20,7 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -205,8 +211,15 @@ def request_unlearn(
     settle_s: float = 0.3,
     tls: TlsFiles | None = None,
     client_id: str | None = None,
+    expected: Mapping[str, tuple[str, ...]] | None = None,
 ) -> UnlearnOutcome:
-    """Publish the order to forget ``target`` and collect receipts from every holder for ``wait_s``."""
+    """Publish the order to forget ``target`` and collect receipts from every holder for ``wait_s``.
+
+    ``expected`` (the admin's registry): device id -> provisioned neighbours of every provisioned,
+    non-forgotten device. The requester then waits (at most ``min(2, wait_s / 2)`` s) for each one's
+    retained neighbour list, and decides with the provisioned list for those whose list never came.
+    Without it, holders are the devices whose retained lists arrived within a quiet window.
+    """
     topics = Topics(fleet)
     trust = TrustStore(fleet, admin_key)
     if own_certificate is not None:
@@ -219,12 +232,17 @@ def request_unlearn(
     try:
         transport.subscribe([*topics.fleet_state_filters(), topics.receipts_filter(order.request_id)])
         transport.connect(timeout=min(10.0, max(wait_s, 1.0)))
-        collector.settle(settle_s, max_s=min(5.0, wait_s))
+        if expected is None:
+            collector.settle(settle_s, max_s=min(5.0, wait_s))
+        else:
+            wanted = set(expected) - {target}
+            with collector.changed:
+                # Retained lists come right after the subscription; a device whose list is not there
+                # by then (never ran, or the broker lost it) is judged by its provisioned list.
+                collector.changed.wait_for(lambda: wanted <= set(collector.memberships), min(2.0, wait_s / 2))
         with collector.changed:
-            holders = tuple(sorted(
-                i for i, (_, nbrs) in collector.memberships.items()
-                if target in nbrs and i != target and not collector.is_forgotten(i)
-            ))
+            holders = decide_holders(target, {i: nbrs for i, (_, nbrs) in collector.memberships.items()},
+                                     expected, collector.is_forgotten)
         raw = codec.encode(order, signer, issuer)
         sent_at = time.monotonic()
         if not transport.publish(topics.order(order), raw, retain=True, wait=True, timeout=min(10.0, wait_s)):
@@ -237,6 +255,24 @@ def request_unlearn(
     finally:
         transport.close()
     return UnlearnOutcome(order, raw, holders, receipts, certs, time.monotonic() - start, sent_at, fleet)
+
+
+def decide_holders(
+    target: str,
+    lists: Mapping[str, frozenset[str]],
+    expected: Mapping[str, tuple[str, ...]] | None,
+    is_forgotten: Any,
+) -> tuple[str, ...]:
+    """The devices that must answer an order about ``target``, sorted.
+
+    ``lists`` are the verified retained neighbour lists; ``expected`` (the registry, when known)
+    adds every provisioned device whose list did not arrive, judged by its provisioned neighbours.
+    Devices forgotten by a valid order (``is_forgotten``) answer nothing.
+    """
+    chosen = {i for i, nbrs in lists.items() if target in nbrs}
+    if expected is not None:
+        chosen |= {i for i, nbrs in expected.items() if i not in lists and target in nbrs}
+    return tuple(sorted(i for i in chosen if i != target and not is_forgotten(i)))
 
 
 def collect_receipts(

@@ -1,0 +1,62 @@
+"""Holders from the registry (issue 14, deliverable 6): the requester waits for every provisioned,
+non-forgotten device whose neighbour list names the target, names the ones that did not answer, and
+an offline holder's receipt arrives when it returns. On Mosquitto."""
+
+from __future__ import annotations
+
+from hdus_edge.reliability.harness import lab_fleet, start_agents, wait_until
+from hdus_edge.transport.mqtt import MqttTransport
+from hdus_edge.unlearn.commands import (
+    expected_holders,
+    receipts_report,
+    source_of,
+    unlearn,
+)
+from hdus_edge.unlearn.request import decide_holders
+
+
+def _never(_: str) -> bool:
+    return False
+
+
+def test_decide_holders_adds_provisioned_devices_whose_list_did_not_come():
+    lists = {"b": frozenset({"t"}), "c": frozenset({"x"})}
+    registry = {"b": ("t",), "c": ("t",), "d": ("t", "x"), "e": ("x",), "t": ("b",)}
+    # c's retained list (it no longer lists t) wins over its provisioned one; d's never came.
+    assert decide_holders("t", lists, registry, _never) == ("b", "d")
+    # Without the registry, d is silently left out: the quiet-window bug.
+    assert decide_holders("t", lists, None, _never) == ("b",)
+    assert decide_holders("t", lists, registry, lambda i: i == "d") == ("b",)
+
+
+def test_expected_holders_skip_forgotten_devices():
+    registry = {"a": {"neighbors": ["b"]}, "b": {"neighbors": ["a"], "unlearned": "f" * 32}, "c": {}}
+    assert expected_holders(registry) == {"a": ("b",), "c": ()}
+
+
+def test_a_holder_whose_list_the_broker_lost_is_awaited_named_and_answers_on_return(tmp_path, mosquitto_broker):
+    # Prepare: three devices, complete graph; dev-002 goes offline and the broker loses its list.
+    url = mosquitto_broker.url
+    fleet = lab_fleet(tmp_path, url, 3)
+    try:
+        agents = start_agents(fleet, fleet.states)
+        assert wait_until(lambda: all(len(a.members()) == 2 for a in agents.values()), 60)
+        agents["dev-002"].stop()
+        fleet.agents.pop("dev-002")
+        clear = MqttTransport(url, "clear-list", clean_session=True)
+        clear.connect(timeout=10)
+        assert clear.publish("hdus/v1/rel/membership/dev-002", b"", retain=True, wait=True, timeout=10)
+        clear.close()
+        # Execute
+        outcome, _ = unlearn(fleet.admin, "dev-000", broker_url=url, wait_s=4)
+        # Assert: dev-002 is a holder by the registry and named as missing.
+        assert outcome.holders == ("dev-001", "dev-002")
+        assert outcome.missing == ("dev-002",)
+        # dev-002 returns: it applies the retained order and its receipt reaches the broker.
+        start_agents(fleet, ["dev-002"])
+        source = source_of(None, fleet.admin, url)
+        rid = outcome.order.request_id
+        assert wait_until(lambda: receipts_report(source, rid, wait_s=1.0)["missing"] == [], 60, interval=0.5)
+        assert fleet.agents["dev-002"].members() == ("dev-001",)
+    finally:
+        fleet.stop()
