@@ -494,28 +494,17 @@ def _read_evidence(admin: AdminView, refuse: Callable[[BrokerMessage, Exception]
 
 
 def _open_evidence(ev: Mapping[str, Any], admin: AdminView) -> _Evidence:
-    from hdus_edge.unlearn.request import verify_evidence
+    from hdus_edge.unlearn.request import check_evidence
 
     try:
-        problems = verify_evidence(dict(ev), admin.admin_key, admin.fleet)
-        if any(p.startswith(("order", "the order")) for p in problems):
-            raise ProtocolError("; ".join(problems)[:_DETAIL_CHARS])
-        order = codec.decode(bytes.fromhex(ev["order"])).msg
-    except ProtocolError:
-        raise
+        check = check_evidence(dict(ev), admin.admin_key, admin.fleet)
     except (HdusError, TypeError, ValueError, KeyError, AttributeError) as exc:
         raise ProtocolError(f"unreadable evidence: {exc}") from None
-    bad = {p.split("'")[1] for p in problems if p.startswith("receipt of '")}
-    receipts = []
-    for r in ev.get("receipts", []):
-        if not isinstance(r, Mapping) or r.get("device_id") in bad:
-            continue
-        try:
-            msg = codec.decode(bytes.fromhex(r["signed"])).msg
-        except (ProtocolError, TypeError, ValueError, KeyError):
-            continue
-        if isinstance(msg, Receipt) and msg.request_id == order.request_id and msg.target == order.target:
-            receipts.append(msg)
+    if check.order is None:  # no verified order: the file forgets nobody
+        raise ProtocolError("; ".join(check.problems)[:_DETAIL_CHARS])
+    # Only what was signed is shown: the verified order and receipts, whatever the summary says.
+    order = check.order
+    receipts = list(check.signed)
     holders = ev.get("holders") if isinstance(ev.get("holders"), list) else []
     return _Evidence(order, tuple(sorted(h for h in holders if isinstance(h, str))), tuple(receipts),
                      str(ev["file"]) if "file" in ev else None)

@@ -332,6 +332,9 @@ class EvidenceCheck:
     order: UnlearnOrder | None
     receipts: tuple[Receipt, ...]
     problems: list[str]
+    # Receipts whose signature verifies and that answer this request, whatever the file's summary of
+    # them says (a viewer shows signed content; an auditor's verdict still counts the summary).
+    signed: tuple[Receipt, ...] = ()
 
     @property
     def verified(self) -> bool:
@@ -366,6 +369,7 @@ def check_evidence(evidence: dict[str, Any] | Path, admin_key: VerifyKey, fleet:
         if evidence.get(key) != value:
             problems.append(f"order: the summary's {key} differs from the signed order")
     good: dict[str, Receipt] = {}
+    signed: dict[str, Receipt] = {}
     for rec in evidence.get("receipts", []):
         who = rec.get("device_id") if isinstance(rec, dict) else None
         try:
@@ -375,12 +379,14 @@ def check_evidence(evidence: dict[str, Any] | Path, admin_key: VerifyKey, fleet:
             continue
         if not isinstance(msg, Receipt) or msg.request_id != order.request_id or msg.target != order.target:
             problems.append(f"receipt of {who!r} answers another request")
-        elif msg.device_id in good:
+        elif msg.device_id in signed:
             problems.append(f"receipt of {who!r}: a second receipt from the same device")
-        elif (msg.device_id != who or msg.removed_sha256 != rec.get("removed_sha256")
-              or list(msg.members_after) != rec.get("members_after") or msg.at != rec.get("at")
-              or rec.get("held") != (msg.removed_sha256 is not None)):
-            problems.append(f"receipt of {who!r}: the summary differs from the signed receipt")
         else:
-            good[msg.device_id] = msg
-    return EvidenceCheck(order, tuple(good[d] for d in sorted(good)), problems)
+            signed[msg.device_id] = msg
+            if (msg.device_id != who or msg.removed_sha256 != rec.get("removed_sha256")
+                    or list(msg.members_after) != rec.get("members_after") or msg.at != rec.get("at")
+                    or rec.get("held") != (msg.removed_sha256 is not None)):
+                problems.append(f"receipt of {who!r}: the summary differs from the signed receipt")
+            else:
+                good[msg.device_id] = msg
+    return EvidenceCheck(order, tuple(good[d] for d in sorted(good)), problems, tuple(signed[d] for d in sorted(signed)))
