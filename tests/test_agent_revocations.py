@@ -46,7 +46,7 @@ def test_revocation_list_forgets_what_it_vouches_for_and_refuses_the_certificate
         hello = Hello("d2", st.key().public_key.raw, st.certificate(), "generic-x86_64", "mobilenet-s", "seed-cnn")
         rejected = agent.counters.rejected
         agent._on_message(T.hello("d2"), codec.encode(hello, st.key(), "d2"), True)
-        assert agent.counters.rejected == rejected + 1 and "d2" not in agent._parked and "d2" not in agent.trust
+        assert agent.counters.rejected == rejected + 1 and "d2" not in agent._parked.senders() and "d2" not in agent.trust
     finally:
         agent.stop()
 

@@ -64,3 +64,13 @@ def test_a_payload_over_the_byte_cap_is_not_parked_and_counts_as_dropped():
 def test_limits_must_be_positive():
     with pytest.raises(ValueError):
         ParkingLimits(per_topic=0)
+
+
+def test_discarding_a_revoked_sender_drops_and_counts_only_its_messages():
+    lot = ParkingLot(ParkingLimits(per_sender=4, per_topic=4, total=16, total_bytes=1 << 20))
+    lot.park("rev", "t/1", b"a" * 10)
+    lot.park("rev", "t/2", b"b" * 10)
+    lot.park("ok", "t/3", b"c" * 10)
+    assert lot.discard("rev") == 2
+    assert lot.senders() == {"ok"} and lot.bytes == 10 and lot.counts.dropped == 2
+    assert lot.discard("nobody") == 0

@@ -650,7 +650,7 @@ class DeviceAgent:
                 self._apply_order(order, raw)
         for device, epoch in rl.revoked:
             self.trust.revoke(device, epoch)
-            self._parked.pop(device, None)
+            self._parked.discard(device)
             held = self.store.seed_info(device)
             if held is not None and held.epoch <= epoch:  # no order of it reached us: the list alone decides
                 self.runtime.remove(device)

@@ -94,6 +94,11 @@ class ParkingLot:
         self.counts.released += len(out)
         return out
 
+    def discard(self, sender: str) -> int:
+        """Drop every message parked for ``sender`` (its certificate was revoked: no hello will vouch
+        for them); they count as dropped. Returns how many."""
+        return self._evict(lambda k: k[0] == sender, 0)
+
     def senders(self) -> set[str]:
         """Senders with something parked."""
         return {k[0] for k in self._items}
