@@ -287,8 +287,8 @@ def parse_http_address(text: str) -> tuple[str, int]:
 
 
 def profiles_dir() -> Path:
-    """``firmware_configs/`` next to the package (a source checkout or an editable install)."""
-    return Path(__file__).resolve().parent.parent / "firmware_configs"
+    """``hdus_edge/firmware_configs/``: package data, so a wheel (a device's install) carries them too."""
+    return Path(__file__).resolve().parent / "firmware_configs"
 
 
 def list_profiles(directory: Path | None = None) -> list[str]:

@@ -36,6 +36,44 @@ class ConfigError(HdusError):
     exit_code = 2
 
 
+class MissingExtraError(ConfigError):
+    """The command needs an optional part of hdus-edge (an extra) that this install lacks.
+
+    The base install is what a device runs (no torch, scikit-learn, matplotlib, amqtt, psutil);
+    training and the simulator need ``hdus-edge[train]`` / ``hdus-edge[sim]``.
+    """
+
+    @classmethod
+    def from_import(cls, exc: ImportError) -> MissingExtraError | None:
+        """The error for a failed import of an extra's package, or None for any other import.
+
+        Follows the chain of causes, since a module may re-raise the ImportError with its own words.
+        """
+        seen: BaseException | None = exc
+        for _ in range(8):  # a chain is short; the bound guards against a cycle
+            if seen is None:
+                return None
+            if isinstance(seen, ModuleNotFoundError):
+                top = (seen.name or "").split(".")[0]
+                extra = EXTRA_OF_IMPORT.get(top)
+                if extra is not None:
+                    return cls(f"this command needs {top}, which is not installed",
+                               hint=f"install 'hdus-edge[{extra}]'")
+            seen = seen.__cause__ or seen.__context__
+        return None
+
+
+# Top-level imports that only an extra provides -> that extra (pyproject's optional-dependencies;
+# tests/test_packaging_imports.py checks the two agree).
+EXTRA_OF_IMPORT: dict[str, str] = {
+    "torch": "train",
+    "sklearn": "sim",
+    "matplotlib": "sim",
+    "amqtt": "sim",
+    "psutil": "sim",
+}
+
+
 class UnknownProfileError(ConfigError):
     """A device profile name that firmware_configs/ does not define."""
 

@@ -8,6 +8,8 @@
   password file, TLS, persistence); all are stopped after the test.
 - ``broker_url``: runs the test once per broker (``amqtt``, ``mosquitto``); yields a URL.
 - ``message_collector``: ``make()`` -> a ``MessageCollector`` to pass as a transport's handler.
+- ``_fixed_console_width`` (autouse): the CLI's rich consoles are CONSOLE_WIDTH columns wide in every
+  test, in-process and in child processes (``COLUMNS``), whatever the terminal running pytest.
 
 These never skip: without Mosquitto installed a test that asks for it fails with an install hint.
 """
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from hdus_edge.cli import output as cli_output
 from hdus_edge.errors import TransportError
 from hdus_edge.transport.broker import EmbeddedBroker
 from hdus_edge.transport.mosquitto import (
@@ -29,6 +32,19 @@ from hdus_edge.transport.mosquitto import (
     MosquittoProcess,
 )
 from hdus_edge.transport.ports import free_port as _free_port
+
+
+# Wide enough that no CLI line of a test wraps; fixed, so no test depends on the terminal's width.
+CONSOLE_WIDTH = 200
+
+
+@pytest.fixture(autouse=True)
+def _fixed_console_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fix the CLI's console width: rich wraps human output at the terminal's (or 80) columns."""
+    monkeypatch.setenv("COLUMNS", str(CONSOLE_WIDTH))  # child processes, and consoles made from now on
+    for console in (cli_output.console, cli_output.err_console):
+        # rich read COLUMNS once when these module-level consoles were made; _width is that reading
+        monkeypatch.setattr(console, "_width", CONSOLE_WIDTH)
 
 
 @pytest.fixture

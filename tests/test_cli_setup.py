@@ -84,7 +84,8 @@ def test_provision_creates_a_device_and_copies_the_reference(capsys, tmp_path):
     assert any("keys/device.key" in step for step in report["next"])
     code, out, _ = kit.cli(capsys, "provision", "--admin-dir", admin.root, "--profile", "raspberry-pi-5",
                            "--device-id", "lonely", "--state-dir", tmp_path / "lonely")
-    assert code == 0 and "neighbours: none" in out and "keys/device.key is its secret" in " ".join(out.split())
+    flat = " ".join(out.split())  # the words, however the console wrapped the lines
+    assert code == 0 and "neighbours: none" in flat and "keys/device.key is its secret" in flat
 
 
 def test_profiles_list_and_show(capsys):
@@ -247,3 +248,19 @@ def test_broker_config_insecure_plaintext_has_no_tls_listener(capsys, tmp_path):
     code, _, err = kit.cli(capsys, "broker-config", "--admin-dir", admin.root, "--out", tmp_path / "broker")
     assert code == 2
     kit.assert_one_error(err, "mosquitto.conf already exists")
+
+
+def test_console_width_is_fixed_whatever_the_terminal(capsys, tmp_path):
+    # conftest fixes the CLI's console width, so human output wraps the same in every terminal:
+    # a long line (a long state-dir path) stays one line at CONSOLE_WIDTH.
+    from conftest import CONSOLE_WIDTH
+
+    from hdus_edge.cli import output
+
+    assert output.console.width == output.err_console.width == CONSOLE_WIDTH
+    admin, _ = kit.make_fleet(tmp_path, ids=("d1",))
+    state = tmp_path / ("s" * 60)
+    code, out, _ = kit.cli(capsys, "provision", "--admin-dir", admin.root, "--profile", "raspberry-pi-5",
+                           "--device-id", "lonely", "--state-dir", state)
+    first = out.splitlines()[0]
+    assert code == 0 and 80 < len(first) <= CONSOLE_WIDTH and first.endswith("neighbours: none")

@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from tests.cli_lifecycle_kit import DEAD_BROKER, assert_one_error, cli, make_fleet
+from cli_lifecycle_kit import DEAD_BROKER, assert_one_error, cli, make_fleet
 
 HD = [sys.executable, "-m", "hdus_edge"]
 

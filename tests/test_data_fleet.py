@@ -11,9 +11,8 @@ from hdus_edge.data import (
     check_reference_disjoint,
     concatenate,
     dataset_sha256,
-    default_mnist_dir,
     load_digits,
-    load_idx_folder,
+    load_mnist,
     noise_reference,
     sample_hashes,
     split_fleet,
@@ -77,7 +76,7 @@ def test_data_fleet_deterministic(digits: Dataset) -> None:
 
 
 def test_data_fleet_mnist_benchmark_split() -> None:
-    pool = load_idx_folder(default_mnist_dir())
+    pool = load_mnist("test")
     fleet = split_fleet(pool, 6, client_size=1000, reference_size=2000, test_size=2000, seed=0)
     _assert_content_disjoint(fleet)
     assert len(fleet.reference) == 2000 and len(fleet.test) == 2000

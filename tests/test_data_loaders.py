@@ -1,4 +1,4 @@
-"""Loaders: sklearn digits, the real MNIST files, IDX written here (raw and gz), .npz, folders."""
+"""Loaders: sklearn digits, the real MNIST files inside the package, IDX written here (raw and gz), .npz, folders."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from hdus_edge.data import (
     load_digits,
     load_idx,
     load_idx_folder,
+    load_mnist,
     load_npz,
     save_npz,
 )
@@ -55,7 +56,7 @@ def test_data_digits_shape_and_range() -> None:
 def test_data_mnist_real_files() -> None:
     folder = default_mnist_dir()
     assert folder.is_dir(), f"MNIST test split expected at {folder}"
-    ds = load_idx_folder(folder)
+    ds = load_mnist("test")
     assert ds.x.shape == (10000, 1, 28, 28) and ds.x.dtype == np.float32
     assert ds.num_classes == 10
     assert ds.class_counts().tolist() == MNIST_COUNTS
@@ -63,13 +64,15 @@ def test_data_mnist_real_files() -> None:
     # the first test image is a 7; its pixels are raw / 255
     assert ds.y[0] == 7
     assert np.allclose(ds.x * 255.0, np.round(ds.x * 255.0), atol=1e-4)
+    assert load_dataset("mnist").x.tobytes() == ds.x.tobytes()
 
 
 def test_data_mnist_dir_env_override(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv(MNIST_DIR_ENV, str(tmp_path))
     assert default_mnist_dir() == tmp_path
     monkeypatch.delenv(MNIST_DIR_ENV)
-    assert default_mnist_dir().parts[-3:] == ("shared", "data", "mnist")
+    # the copy inside the package, never a folder beside the repository
+    assert default_mnist_dir().parts[-3:] == ("hdus_edge", "data", "mnist")
 
 
 @pytest.mark.parametrize("gz", [False, True])

@@ -37,7 +37,7 @@ LAMS = (0.25, 0.5, 0.75)
 class AccuracyBenchConfig:
     """Pool layout and budgets (defaults: the issue's MNIST layout)."""
 
-    data: str = "mnist"  # "mnist" (../shared/data/mnist), "digits", or a data folder
+    data: str = "mnist"  # "mnist" (the test split inside the package), "digits", or a data folder
     clients: int = 6
     client_size: int = 1000
     reference_size: int = 2000

@@ -3,7 +3,8 @@
 This is the only place that catches ``HdusError``: commands raise, ``run`` prints
 ``error: WHAT (hint: ...)`` to stderr and returns the error's exit code; ``--debug`` re-raises so a
 developer sees the traceback. Command modules import heavy libraries (torch) inside the command
-body, so ``predict`` and ``agent`` stay torch-free.
+body, so ``predict`` and ``agent`` stay torch-free; on a base install (no extras) such an import
+fails, and ``run`` turns it into a ``MissingExtraError`` naming the extra to install (exit 2).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Annotated
 import click
 import typer
 
-from hdus_edge.errors import HdusError
+from hdus_edge.errors import HdusError, MissingExtraError
 
 app = typer.Typer(
     name="hdus-edge",
@@ -27,6 +28,12 @@ app = typer.Typer(
 )
 
 _debug = {"on": False}
+
+# typer >= 0.29 raises its own copy of click's exceptions (typer.TyperException and below); older
+# typer raises click's. Both families are caught, so a usage error is one message and exit 2.
+_USAGE_ERRORS: tuple[type[Exception], ...] = (click.ClickException, getattr(typer, "TyperException", click.ClickException))
+_ABORTS: tuple[type[BaseException], ...] = (click.exceptions.Abort, typer.Abort)
+_EXITS: tuple[type[BaseException], ...] = (click.exceptions.Exit, typer.Exit)
 
 
 @app.callback()
@@ -119,19 +126,32 @@ def run(argv: Sequence[str] | None = None) -> int:
     try:
         result = app(args=list(argv) if argv is not None else None, standalone_mode=False)
     except HdusError as exc:
-        if _debug["on"]:
+        return _fail(exc)
+    except ImportError as exc:  # ModuleNotFoundError, or a module's own words around one
+        missing = MissingExtraError.from_import(exc)
+        if missing is None or _debug["on"]:
             raise
-        _print_error(str(exc))
-        return exc.exit_code
-    except click.exceptions.Abort:
+        return _fail(missing)
+    except _ABORTS:
         _print_error("aborted")
         return 130
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
+    except _USAGE_ERRORS as exc:
+        show = getattr(exc, "show", None)
+        if show is not None:
+            show()
+        else:
+            _print_error(str(exc))
+        return int(getattr(exc, "exit_code", 2))
+    except _EXITS as exc:
+        return int(exc.exit_code)
     return result if isinstance(result, int) else 0
+
+
+def _fail(exc: HdusError) -> int:
+    if _debug["on"]:
+        raise exc
+    _print_error(str(exc))
+    return exc.exit_code
 
 
 def _print_error(text: str) -> None:

@@ -17,7 +17,7 @@ bench_app = typer.Typer(help="Benchmarks: figures and ratios measured side by si
 @bench_app.command("accuracy")
 def accuracy(
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    data: Annotated[str, typer.Option(help="'mnist' (the shared MNIST pool), 'digits', or a data folder.")] = "mnist",
+    data: Annotated[str, typer.Option(help="'mnist' (MNIST's test split, inside the package), 'digits', or a data folder.")] = "mnist",
     client_size: Annotated[int, typer.Option(help="Samples per client (train + local test).")] = 1000,
     reference_size: Annotated[int, typer.Option(help="Public reference samples.")] = 2000,
     test_size: Annotated[int, typer.Option(help="Held-out global test samples.")] = 2000,

@@ -19,8 +19,6 @@ from hdus_edge.data.fleet_split import (
 )
 from hdus_edge.data.idx import decode_idx, encode_idx
 from hdus_edge.data.loaders import (
-    MNIST_DIR_ENV,
-    default_mnist_dir,
     load_data_folder,
     load_dataset,
     load_digits,
@@ -29,21 +27,13 @@ from hdus_edge.data.loaders import (
     load_npz,
     save_npz,
 )
-from hdus_edge.data.partition import (
-    SCHEMES,
-    apportion,
-    partition,
-    stratified_sample,
-    stratified_split,
-)
-from hdus_edge.data.reference import (
-    NOISE_KINDS,
-    check_reference_disjoint,
-    noise_reference,
-)
+from hdus_edge.data.mnist_bundle import MNIST_DIR_ENV, MNIST_SPLITS, default_mnist_dir, load_mnist
+from hdus_edge.data.partition import SCHEMES, apportion, partition, stratified_sample, stratified_split
+from hdus_edge.data.reference import NOISE_KINDS, check_reference_disjoint, noise_reference
 
 __all__ = [
     "MNIST_DIR_ENV",
+    "MNIST_SPLITS",
     "NOISE_KINDS",
     "REFERENCE_KINDS",
     "SCHEMES",
@@ -63,6 +53,7 @@ __all__ = [
     "load_digits",
     "load_idx",
     "load_idx_folder",
+    "load_mnist",
     "load_npz",
     "noise_reference",
     "partition",

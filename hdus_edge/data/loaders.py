@@ -24,17 +24,7 @@ from hdus_edge.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
-MNIST_DIR_ENV = "HDUS_MNIST_DIR"
 _GZIP_MAGIC = b"\x1f\x8b"
-
-
-def default_mnist_dir() -> Path:
-    """Where the MNIST IDX files live: ``$HDUS_MNIST_DIR``, else ``<repo root>/../shared/data/mnist``."""
-    env = os.environ.get(MNIST_DIR_ENV)
-    if env:
-        return Path(env)
-    repo_root = Path(__file__).resolve().parents[2]  # hdus_edge/data/loaders.py -> repo root
-    return (repo_root / ".." / "shared" / "data" / "mnist").resolve()
 
 
 def load_digits() -> Dataset:
@@ -221,18 +211,24 @@ def load_data_folder(folder: Path) -> Dataset:
 
 
 def load_dataset(name_or_path: str | Path) -> Dataset:
-    """``"digits"``, ``"mnist"`` (the IDX files at :func:`default_mnist_dir`), a folder or a ``.npz``."""
+    """``"digits"``, ``"mnist"`` (MNIST's test split), ``"mnist-train5k"``, a folder or a ``.npz``.
+
+    The MNIST files are the package's own copy, or those in ``$HDUS_MNIST_DIR``
+    (see :mod:`hdus_edge.data.mnist_bundle`).
+    """
     key = str(name_or_path)
     if key == "digits":
         return load_digits()
-    if key == "mnist":
-        return load_idx_folder(default_mnist_dir())
+    if key in ("mnist", "mnist-train5k"):
+        from hdus_edge.data.mnist_bundle import load_mnist  # it builds on this module's load_idx
+
+        return load_mnist("test" if key == "mnist" else "train5k")
     path = Path(key)
     if path.is_dir():
         return load_data_folder(path)
     if path.is_file() and path.suffix == ".npz":
         return load_npz(path)
     raise DataError(
-        f"unknown dataset {key!r}: not 'digits', 'mnist', a folder or a .npz file",
-        hint="pass 'digits' (bundled, offline), 'mnist', or the path of a data folder",
+        f"unknown dataset {key!r}: not 'digits', 'mnist', 'mnist-train5k', a folder or a .npz file",
+        hint="pass 'digits' or 'mnist' (both bundled, offline), or the path of a data folder",
     )

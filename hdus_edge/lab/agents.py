@@ -156,7 +156,12 @@ class AgentFleet:
         return outcomes
 
     def predict(self, device_id: str, x: np.ndarray) -> np.ndarray:
-        """Device ``device_id``'s ensemble output."""
+        """Device ``device_id``'s ensemble output, once its fused graph has caught up with its members.
+
+        Until then the agent answers with per-member sessions, equal to 1e-6 but not bit for bit, so
+        measurements (the membership-inference AUCs above all) would depend on timing.
+        """
+        self.agents[device_id].runtime.wait_fused()
         return self.agents[device_id].predict(x)
 
     def stop(self) -> None:
