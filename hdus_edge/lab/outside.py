@@ -84,11 +84,11 @@ class TopicClock:
 
 def _request_in_child(admin_root: str, broker_url: str, fleet: str, target: str, wait_s: float) -> dict[str, Any]:
     from hdus_edge.state import AdminDir
-    from hdus_edge.unlearn.request import request_unlearn
+    from hdus_edge.unlearn.commands import unlearn
 
-    key = AdminDir(Path(admin_root)).key()
-    outcome = request_unlearn(broker_url=broker_url, fleet=fleet, admin_key=key.public_key, signer=key,
-                              issuer="admin", target=target, epoch=0, wait_s=wait_s, settle_s=0.2)
+    # What 'hdus-edge unlearn' does: holders from the admin's registry (not a quiet window, which a
+    # loaded machine outlasts), evidence saved, the target marked forgotten for the next order.
+    outcome, _ = unlearn(AdminDir(Path(admin_root)), target, broker_url=broker_url, wait_s=wait_s)
     return {"latency_s": outcome.latency_s, "holders": list(outcome.holders), "receipts": len(outcome.receipts),
             "missing": list(outcome.missing), "request_id": outcome.order.request_id}
 
