@@ -125,3 +125,37 @@ def test_check_matches_binds_message_to_topic():
         T.check_matches(right, msg)
         with pytest.raises(DecodeError):
             T.check_matches(wrong, msg)
+
+
+def test_a_retained_listener_verifies_late_senders_once_their_hello_comes_and_bounds_the_wait():
+    from hdus_edge.protocol import codec, listener
+    from hdus_edge.protocol.crypto import SigningKey, TrustStore, issue_certificate
+    from hdus_edge.protocol.listener import RetainedListener
+    from hdus_edge.protocol.messages import Hello, NeighborList
+
+    admin, key = SigningKey.generate(), SigningKey.generate()
+    cert = issue_certificate(admin, fleet="lab", device_id="d1", public_key=key.public_key, issued_at=1.0)
+    seen = []
+
+    class Recorder(RetainedListener):
+        def on_verified(self, topic, signed, msg):
+            seen.append(type(msg).__name__)
+
+    lst = Recorder(TrustStore("lab", admin.public_key), T)
+    nl = codec.encode(NeighborList("d1", ("d2",), 3), key, "d1")
+    lst.handle(T.membership("d1"), nl, True)  # before d1's hello: parked, not lost
+    assert lst.memberships == {} and seen == []
+    hello = Hello("d1", key.public_key.raw, cert, "generic-x86_64", "mobilenet-s", "seed-cnn")
+    lst.handle(T.hello("d1"), codec.encode(hello, key, "d1"), True)
+    assert lst.memberships == {"d1": (3, frozenset({"d2"}))} and seen == ["NeighborList", "Hello"]
+    assert lst.wanting("d2") == ("d1",)
+    # A stale list never replaces a newer one; garbage and forgeries change nothing.
+    lst.handle(T.membership("d1"), codec.encode(NeighborList("d1", (), 2), key, "d1"), True)
+    lst.handle(T.membership("d1"), b"not a message", True)
+    lst.handle(T.membership("d1"), codec.encode(NeighborList("d1", (), 9), SigningKey.generate(), "d1"), True)
+    assert lst.memberships["d1"] == (3, frozenset({"d2"}))
+    # Unknown senders are parked up to a bound: a flood of them cannot grow it without limit.
+    stranger = SigningKey.generate()
+    for k in range(listener.MAX_PARKED + 50):
+        lst.handle(T.membership(f"s{k % 7}"), codec.encode(NeighborList(f"s{k % 7}", (), k + 1), stranger, f"s{k % 7}"), True)
+    assert sum(len(v) for v in lst._parked.values()) == listener.MAX_PARKED

@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import io
 import logging
-import os
 import zipfile
 import zlib
 from pathlib import Path

@@ -12,10 +12,8 @@ refuses (``TombstonedError``); devices with a valid order against them get nothi
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from hdus_edge.device.login import command_login
@@ -23,12 +21,14 @@ from hdus_edge.errors import (
     HdusError,
     StateDirError,
     TombstonedError,
-    UnknownSenderError,
 )
 from hdus_edge.protocol import codec
+from hdus_edge.protocol.codec import SignedMessage
 from hdus_edge.protocol.crypto import TrustStore
+from hdus_edge.protocol.listener import RetainedListener
 from hdus_edge.protocol.messages import (
     Hello,
+    Message,
     NeighborList,
     SeedEnvelope,
     UnlearnOrder,
@@ -65,76 +65,23 @@ class PublishOutcome:
         }
 
 
-@dataclass
-class FleetListener:
-    """Collects verified hellos, neighbour lists and unlearn orders from the broker's retained messages.
+class FleetListener(RetainedListener):
+    """What ``publish`` needs from the broker's retained messages: verified neighbour lists (the
+    base keeps them) and the newest unlearn order about each device."""
 
-    Messages from a sender whose hello has not arrived yet are kept and verified once it does.
-    """
+    def __init__(self, trust: TrustStore, topics: Topics) -> None:
+        super().__init__(trust, topics, "publish")
+        self.orders: dict[str, UnlearnOrder] = {}  # target -> order
 
-    trust: TrustStore
-    topics: Topics
-    memberships: dict[str, tuple[int, frozenset[str]]] = field(default_factory=dict)
-    orders: dict[str, UnlearnOrder] = field(default_factory=dict)  # target -> order
-    last_message: float = field(default_factory=time.monotonic)
-    _parked: dict[str, list[tuple[str, bytes]]] = field(default_factory=lambda: defaultdict(list))
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def handle(self, topic: str, payload: bytes, retained: bool) -> None:
-        """Transport handler (worker thread): verify and record; never raises."""
-        self.last_message = time.monotonic()
-        if codec.is_clear(payload):
-            return
-        with self._lock:
-            self._handle(topic, payload)
-
-    def _handle(self, topic: str, payload: bytes) -> None:
-        try:
-            signed = codec.decode(payload)
-            msg = codec.verify(signed, self.trust)
-            self.topics.check_matches(topic, msg)
-        except UnknownSenderError:
-            try:
-                sender = codec.decode(payload).sender
-            except HdusError:
-                return
-            if len(self._parked[sender]) < 16:
-                self._parked[sender].append((topic, payload))
-            return
-        except HdusError as exc:
-            logger.info("publish: ignored %s: %s", topic, exc.message)
-            return
-        if isinstance(msg, Hello):
-            try:
-                self.trust.certify(msg.certificate)
-            except HdusError as exc:
-                logger.info("publish: hello of %s not taken: %s", msg.device_id, exc.message)
-                return
-            for parked_topic, parked in self._parked.pop(msg.device_id, []):
-                self._handle(parked_topic, parked)
-        elif isinstance(msg, NeighborList):
-            held = self.memberships.get(msg.device_id)
-            if held is None or msg.version > held[0]:
-                self.memberships[msg.device_id] = (msg.version, frozenset(msg.neighbors))
-        elif isinstance(msg, UnlearnOrder):
+    def on_verified(self, topic: str, signed: SignedMessage, msg: Message) -> None:
+        if isinstance(msg, UnlearnOrder):
             self.orders[msg.target] = msg
-
-    def settle(self, quiet_s: float, max_s: float) -> None:
-        """Wait until no message arrived for ``quiet_s`` (retained ones delivered), at most ``max_s``."""
-        deadline = time.monotonic() + max_s
-        while time.monotonic() < deadline and time.monotonic() - self.last_message < quiet_s:
-            time.sleep(quiet_s / 4)
 
     def forgotten(self, device_id: str, epoch: int) -> UnlearnOrder | None:
         """The order under which ``device_id`` at ``epoch`` is forgotten, if the broker holds one."""
-        with self._lock:
+        with self.changed:
             order = self.orders.get(device_id)
         return order if order is not None and order.epoch >= epoch else None
-
-    def wanting(self, device_id: str) -> tuple[str, ...]:
-        """Devices whose latest neighbour list names ``device_id``."""
-        with self._lock:
-            return tuple(sorted(d for d, (_, nbrs) in self.memberships.items() if device_id in nbrs and d != device_id))
 
 
 def publish_seed(

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import queue
-import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -25,17 +23,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hdus_edge.errors import ConfigError, HdusError, UnknownSenderError
+from hdus_edge.errors import ConfigError, HdusError
 from hdus_edge.files import write_json
 from hdus_edge.protocol import codec
-from hdus_edge.protocol import topics as topic_kinds
+from hdus_edge.protocol.codec import SignedMessage
 from hdus_edge.protocol.crypto import (
     DeviceCertificate,
     SigningKey,
     TrustStore,
     VerifyKey,
 )
-from hdus_edge.protocol.messages import Hello, NeighborList, Receipt, UnlearnOrder
+from hdus_edge.protocol.listener import RetainedListener
+from hdus_edge.protocol.messages import (
+    Message,
+    Receipt,
+    UnlearnOrder,
+)
 from hdus_edge.protocol.topics import Topics
 from hdus_edge.transport.mqtt import MqttTransport, TlsFiles
 
@@ -118,82 +121,25 @@ class UnlearnOutcome:
         }
 
 
-class _Collector:
-    """Subscribes to hellos, neighbour lists and one request's receipts; verifies what arrives."""
+class _Collector(RetainedListener):
+    """Hellos, neighbour lists and orders (the fleet's state), and one request's receipts."""
 
     def __init__(self, trust: TrustStore, topics: Topics, request_id: str) -> None:
-        self.trust = trust
-        self.topics = topics
+        super().__init__(trust, topics, "requester")
         self.request_id = request_id
-        self.memberships: dict[str, tuple[int, frozenset[str]]] = {}
         self.forgotten: dict[str, int] = {}  # device -> highest epoch a valid order forgot
         self.receipts: dict[str, ReceiptRecord] = {}
-        self.last_message = time.monotonic()
-        self.changed = threading.Condition()
-        self._unknown: "queue.Queue[tuple[str, bytes]]" = queue.Queue()
 
-    def handle(self, topic: str, payload: bytes, retained: bool) -> None:
-        if codec.is_clear(payload):
-            return
-        self.last_message = time.monotonic()
-        try:
-            kind = self.topics.parse(topic).kind
-            signed = codec.decode(payload)
-            msg = codec.verify(signed, self.trust)
-            self.topics.check_matches(topic, msg)
-        except UnknownSenderError:
-            if self._unknown.qsize() < 10_000:
-                self._unknown.put((topic, payload))  # verifiable once its sender's hello arrived
-            return
-        except HdusError as exc:
-            logger.info("requester: ignored %s: %s", topic, exc.message)
-            return
-        with self.changed:
-            if kind == topic_kinds.HELLO and isinstance(msg, Hello):
-                try:
-                    self.trust.certify(msg.certificate)
-                except HdusError:
-                    pass
-                self._retry_unknown()
-            elif kind == topic_kinds.MEMBERSHIP and isinstance(msg, NeighborList):
-                held = self.memberships.get(msg.device_id)
-                if held is None or msg.version > held[0]:
-                    self.memberships[msg.device_id] = (msg.version, frozenset(msg.neighbors))
-            elif kind == topic_kinds.UNLEARN and isinstance(msg, UnlearnOrder):
-                self.forgotten[msg.target] = max(msg.epoch, self.forgotten.get(msg.target, -1))
-            elif kind == topic_kinds.RECEIPT and isinstance(msg, Receipt):
-                if msg.request_id == self.request_id:
-                    self.receipts.setdefault(msg.device_id, ReceiptRecord(msg, signed.raw, time.time(), time.monotonic()))
-            self.changed.notify_all()
-
-    def _retry_unknown(self) -> None:
-        pending = []
-        while not self._unknown.empty():
-            pending.append(self._unknown.get_nowait())
-        for topic, payload in pending:
-            try:
-                msg = codec.verify(codec.decode(payload), self.trust)
-            except HdusError:
-                continue
-            if isinstance(msg, NeighborList):
-                held = self.memberships.get(msg.device_id)
-                if held is None or msg.version > held[0]:
-                    self.memberships[msg.device_id] = (msg.version, frozenset(msg.neighbors))
-            elif isinstance(msg, UnlearnOrder):
-                self.forgotten[msg.target] = max(msg.epoch, self.forgotten.get(msg.target, -1))
-            elif isinstance(msg, Receipt) and msg.request_id == self.request_id:
-                self.receipts.setdefault(msg.device_id, ReceiptRecord(msg, codec.decode(payload).raw, time.time(), time.monotonic()))
+    def on_verified(self, topic: str, signed: SignedMessage, msg: Message) -> None:
+        if isinstance(msg, UnlearnOrder):
+            self.forgotten[msg.target] = max(msg.epoch, self.forgotten.get(msg.target, -1))
+        elif isinstance(msg, Receipt) and msg.request_id == self.request_id:
+            self.receipts.setdefault(msg.device_id, ReceiptRecord(msg, signed.raw, time.time(), time.monotonic()))
 
     def is_forgotten(self, device_id: str) -> bool:
         """True when a valid retained order forgot ``device_id``'s current incarnation."""
         epoch = self.forgotten.get(device_id)
         return epoch is not None and (device_id not in self.trust or epoch >= self.trust.epoch_of(device_id))
-
-    def settle(self, quiet_s: float, max_s: float) -> None:
-        """Wait until no message arrived for ``quiet_s`` (retained messages delivered), at most ``max_s``."""
-        deadline = time.monotonic() + max_s
-        while time.monotonic() < deadline and time.monotonic() - self.last_message < quiet_s:
-            time.sleep(quiet_s / 4)
 
 
 def request_unlearn(
