@@ -17,6 +17,7 @@ ARCH_ROLES: dict[str, str] = {
     "resnet-20": "main",
     "resnet-50": "main",
     "seed-cnn": "seed",
+    "seed-cnn-wide": "seed",
     "seed-mlp": "seed",
 }
 
