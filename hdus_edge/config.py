@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from hdus_edge.arch_names import DEFAULT_SEED_ARCH
+from hdus_edge.ensemble.combine import DEFAULT_LAM
 from hdus_edge.errors import ConfigError, UnknownArchitectureError, UnknownProfileError
 
 if sys.version_info >= (3, 11):
@@ -32,7 +34,7 @@ KNOWN_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExe
 @dataclass(frozen=True)
 class ModelSection:
     main_arch: str
-    seed_arch: str = "seed-cnn"
+    seed_arch: str = DEFAULT_SEED_ARCH
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,7 @@ class DataSection:
 
 @dataclass(frozen=True)
 class EnsembleSection:
-    lam: float = 0.5
+    lam: float = DEFAULT_LAM
     space: str = "probs"
 
 
