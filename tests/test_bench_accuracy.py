@@ -36,7 +36,7 @@ def test_both_seed_columns_come_from_the_same_main_models(monkeypatch):
         for rule in ("trained_classes", "confidence"):
             assert {"local", "global"} <= set(r[column]["rules"][rule])
     assert {"local", "global"} <= set(r["sisa_a"]) and 0 <= r["main_local"] <= 1
-    assert r["distill_time_ratio"] > 0 and {"local", "global"} <= set(result["centralised"])
+    assert r["distill_time_ratio"] > 0 and r["distill_cpu_time_ratio"] > 0 and {"local", "global"} <= set(result["centralised"])
     assert result["settings"]["distill"]["new"]["method"] == "views"
 
 

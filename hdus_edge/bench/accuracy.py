@@ -108,6 +108,7 @@ def _seed_figures(fleet: InProcessFleet, data: FleetData, index: dict[str, int])
         "seed_agreement": mean([float((s.argmax(1) == m.argmax(1)).mean()) for s, m in zip(seed_logits, main_logits)]),
         "seed_alone": mean([accuracy(s, data.test.y) for s in seed_logits]),
         "distill_seconds_per_device": mean([d.distill_report.seconds for d in devices]),
+        "distill_cpu_seconds_per_device": mean([d.distill_report.cpu_seconds for d in devices]),
         "distill_method": devices[0].distill_report.method,
     }
     original = (fleet.lam, fleet.space)
@@ -219,6 +220,8 @@ def run_accuracy_bench(cfg: AccuracyBenchConfig = AccuracyBenchConfig(), progres
         }
         figures["distill_time_ratio"] = (figures["new"]["distill_seconds_per_device"]
                                          / figures["original"]["distill_seconds_per_device"])
+        figures["distill_cpu_time_ratio"] = (figures["new"]["distill_cpu_seconds_per_device"]
+                                             / figures["original"]["distill_cpu_seconds_per_device"])
         if cfg.int8:
             figures["int8"] = quantization_figures(fleet_new, data)
         figures["seconds"] = time.perf_counter() - t0
