@@ -50,7 +50,10 @@ class DistillConfig:
     """Hyper-parameters for distillation."""
 
     temperature: float = 4.0  # Hinton et al.'s range; softens targets so dark knowledge transfers
-    epochs: int = 40  # the reference set is small and the student tiny: many cheap passes
+    # Patience pays (issue 15, MNIST 6 x 500, seed-cnn-wide): 80 epochs vs 40 raised seed/main
+    # agreement 90.7% -> 91.1% and the ensemble (lam 0.75) 97.2 / 96.2% -> 98.0 / 96.5% (local /
+    # global), for 2.6x the CPU time of the original 40 epochs of seed-cnn (wide: 1.3x per epoch).
+    epochs: int = 80
     batch_size: int = 64
     lr: float = 5e-3
     seed: int = 0
