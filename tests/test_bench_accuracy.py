@@ -65,3 +65,27 @@ def test_rule_by_trained_classes_ignores_a_member_on_classes_its_owner_never_saw
     np.testing.assert_allclose(rule_by_trained_classes([main, seed], [0.5, 0.5], [np.ones(3, bool)] * 2), plain)
     conf = rule_by_confidence([main, seed], [0.5, 0.5])
     np.testing.assert_allclose(conf, (0.6 * main + 0.7 * seed) / 1.3)
+
+
+def test_the_cli_prints_both_columns_and_the_time_ratios(monkeypatch, capsys):
+    from hdus_edge.bench import accuracy as bench
+    from hdus_edge.cli.app import run
+
+    def column(method: str) -> dict:
+        cell = {"ensemble_local": 0.9, "ensemble_global": 0.8}
+        return {"seed_agreement": 0.7, "seed_alone": 0.6, "distill_seconds_per_device": 1.0,
+                "distill_cpu_seconds_per_device": 1.0, "distill_method": method, **cell,
+                "rules": {"trained_classes": {"local": 0.91, "global": 0.81}, "confidence": {"local": 0.92, "global": 0.82}},
+                **{f"{s}/lam={lam}": cell for s in ("probs", "logits") for lam in bench.LAMS}}
+
+    canned = {"settings": {"reference_samples": 100, "distill": {"original": {"seed": "seed-cnn", "method": "fixed"},
+                                                                 "new": {"seed": "seed-cnn-wide", "method": "fixed"}}},
+              "heterogeneous": {"original": column("fixed"), "new": column("fixed"), "sisa_a": {"local": 0.95, "global": 0.9},
+                                "main_local": 0.8, "main_global": 0.7, "distill_time_ratio": 2.5, "distill_cpu_time_ratio": 1.25},
+              "centralised": {"local": 0.99, "global": 0.98}, "seconds": 1.0}
+    monkeypatch.setattr(bench, "run_accuracy_bench", lambda cfg, progress=None: canned)
+    assert run(["bench", "accuracy", "--data", "digits", "--setting", "heterogeneous"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for text in ("seed-cnn", "SISA-A", "2.50x;", "1.25x", "trained", "91.0% / 81.0%"):  # cells may wrap
+        assert text in out, text
+    assert run(["bench", "accuracy", "--setting", "sideways"]) == 2
