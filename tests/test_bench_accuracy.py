@@ -78,8 +78,9 @@ def test_the_cli_prints_both_columns_and_the_time_ratios(monkeypatch, capsys):
                 "rules": {"trained_classes": {"local": 0.91, "global": 0.81}, "confidence": {"local": 0.92, "global": 0.82}},
                 **{f"{s}/lam={lam}": cell for s in ("probs", "logits") for lam in bench.LAMS}}
 
-    canned = {"settings": {"reference_samples": 100, "distill": {"original": {"seed": "seed-cnn", "method": "fixed"},
-                                                                 "new": {"seed": "seed-cnn-wide", "method": "fixed"}}},
+    described = {"method": "fixed", "loss": "kl", "temperature": 4.0, "epochs": 40}
+    canned = {"settings": {"reference_samples": 100, "distill": {"original": {"seed": "seed-cnn", **described},
+                                                                 "new": {"seed": "seed-cnn-wide", **described}}},
               "heterogeneous": {"original": column("fixed"), "new": column("fixed"), "sisa_a": {"local": 0.95, "global": 0.9},
                                 "main_local": 0.8, "main_global": 0.7, "distill_time_ratio": 2.5, "distill_cpu_time_ratio": 1.25},
               "centralised": {"local": 0.99, "global": 0.98}, "seconds": 1.0}

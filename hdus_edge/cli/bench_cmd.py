@@ -63,7 +63,8 @@ def accuracy(
         r = result[name]
         for column in ("original", "new"):
             f = r[column]
-            label = ", ".join(f"{k} {v}" for k, v in d[column].items())
+            s = d[column]
+            label = f"{s['seed']}, {s['method']} {s['loss']} T={s['temperature']:g}, {s['epochs']} ep"
             table.add_row(name, f"{column}: {label}", pct(f["seed_agreement"]), pct(f["seed_alone"]),
                           f"{pct(f['ensemble_local'])} / {pct(f['ensemble_global'])}",
                           f"{f['distill_seconds_per_device']:.1f}")
