@@ -152,7 +152,7 @@ def test_device_lifecycle_end_to_end_through_the_cli(tmp_path):
             assert [u["target"] for u in status["unlearns"]["completed"]] == ["d2"]
             out = hd_json("predict", "--state-dir", states[i], tmp_path / "test.npy")
             assert out["members"] == [rest]
-            never = EnsembleRuntime((states[i] / "models" / "main.onnx").read_bytes(), 0.5, "probs", "sessions")
+            never = EnsembleRuntime((states[i] / "models" / "main.onnx").read_bytes(), fleet["lam"], "probs", "sessions")
             never.add_seed(rest, (states[rest] / "models" / "seed.onnx").read_bytes())
             got = np.array([p["probabilities"] for p in out["predictions"]])
             np.testing.assert_allclose(got, never.predict(data.test.x), atol=2e-6)
