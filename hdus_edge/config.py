@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from hdus_edge.arch_names import DEFAULT_SEED_ARCH
+from hdus_edge.ensemble.combine import DEFAULT_LAM
 from hdus_edge.errors import ConfigError, UnknownArchitectureError, UnknownProfileError
 
 if sys.version_info >= (3, 11):
@@ -32,7 +34,7 @@ KNOWN_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExe
 @dataclass(frozen=True)
 class ModelSection:
     main_arch: str
-    seed_arch: str = "seed-cnn"
+    seed_arch: str = DEFAULT_SEED_ARCH
 
 
 @dataclass(frozen=True)
@@ -130,7 +132,7 @@ class DataSection:
 
 @dataclass(frozen=True)
 class EnsembleSection:
-    lam: float = 0.5
+    lam: float = DEFAULT_LAM
     space: str = "probs"
 
 
@@ -317,7 +319,8 @@ def validate_fleet(cfg: FleetConfig, where: str) -> FleetConfig:
     _check(0.0 <= cfg.ensemble.lam <= 1.0, f"{where}: ensemble.lam", f"must lie in [0, 1], got {cfg.ensemble.lam}")
     _check(cfg.ensemble.space in COMBINE_SPACES, f"{where}: ensemble.space", f"must be one of {COMBINE_SPACES}")
     c, h, w = cfg.data.input_shape
-    _check(c == 1 and 8 <= h <= 64 and 8 <= w <= 64, f"{where}: data.input_shape", f"must be [1, H, W] with 8 <= H, W <= 64, got {list(cfg.data.input_shape)}")
+    _check(c in (1, 3) and 8 <= h <= 64 and 8 <= w <= 64, f"{where}: data.input_shape",
+           f"must be [C, H, W] with C = 1 (grey) or 3 (RGB) and 8 <= H, W <= 64, got {list(cfg.data.input_shape)}")
     _check(2 <= cfg.data.num_classes <= 1000, f"{where}: data.num_classes", "must be in 2..1000")
     _check(cfg.data.reference in ("public", "noise"), f"{where}: data.reference", "must be 'public' or 'noise'")
     _check(bool(cfg.fleet.name) and "/" not in cfg.fleet.name and "+" not in cfg.fleet.name and "#" not in cfg.fleet.name,

@@ -178,7 +178,7 @@ def test_device_lifecycle_end_to_end_through_the_cli(tmp_path):
             out = hd_json("predict", "--state-dir", states[i], tmp_path / "test.npy")
             assert out["members"] == [rest]
             # The ensemble of the fleet in which d2 never existed, from the retrained files.
-            never = EnsembleRuntime((never_states[i] / "models" / "main.onnx").read_bytes(), 0.5, "probs", "sessions")
+            never = EnsembleRuntime((never_states[i] / "models" / "main.onnx").read_bytes(), fleet["lam"], "probs", "sessions")
             never.add_seed(rest, (never_states[rest] / "models" / "seed.onnx").read_bytes())
             got = np.array([p["probabilities"] for p in out["predictions"]])
             expected = never.predict(data.test.x)

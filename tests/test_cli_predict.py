@@ -13,6 +13,7 @@ from PIL import Image
 
 from hdus_edge.device.inputs import read_input, read_pgm
 from hdus_edge.device.store import SeedStore
+from hdus_edge.ensemble.combine import DEFAULT_LAM
 from hdus_edge.ensemble.runtime import EnsembleRuntime
 from hdus_edge.protocol.messages import sha256_hex
 
@@ -70,8 +71,8 @@ def test_predict_is_the_ensemble_of_main_and_stored_seeds(capsys, fleet, tmp_pat
     # Assert: the same numbers as an EnsembleRuntime built by hand from the same files.
     assert code == 0
     report = json.loads(out)
-    assert report["members"] == ["d2", "d3"] and report["lam"] == 0.5
-    rt = EnsembleRuntime((st.models / "main.onnx").read_bytes(), 0.5, "probs", "sessions")
+    assert report["members"] == ["d2", "d3"] and report["lam"] == DEFAULT_LAM
+    rt = EnsembleRuntime((st.models / "main.onnx").read_bytes(), DEFAULT_LAM, "probs", "sessions")
     rt.add_seed("d2", seeds["d2"])
     rt.add_seed("d3", seeds["d3"])
     want = rt.predict(x)

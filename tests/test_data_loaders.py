@@ -192,7 +192,7 @@ def test_data_npz_roundtrip_and_formats(tmp_path: Path) -> None:
         ({"x": np.full((2, 3, 3), 3.0)}, DataFormatError, "missing array 'y'"),
         ({"x": np.full((2, 3, 3), 3.0), "y": np.zeros(2, np.int64)}, DataFormatError, r"\[0, 1\]"),
         ({"x": np.zeros((2, 3, 3), np.int32), "y": np.zeros(2, np.int64)}, DataFormatError, "dtype int32"),
-        ({"x": np.zeros((2, 3, 3, 3), np.uint8), "y": np.zeros(2, np.int64)}, DataShapeError, "shape"),
+        ({"x": np.zeros((2, 2, 4, 4), np.uint8), "y": np.zeros(2, np.int64)}, DataShapeError, "shape"),
         ({"x": np.zeros((2, 3, 3), np.uint8), "y": np.zeros(3, np.int64)}, DataFormatError, "3 labels"),
         ({"x": np.zeros((2, 3, 3), np.uint8), "y": np.zeros(2, np.float32)}, DataFormatError, "integer"),
     ],

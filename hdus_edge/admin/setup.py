@@ -35,6 +35,7 @@ from hdus_edge.data import (
 )
 from hdus_edge.data.partition import stratified_sample
 from hdus_edge.data.reference import check_reference_file
+from hdus_edge.ensemble.combine import DEFAULT_LAM
 from hdus_edge.errors import ConfigError, DataError, DataShapeError
 from hdus_edge.protocol.fields import check_fleet
 from hdus_edge.state import (
@@ -134,7 +135,7 @@ def create_fleet(
     broker: str,
     reference: ReferenceSet,
     *,
-    lam: float = 0.5,
+    lam: float = DEFAULT_LAM,
     space: str = "probs",
 ) -> tuple[AdminDir, FleetConfig]:
     """Create the admin dir: key pair, ``fleet.toml`` naming the reference set, ``reference.npz``.

@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_SIZES = (5, 20, 50)
 def retrain_seconds_per_device() -> float:
-    """Measured seconds to train one demo device (resnet-8 main + seed-cnn seed) on digits."""
+    """Measured seconds to train one demo device (resnet-8 main + the default seed, default budgets) on digits."""
     from hdus_edge.data import load_digits, split_fleet
     from hdus_edge.learning.inprocess import DeviceSpec, LearningConfig, train_device
 

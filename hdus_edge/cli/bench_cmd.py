@@ -19,44 +19,85 @@ def accuracy(
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     data: Annotated[str, typer.Option(help="'mnist' (MNIST's test split, inside the package), 'digits', or a data folder.")] = "mnist",
     client_size: Annotated[int, typer.Option(help="Samples per client (train + local test).")] = 1000,
-    reference_size: Annotated[int, typer.Option(help="Public reference samples.")] = 2000,
+    reference: Annotated[str, typer.Option(
+        help="Public reference set: 'pool' (carved from the pool) or a data folder / .npz of public images "
+             "disjoint from the pool, e.g. mnist-train5k (the bundled 5,000 MNIST training images).")] = "pool",
+    reference_size: Annotated[int, typer.Option(help="Public reference samples (0: all of a separate set).")] = 2000,
     test_size: Annotated[int, typer.Option(help="Held-out global test samples.")] = 2000,
+    setting: Annotated[list[str] | None, typer.Option(help="'homogeneous' and/or 'heterogeneous' (default: both).")] = None,
+    train_epochs: Annotated[int, typer.Option(help="Epochs of local training (0: the default).")] = 0,
     seed: Annotated[int, typer.Option(help="Seed for every random choice.")] = 0,
 ) -> None:
-    """Main alone (ISGD) vs HDUS ensemble vs centralised, homogeneous and heterogeneous.
+    """Main alone (ISGD) vs HDUS with the original and the current seeds vs SISA-A vs centralised.
 
-    Example: hdus-edge bench accuracy --json > accuracy.json
+    The main models are trained once per setting; seeds are distilled from them twice (the
+    original distillation and the current default), so the columns differ in the seeds only.
+
+    Example: hdus-edge bench accuracy --setting heterogeneous --reference mnist-train5k --json
     """
-    from hdus_edge.bench.accuracy import AccuracyBenchConfig, run_accuracy_bench
+    from dataclasses import replace
 
-    cfg = AccuracyBenchConfig(data=data, client_size=client_size, reference_size=reference_size,
-                              test_size=test_size, seed=seed)
+    from hdus_edge.bench.accuracy import (
+        SETTINGS,
+        AccuracyBenchConfig,
+        run_accuracy_bench,
+    )
+    from hdus_edge.errors import ConfigError
+
+    unknown = [s for s in setting or () if s not in SETTINGS]
+    if unknown:
+        raise ConfigError(f"unknown setting {unknown[0]!r}", hint=f"use {' or '.join(SETTINGS)}")
+    cfg = AccuracyBenchConfig(data=data, client_size=client_size, reference=reference, reference_size=reference_size,
+                              test_size=test_size, seed=seed, settings=tuple(setting or SETTINGS))
+    if train_epochs:
+        cfg = replace(cfg, learning=replace(cfg.learning, train=replace(cfg.learning.train, epochs=train_epochs)))
     with fleet_progress(enabled=not json_out) as progress:
         result = run_accuracy_bench(cfg, progress)
     if json_out:
         print_json(result)
         return
-    default_key = f"{cfg.learning.space}/lam={cfg.learning.lam}"
-    table = Table(title=f"Accuracy on {data}: mean over devices (local test / global test)")
-    for col in ("setting", "main alone (ISGD)", f"HDUS ensemble ({default_key})", "gain (local)", "seed agreement"):
+    d = result["settings"]["distill"]
+    table = Table(title=f"Accuracy on {data} (reference: {reference}, {result['settings']['reference_samples']} images): "
+                        f"mean over devices, local / global test; lam {cfg.learning.lam} over {cfg.learning.space}")
+    for col in ("setting", "seeds", "seed/main agreement", "seed alone", "HDUS ensemble", "distill s/device"):
         table.add_column(col)
-    for name in ("homogeneous", "heterogeneous"):
+    for name in cfg.settings:
         r = result[name]
-        e = r[default_key]
-        table.add_row(name, f"{pct(r['main_local'])} / {pct(r['main_global'])}",
-                      f"{pct(e['ensemble_local'])} / {pct(e['ensemble_global'])}",
-                      f"{100 * (e['ensemble_local'] - r['main_local']):+.1f} pt", pct(r["seed_agreement"]))
+        for column in ("original", "new"):
+            f = r[column]
+            s = d[column]
+            label = f"{s['seed']}, {s['method']} {s['loss']} T={s['temperature']:g}, {s['epochs']} ep"
+            table.add_row(name, f"{column}: {label}", pct(f["seed_agreement"]), pct(f["seed_alone"]),
+                          f"{pct(f['ensemble_local'])} / {pct(f['ensemble_global'])}",
+                          f"{f['distill_seconds_per_device']:.1f}")
+        table.add_row(name, "SISA-A (full main models)", "-", "-",
+                      f"{pct(r['sisa_a']['local'])} / {pct(r['sisa_a']['global'])}", "-")
+        table.add_row(name, "main alone (ISGD)", "-", "-", f"{pct(r['main_local'])} / {pct(r['main_global'])}", "-")
+        table.add_row(name, "distillation time, new / original (wall; CPU)", "-", "-", "-",
+                      f"{r['distill_time_ratio']:.2f}x; {r['distill_cpu_time_ratio']:.2f}x")
     c = result["centralised"]
-    table.add_row("centralised (upper bound)", f"{pct(c['local'])} / {pct(c['global'])}", "-", "-", "-")
+    table.add_row("centralised (upper bound)", "-", "-", "-", f"{pct(c['local'])} / {pct(c['global'])}", "-")
     console.print(table)
-    sweep = Table(title="Ensemble accuracy by combine space and lam (local / global)")
-    sweep.add_column("setting")
-    keys = [k for k in result["homogeneous"] if "/lam=" in k]
+    sweep = Table(title="HDUS ensemble by seeds, combine space and lam (local / global)")
+    sweep.add_column("setting, seeds")
+    keys = [k for k in result[cfg.settings[0]]["new"] if "/lam=" in k]
     for k in keys:
         sweep.add_column(k)
-    for name in ("homogeneous", "heterogeneous"):
-        sweep.add_row(name, *[f"{pct(result[name][k]['ensemble_local'])} / {pct(result[name][k]['ensemble_global'])}" for k in keys])
+    for name in cfg.settings:
+        for column in ("original", "new"):
+            f = result[name][column]
+            sweep.add_row(f"{name}, {column}", *[f"{pct(f[k]['ensemble_local'])} / {pct(f[k]['ensemble_global'])}" for k in keys])
     console.print(sweep)
+    rules = Table(title=f"Combination rules at lam {cfg.learning.lam} over probabilities (local / global)")
+    for col in ("setting, seeds", "mean of seeds (shipped)", "per class, by trained classes", "by confidence"):
+        rules.add_column(col)
+    for name in cfg.settings:
+        for column in ("original", "new"):
+            f = result[name][column]
+            rules.add_row(f"{name}, {column}", f"{pct(f['ensemble_local'])} / {pct(f['ensemble_global'])}",
+                          *[f"{pct(f['rules'][k]['local'])} / {pct(f['rules'][k]['global'])}"
+                            for k in ("trained_classes", "confidence")])
+    console.print(rules)
     console.print(f"Finished in {result['seconds']:.0f} s.")
 
 

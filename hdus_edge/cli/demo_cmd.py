@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from hdus_edge.cli.output import console, pct, print_json
+from hdus_edge.ensemble.combine import DEFAULT_LAM
 
 
 def demo(
@@ -16,7 +17,7 @@ def demo(
     out: Annotated[Path, typer.Option(help="Where the report (markdown, JSON, plots) goes.")] = Path("hdus-report"),
     seed: Annotated[int, typer.Option(help="Seed for every random choice (same seed, same result).")] = 0,
     forget: Annotated[int, typer.Option(help="Index (0-5) of the device to forget.")] = 5,
-    lam: Annotated[float, typer.Option(help="Weight of the neighbours' seeds in each ensemble, in [0, 1].")] = 0.5,
+    lam: Annotated[float, typer.Option(help="Weight of the neighbours' seeds in each ensemble, in [0, 1].")] = DEFAULT_LAM,
     space: Annotated[str, typer.Option(help="Average 'probs' or 'logits'.")] = "probs",
 ) -> None:
     """Six devices of mixed sizes learn on digits over an embedded MQTT broker; one is forgotten.

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from hdus_edge.cli.options import AdminDirOpt, JsonOpt, open_admin
 from hdus_edge.cli.output import console, print_json
+from hdus_edge.ensemble.combine import DEFAULT_LAM
 
 fleet_app = typer.Typer(help="Create and show a fleet (run by the fleet admin).", no_args_is_help=True)
 
@@ -26,7 +27,7 @@ def init(
         help="Samples to take from the reference data, or to generate for 'noise' (default: all; 500 for digits/noise).")] = None,
     input_shape: Annotated[str | None, typer.Option(help="Input shape C x H x W, e.g. 1x28x28 (default: the reference set's).")] = None,
     classes: Annotated[int | None, typer.Option(help="Number of classes (default: the reference set's).")] = None,
-    lam: Annotated[float, typer.Option(help="Weight of the neighbours' seeds in every ensemble, in [0, 1].")] = 0.5,
+    lam: Annotated[float, typer.Option(help="Weight of the neighbours' seeds in every ensemble, in [0, 1].")] = DEFAULT_LAM,
     space: Annotated[str, typer.Option(help="Average 'probs' or 'logits'.")] = "probs",
     seed: Annotated[int, typer.Option(help="Seed for sampling or generating the reference set.")] = 0,
     json_out: JsonOpt = False,

@@ -1,7 +1,7 @@
-"""Dataset loaders (does I/O): sklearn digits, IDX files, ``.npz`` files and folders of them.
+"""Dataset loaders (does I/O): sklearn digits, IDX files, ``.npz`` files, images, and folders of them.
 
 Every loader returns a :class:`~hdus_edge.data.dataset.Dataset` normalised as that module describes
-(float32 [N, 1, H, W] in [0, 1]) and raises ``DataError`` when a file is missing and
+(float32 [N, C, H, W] in [0, 1]; C = 1, or 3 for colour ``.npz`` and image folders) and raises ``DataError`` when a file is missing and
 ``DataFormatError`` (naming the file) when its bytes are not what the format promises.
 """
 
@@ -18,6 +18,7 @@ import numpy as np
 
 from hdus_edge.data.dataset import Dataset, concatenate
 from hdus_edge.data.idx import IMAGES_MAGIC, LABELS_MAGIC, decode_idx
+from hdus_edge.data.images import CHANNELS, IMAGE_SUFFIXES, load_image_folder
 from hdus_edge.errors import DataError, DataFormatError, DataShapeError
 from hdus_edge.files import atomic_write
 
@@ -109,7 +110,8 @@ def _existing_dir(folder: Path) -> Path:
 
 
 def load_npz(path: Path) -> Dataset:
-    """A ``.npz`` with ``x`` ([N, H, W] or [N, 1, H, W]) and ``y`` ([N] integers).
+    """A ``.npz`` with ``x`` ([N, H, W], [N, C, H, W] or channels-last [N, H, W, 3]; C = 1 or 3) and
+    ``y`` ([N] integers).
 
     uint8 ``x`` is divided by 255; float ``x`` must already lie in [0, 1]. Optional keys
     ``num_classes`` and ``name`` (written by :func:`save_npz`) are honoured.
@@ -146,8 +148,11 @@ def load_npz(path: Path) -> Dataset:
 def _npz_images(x: np.ndarray, *, source: str) -> np.ndarray:
     if x.ndim == 3:
         x = x[:, None, :, :]
-    if x.ndim != 4 or x.shape[1] != 1:
-        raise DataShapeError(f"{source}: x has shape {x.shape}; expected [N, H, W] or [N, 1, H, W]")
+    elif x.ndim == 4 and x.shape[1] not in CHANNELS and x.shape[3] in CHANNELS:
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))  # channels-last, as image tools write it
+    if x.ndim != 4 or x.shape[1] not in CHANNELS:
+        raise DataShapeError(f"{source}: x has shape {x.shape}; expected [N, H, W], [N, C, H, W] or [N, H, W, C] "
+                             "with C = 1 (grey) or 3 (RGB)")
     if x.dtype == np.uint8:
         return x.astype(np.float32) / np.float32(255.0)
     if np.issubdtype(x.dtype, np.floating):
@@ -180,7 +185,8 @@ def save_npz(ds: Dataset, path: Path) -> Path:
 
 
 def load_data_folder(folder: Path) -> Dataset:
-    """A folder holding either one IDX images/labels pair or one or more ``.npz`` files.
+    """A folder holding one IDX images/labels pair, one or more ``.npz`` files, or images (PNG, JPEG,
+    ...: see :func:`~hdus_edge.data.images.load_image_folder`).
 
     Several ``.npz`` files are joined in file-name order; they must share one input shape.
     """
@@ -194,10 +200,13 @@ def load_data_folder(folder: Path) -> Dataset:
         )
     if images or labels:
         return load_idx_folder(folder)
+    if not npz and _holds_images(folder):
+        return load_image_folder(folder)
     if not npz:
         raise DataError(
             f"{folder}: no data found (expected an IDX images/labels pair or .npz files)",
-            hint="IDX files are named like *images*idx3* and *labels*idx1*; .npz files hold x and y",
+            hint="IDX files are named like *images*idx3* and *labels*idx1*; .npz files hold x and y; "
+                 "images go in class subfolders 0/, 1/, ...",
         )
     parts = [load_npz(p) for p in npz]
     if len(parts) == 1:
@@ -207,6 +216,11 @@ def load_data_folder(folder: Path) -> Dataset:
         listing = ", ".join(f"{f.name}: {d.input_shape}" for f, d in zip(npz, parts))
         raise DataShapeError(f"{folder}: .npz files have different input shapes ({listing})")
     return concatenate(parts, name=folder.name)
+
+
+def _holds_images(folder: Path) -> bool:
+    return any(p.suffix.lower() in IMAGE_SUFFIXES for p in folder.glob("*") if p.is_file()) or any(
+        p.suffix.lower() in IMAGE_SUFFIXES for p in folder.glob("*/*") if p.is_file())
 
 
 def load_dataset(name_or_path: str | Path) -> Dataset:

@@ -39,6 +39,7 @@ import numpy as np
 from hdus_edge.config import FleetConfig
 from hdus_edge.device.parking import ParkingLimits, ParkingLot
 from hdus_edge.device.store import AuditLimit, SeedStore
+from hdus_edge.ensemble.combine import DEFAULT_LAM
 from hdus_edge.ensemble.runtime import EnsembleRuntime
 from hdus_edge.errors import (
     DeviceForgottenError,
@@ -90,7 +91,7 @@ _WATCH_INTERVAL_S = 1.0  # how often the state dir is checked for neighbour and 
 class AgentSettings:
     """How an agent runs (the profile and fleet config fill these in)."""
 
-    lam: float = 0.5
+    lam: float = DEFAULT_LAM
     space: str = "probs"
     strategy: str = "fused"
     providers: tuple[str, ...] | None = None

@@ -3,7 +3,9 @@
 Every reader returns float32 ``[N, C, H, W]`` in [0, 1], the normalisation the models were trained
 with (``hdus_edge.data.dataset``): uint8 / 255, PGM / its maxval, floats kept when already in [0, 1].
 A shape other than the fleet's is a ``DataShapeError`` naming both shapes; images may be resized
-on request. PGM (P2 and P5) is parsed here; other image formats go through Pillow.
+on request. PGM (P2 and P5) is parsed here; other image formats go through Pillow
+(``hdus_edge.data.images``). Images take the fleet's channel count: colour to grey for C = 1, RGB
+for C = 3 (a grey image repeated in the three channels).
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from hdus_edge.data.images import IMAGE_SUFFIXES, read_image
 from hdus_edge.errors import DataError, DataFormatError, DataShapeError
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 PNM_SUFFIXES = (".pgm", ".pnm")
 ARRAY_SUFFIXES = (".npy", ".npz")
 
@@ -54,9 +56,9 @@ def read_input(path: Path, input_shape: tuple[int, int, int], *, resize: bool = 
     if suffix in ARRAY_SUFFIXES:
         return _array_input(path, input_shape)
     if suffix in PNM_SUFFIXES:
-        image = read_pgm(path)
+        image = np.repeat(read_pgm(path)[None], input_shape[0], axis=0)  # [C, H, W]
     elif suffix in IMAGE_SUFFIXES:
-        image = _read_with_pillow(path)
+        image = read_image(path, input_shape[0])
     else:
         raise DataFormatError(f"{path}: unknown input format {suffix or '(no suffix)'!r}",
                               hint="use .npy / .npz for batches, or PNG / JPEG / PGM images")
@@ -82,6 +84,10 @@ def _array_input(path: Path, input_shape: tuple[int, int, int]) -> np.ndarray:
         array = array[None, None]  # one image [H, W]
     elif array.ndim == 3 and c == 1:
         array = array[:, None]  # a batch of single-channel images [N, H, W]
+    elif array.ndim == 3 and array.shape == (c, h, w):
+        array = array[None]  # one image [C, H, W]
+    elif array.ndim == 4 and tuple(array.shape[1:]) == (h, w, c) and c > 1:
+        array = array.transpose(0, 3, 1, 2)  # channels-last [N, H, W, C], as image tools write it
     if array.ndim != 4 or tuple(array.shape[1:]) != (c, h, w):
         raise DataShapeError(
             f"{path}: input has shape {given}, but this device's models take [N, {c}, {h}, {w}]",
@@ -105,30 +111,16 @@ def _normalise(array: np.ndarray, source: str) -> np.ndarray:
 
 
 def _image_input(path: Path, image: np.ndarray, input_shape: tuple[int, int, int], resize: bool) -> np.ndarray:
-    c, h, w = input_shape
-    if c != 1:
-        raise DataShapeError(f"{path}: images are read as one grey channel, but the models take {c} channels")
-    if image.shape != (h, w):
+    """``image`` [C, H, W] (C already the fleet's) as a batch of one, resized on request."""
+    _, h, w = input_shape
+    if image.shape[1:] != (h, w):
         if not resize:
             raise DataShapeError(
-                f"{path}: image is {image.shape[1]}x{image.shape[0]} pixels, but this device's models take {w}x{h}",
+                f"{path}: image is {image.shape[2]}x{image.shape[1]} pixels, but this device's models take {w}x{h}",
                 hint="pass --resize to scale it, or resize it yourself",
             )
-        image = _resize(image, h, w)
-    return np.ascontiguousarray(image[None, None], dtype=np.float32)
-
-
-def _read_with_pillow(path: Path) -> np.ndarray:
-    try:
-        from PIL import Image, UnidentifiedImageError
-    except ImportError:  # pragma: no cover - Pillow comes with matplotlib
-        raise DataFormatError(f"{path}: reading this image format needs Pillow", hint="pip install pillow, or use PGM") from None
-    try:
-        with Image.open(path) as img:
-            grey = img.convert("L")  # ITU-R 601 luma; alpha is dropped
-            return np.asarray(grey, dtype=np.float32) / np.float32(255.0)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataFormatError(f"{path}: not a readable image ({exc})") from None
+        image = np.stack([_resize(channel, h, w) for channel in image])
+    return np.ascontiguousarray(image[None], dtype=np.float32)
 
 
 _PNM_TOKEN = re.compile(rb"\s*(?:#[^\n]*\n\s*)*(\S+)")

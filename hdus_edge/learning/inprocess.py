@@ -23,8 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from hdus_edge.arch_names import DEFAULT_SEED_ARCH
 from hdus_edge.data import ClientData, Dataset
-from hdus_edge.ensemble.combine import CombineSpace, check_lam, combine
+from hdus_edge.ensemble.combine import DEFAULT_LAM, CombineSpace, check_lam, combine
 from hdus_edge.errors import ConfigError
 from hdus_edge.learning.distill import DistillConfig, DistillReport, distill
 from hdus_edge.learning.train import (
@@ -47,7 +48,7 @@ class DeviceSpec:
 
     device_id: str
     main_arch: str
-    seed_arch: str = "seed-cnn"
+    seed_arch: str = DEFAULT_SEED_ARCH
     seed: int = 0
 
 
@@ -57,7 +58,7 @@ class LearningConfig:
 
     train: TrainConfig = field(default_factory=TrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
-    lam: float = 0.5  # weight of the neighbours' seeds; see the benchmark for why 0.5
+    lam: float = DEFAULT_LAM  # weight of the neighbours' seeds; see DEFAULT_LAM for why
     space: CombineSpace = "probs"  # averaging probabilities beat logits on digits and MNIST (bench accuracy)
 
     def __post_init__(self) -> None:

@@ -69,6 +69,8 @@ _SPECS: tuple[ArchSpec, ...] = (
           resnet.resnet_50, 376_026),
     _spec("seed-cnn", "seed", "seed", "tiny", "seed: 3 conv layers 8/16/24 + linear",
           seed.seed_cnn, 5_026),
+    _spec("seed-cnn-wide", "seed", "seed", "tiny", "seed: 3 conv layers 12/24/40 + linear",
+          seed.seed_cnn_wide, 11_902),
     _spec("seed-mlp", "seed", "seed", "tiny", "seed: avg-pool to ~8x8, MLP with 64 hidden units",
           seed.seed_mlp, 3_850),
 )

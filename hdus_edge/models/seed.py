@@ -79,6 +79,12 @@ def seed_cnn(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     return SeedCNN(input_shape, num_classes)
 
 
+def seed_cnn_wide(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
+    """The tiny CNN at widths 12/24/40 (~13k parameters, ~52 KiB fp32): the most seed that fits a
+    64 KiB budget; more capacity lets a seed copy its main model more faithfully (issue 15)."""
+    return SeedCNN(input_shape, num_classes, widths=(12, 24, 40))
+
+
 def seed_mlp(input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
     """Tiny MLP seed (pooled input)."""
     return SeedMLP(input_shape, num_classes)

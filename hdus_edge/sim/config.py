@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hdus_edge.arch_names import DEFAULT_SEED_ARCH
 from hdus_edge.config import from_dict, read_toml
 from hdus_edge.data import SCHEMES
-from hdus_edge.ensemble.combine import COMBINE_SPACES, check_lam
+from hdus_edge.ensemble.combine import COMBINE_SPACES, DEFAULT_LAM, check_lam
 from hdus_edge.errors import ConfigError
 from hdus_edge.topology import TOPOLOGIES
 
@@ -21,7 +22,7 @@ class SimConfig:
     """What to simulate. Defaults: the demo (digits, 6 mixed devices, complete graph, forget dev-5)."""
 
     archs: tuple[str, ...] = DEMO_ARCHS  # one per device; sizes S/M/L allowed (MobileNetV2 family)
-    seed_arch: str = "seed-cnn"
+    seed_arch: str = DEFAULT_SEED_ARCH
     dataset: str = "digits"  # "digits", "mnist", or a data folder
     partition: str = "missing-class"
     alpha: float = 0.5  # Dirichlet concentration
@@ -32,7 +33,7 @@ class SimConfig:
     test_size: int = 300
     topology: str = "complete"
     degree: int = 4
-    lam: float = 0.5
+    lam: float = DEFAULT_LAM
     space: str = "probs"
     temperature: float = 4.0
     train_epochs: int = 20
