@@ -78,12 +78,15 @@ def _start_dashboard(admin: Path, states: list[Path]) -> tuple[subprocess.Popen,
     argv = [*HD, "dashboard", "--admin-dir", str(admin), "--listen", "127.0.0.1:0", "--json"]
     for s in states:
         argv += ["--state-dir", str(s)]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Its log goes to a file: a pipe nobody reads fills up (64 KiB) and blocks the dashboard's threads.
+    log = admin.parent / "dashboard.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True)
     lines = []
     while True:
         line = proc.stdout.readline()
         if not line:
-            pytest.fail(f"the dashboard exited {proc.wait()}: {proc.stderr.read()[-3000:]}")
+            pytest.fail(f"the dashboard exited {proc.wait()}: {log.read_text()[-3000:]}")
         lines.append(line)
         if line.rstrip() == "}":
             return proc, json.loads("".join(lines))

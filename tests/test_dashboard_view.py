@@ -331,3 +331,15 @@ def test_evidence_is_verified_once_while_its_content_stays_the_same(monkeypatch)
     changed = {**ev, "holders": ["dev-0", "dev-1"]}
     later = build_snapshot(admin_view(evidence=(changed,)), fleet_messages(), now=200.0, memo=memo)
     assert calls and later.requests[0].missing == ("dev-1",)
+
+
+def test_the_admins_retained_revocation_list_renders_and_is_not_a_device():
+    # Regression: the list (retained by 'hdus-edge unlearn' since revocation at the broker) has no
+    # device_id; the view crashed on it, and the page stopped following the fleet.
+    from hdus_edge.protocol.messages import RevocationList
+
+    order = UnlearnOrder("dev-2", "admin", "r1", 150.0, "test", 0)
+    rl = RevocationList(1, 151.0, (("dev-2", 0),), (codec.encode(order, ADMIN, "admin"),))
+    snap = snapshot([*fleet_messages(), msg(T.revocations(), rl, ADMIN, "admin")])
+    assert sorted(d.device_id for d in snap.devices) == sorted(IDS)
+    assert not [r for r in snap.rejected if "revocations" in r.topic]

@@ -33,10 +33,11 @@ from hdus_edge.errors import HdusError, ProtocolError, UnknownSenderError
 from hdus_edge.protocol import codec
 from hdus_edge.protocol import topics as kinds
 from hdus_edge.protocol.crypto import TrustStore, VerifyKey
-from hdus_edge.protocol.fields import is_device_id
+from hdus_edge.protocol.fields import ADMIN_ID, is_device_id
 from hdus_edge.protocol.messages import (
     Hello,
     Receipt,
+    RevocationList,
     SeedEnvelope,
     TombstoneDigest,
     UnlearnOrder,
@@ -444,6 +445,8 @@ def _author(msg: Any) -> str:
         return msg.owner
     if isinstance(msg, UnlearnOrder):
         return msg.issuer
+    if isinstance(msg, RevocationList):
+        return ADMIN_ID  # only the admin signs the revocation list
     return msg.device_id
 
 
