@@ -10,13 +10,13 @@ import subprocess
 import sys
 import textwrap
 import time
-import urllib.request
 
 import fleet_kit as fk
 import pytest
 import typer
 import typer.main
 
+from hdus_edge.bench.serve import scrape_metric
 from hdus_edge.cli.agent_cmd import agent as agent_command
 from hdus_edge.cli.entry import agent_parser, run_plain_agent
 from hdus_edge.transport.ports import free_port
@@ -39,15 +39,10 @@ _AGENT = textwrap.dedent("""
 """).replace("{HEAVY}", repr(set(HEAVY)))
 
 
-def _metric(port: int, name: str) -> float | None:
-    try:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return None
+def _stderr_of(proc: subprocess.Popen) -> str:
+    """The agent's stderr, for a failure message: stop it first (reading a live pipe would block)."""
+    proc.kill()
+    return proc.communicate(timeout=30)[1].decode(errors="replace")[-2000:]
 
 
 def _loaded_after_a_seed(tmp_path, broker: str, *extra: str) -> list[str]:
@@ -60,11 +55,11 @@ def _loaded_after_a_seed(tmp_path, broker: str, *extra: str) -> list[str]:
     peer = None
     try:
         deadline = time.monotonic() + 90
-        while _metric(port, "hdus_agent_ready") != 1.0:
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+        while scrape_metric(port, "hdus_agent_ready") != 1.0:
+            assert proc.poll() is None and time.monotonic() < deadline, _stderr_of(proc)
             time.sleep(0.1)
         peer = fk.start_agent(states["d1"], broker)
-        while not (_metric(port, "hdus_ensemble_members") == 1.0 and _metric(port, "hdus_ensemble_fused") == 1.0):
+        while not (scrape_metric(port, "hdus_ensemble_members") == 1.0 and scrape_metric(port, "hdus_ensemble_fused") == 1.0):
             assert proc.poll() is None and time.monotonic() < deadline, "d0 did not install and fuse d1's seed"
             time.sleep(0.1)
         proc.send_signal(signal.SIGUSR1)
@@ -76,8 +71,9 @@ def _loaded_after_a_seed(tmp_path, broker: str, *extra: str) -> list[str]:
     finally:
         if peer is not None:
             peer.stop()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
+        if proc.poll() is None:  # (a failure above has already stopped it)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
 
 
 def test_the_agent_process_loads_neither_onnx_nor_the_cli_framework(tmp_path, mosquitto_broker):

@@ -132,7 +132,8 @@ def _time_calls(fn: Callable[[], object], calls: int) -> dict[str, float]:
     return _percentiles(samples)
 
 
-def _metric(port: int, name: str) -> float | None:
+def scrape_metric(port: int, name: str) -> float | None:
+    """The value of the unlabelled sample ``name`` on ``http://127.0.0.1:<port>/metrics`` (None: not there yet)."""
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     except OSError:
@@ -267,7 +268,7 @@ def run_serve_bench(cfg: ServeBenchConfig = ServeBenchConfig(), progress: Callab
                                                              settings=PEER_SETTINGS).start()
             port = free_port()
             agent = _AgentProcess(state0.root, broker_ctx.url, port, root / "ready")
-            _wait(lambda: _metric(port, "hdus_ensemble_members") == NEIGHBOURS, 120, "dev-0's 8 seeds")
+            _wait(lambda: scrape_metric(port, "hdus_ensemble_members") == NEIGHBOURS, 120, "dev-0's 8 seeds")
             agent.stop()
             # Ready with 8 seeds in the store, as after a reboot.
             readies = []
@@ -277,7 +278,7 @@ def run_serve_bench(cfg: ServeBenchConfig = ServeBenchConfig(), progress: Callab
                 readies.append((agent.ready_s, agent.ready_cpu_s))
                 if run < cfg.ready_runs - 1:
                     agent.stop()
-            _wait(lambda: _metric(port, "hdus_ensemble_fused") == 1.0, 120, "dev-0's fused graph")
+            _wait(lambda: scrape_metric(port, "hdus_ensemble_fused") == 1.0, 120, "dev-0's fused graph")
             time.sleep(2.0)
             memory = _proc_memory(agent.proc.pid)
 
@@ -350,7 +351,7 @@ def _churn(fleet: AgentFleet, state0: Any, port: int, ids: list[str], swaps: lis
     state0.set_neighbors(tuple(ids))  # dev-0 follows device.toml: it now wants the 10 churn devices too
     for d in targets:
         fleet.agents[d] = DeviceAgent.from_state_dir(fleet.states[d], broker_url=broker, settings=PEER_SETTINGS).start()
-    _wait(lambda: _metric(port, "hdus_ensemble_members") == len(ids), 120, "dev-0's 18 seeds")
+    _wait(lambda: scrape_metric(port, "hdus_ensemble_members") == len(ids), 120, "dev-0's 18 seeds")
     x = np.random.default_rng(7).random((1, *SHAPE), dtype=np.float32)
     member_sets: set[str] = set()
     counts = {"ok": 0, "failed": 0}
@@ -384,7 +385,7 @@ def _churn(fleet: AgentFleet, state0: Any, port: int, ids: list[str], swaps: lis
             target = targets[k]
             request_unlearn(broker_url=broker, fleet=fleet.fleet.fleet.name, admin_key=key.public_key, signer=key,
                             issuer="admin", target=target, epoch=0, wait_s=30, settle_s=0.0)
-            _wait(lambda: _metric(port, "hdus_ensemble_members") == len(ids) - k - 1, 60, f"{target} forgotten")
+            _wait(lambda: scrape_metric(port, "hdus_ensemble_members") == len(ids) - k - 1, 60, f"{target} forgotten")
             fleet.retire([target])
     finally:
         stop.set()

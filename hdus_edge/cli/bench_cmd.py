@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from hdus_edge.cli.output import console, fleet_progress, pct, print_json
+from hdus_edge.cli.output import console, fleet_progress, pct, print_json, status_line
 
 bench_app = typer.Typer(help="Benchmarks: figures and ratios measured side by side in one run.", no_args_is_help=True)
 
@@ -142,19 +140,8 @@ def unlearn(
         raise ConfigError(f"--brokers must name amqtt and/or mosquitto, got {brokers!r}")
     if any(n < 3 for n in size_list):
         raise ConfigError("every fleet size must be at least 3")
-    status = None if json_out else console.status("starting")
-
-    def progress(what: str) -> None:
-        if status is not None:
-            status.update(f"measuring {what}")
-
-    if status is not None:
-        status.start()
-    try:
+    with status_line(not json_out, "measuring ") as progress:
         result = run_unlearn_bench(size_list, broker_list, forgets, progress)
-    finally:
-        if status is not None:
-            status.stop()
     if json_out:
         print_json(result)
         return
@@ -184,9 +171,8 @@ def dashboard(
     from hdus_edge.bench.dashboard import run_dashboard_bench
 
     render_sizes, push_sizes = ((3, 20, 50), (3, 20)) if quick else ((3, 20, 50, 100), (3, 20, 50))
-    with console.status("starting") if not json_out else _no_status() as status:
-        result = run_dashboard_bench(render_sizes, push_sizes,
-                                     (lambda what: status.update(f"measuring {what}")) if status else None)
+    with status_line(not json_out, "measuring ") as progress:
+        result = run_dashboard_bench(render_sizes, push_sizes, progress)
     if json_out:
         print_json(result)
         return
@@ -205,11 +191,6 @@ def dashboard(
                       f"{1e3 * r['unlearn_s']:.0f} ms", "yes" if r["within_target"] else "NO")
     console.print(table)
     console.print(f"Finished in {result['seconds']:.0f} s.")
-
-
-@contextmanager
-def _no_status() -> Iterator[None]:
-    yield None
 
 
 @bench_app.command("reliability")
@@ -240,14 +221,8 @@ def reliability(
     if unknown:
         raise ConfigError(f"--only names unknown cases {unknown}", hint=f"choose from {', '.join(CASES)}")
     profile = replace(QUICK if quick else FULL, seed=seed, only=cases)
-    status = None if json_out else console.status("starting")
-    if status is not None:
-        status.start()
-    try:
-        result = run_reliability(profile, None if status is None else lambda what: status.update(f"running {what}"))
-    finally:
-        if status is not None:
-            status.stop()
+    with status_line(not json_out, "running ") as progress:
+        result = run_reliability(profile, progress)
     if json_out:
         print_json(result)
     else:
@@ -293,14 +268,8 @@ def scale(
             raise ConfigError(f"{c.devices} devices x {c.degree} neighbours: a fleet needs more devices than "
                               f"neighbours and at least {c.forgets + c.together + 2} ({c.forgets} unlearns, then "
                               f"{c.together} at once, and two left)")
-    status = None if json_out else console.status("starting")
-    if status is not None:
-        status.start()
-    try:
-        result = run_scale_bench(cases, progress=(lambda s: status.update(s)) if status is not None else (lambda s: None))
-    finally:
-        if status is not None:
-            status.stop()
+    with status_line(not json_out) as progress:
+        result = run_scale_bench(cases, progress=progress)
     if json_out:
         print_json(result)
         return
@@ -341,14 +310,8 @@ def serve(
     from hdus_edge.bench.serve import ServeBenchConfig, print_report, run_serve_bench
 
     cfg = replace(ServeBenchConfig.quick() if quick else ServeBenchConfig(), profile=profile)
-    status = None if json_out else console.status("starting")
-    if status is not None:
-        status.start()
-    try:
-        result = run_serve_bench(cfg, None if status is None else lambda what: status.update(what))
-    finally:
-        if status is not None:
-            status.stop()
+    with status_line(not json_out) as progress:
+        result = run_serve_bench(cfg, progress)
     if json_out:
         print_json(result)
     else:

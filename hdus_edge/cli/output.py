@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -44,6 +44,20 @@ def pct(value: float | None) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
     return f"{100 * value:.1f}%"
+
+
+@contextmanager
+def status_line(enabled: bool = True, prefix: str = "") -> Iterator[Callable[[str], None]]:
+    """A one-line spinner while a benchmark runs (off for ``--json``); yields its progress callback."""
+    if not enabled:
+        yield lambda what: None
+        return
+    status = console.status("starting")
+    status.start()
+    try:
+        yield lambda what: status.update(prefix + what)
+    finally:
+        status.stop()
 
 
 @contextmanager
