@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +32,13 @@ from hdus_edge.data import (
     load_data_folder,
     load_npz,
 )
+from hdus_edge.data.manifest import manifest_of
 from hdus_edge.data.reference import check_reference_file
 from hdus_edge.errors import CheckpointError, DataError, DataShapeError
 from hdus_edge.files import atomic_write, write_json
 from hdus_edge.learning.distill import DistillConfig, distill
-from hdus_edge.learning.train import Progress, TrainConfig, torch_threads, train
+from hdus_edge.learning.shards import build_sharded, fit_main
+from hdus_edge.learning.train import Progress, TrainConfig, torch_threads
 from hdus_edge.models import build_model, count_parameters
 from hdus_edge.onnx.export import export_onnx
 from hdus_edge.onnx.metadata import Provenance
@@ -117,7 +119,11 @@ def load_checkpoint(path: Path, role: str) -> Checkpoint:
             raise ValueError(f"it holds a {payload['role']} model, not a {role} model")
         shape = tuple(int(d) for d in payload["input_shape"])
         classes = int(payload["num_classes"])
-        model = build_model(payload["arch"], shape, classes)  # type: ignore[arg-type]
+        shard_meta = (payload.get("meta") or {}).get("shards")
+        if shard_meta:
+            model = build_sharded(payload["arch"], shape, classes, shard_meta)  # type: ignore[arg-type]
+        else:
+            model = build_model(payload["arch"], shape, classes)  # type: ignore[arg-type]
         model.load_state_dict(payload["state_dict"])
     except CheckpointError:
         raise
@@ -147,6 +153,11 @@ class TrainStepReport:
     seconds: float
     data_sha256: str
     checkpoint: str
+    manifest_sha256: str = ""
+    shards: int = 1
+    retrained_shards: list[int] = field(default_factory=list)
+    reused_shards: list[int] = field(default_factory=list)
+    forgotten_dropped: int = 0  # samples of the data left out because they were forgotten before
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -186,31 +197,82 @@ def train_step(
     seed: int = 0,
     threads: int = 1,
     progress: Progress | None = None,
+    shards: int | None = None,
 ) -> TrainStepReport:
-    """Train the device's main model (its profile's architecture) on its own data; save ``models/main.pt``."""
-    device = state.device()
-    fleet = state.fleet()
-    profile = state.profile()
+    """Train the device's main model (its profile's architecture) on its own data; save ``models/main.pt``.
+
+    The data becomes the device's training set of record (``data/train.npz``, with its manifest of
+    sample ids in ``models/manifest.json``), which ``forget-samples`` and ``train --add`` edit later.
+    Samples forgotten before (``data/forgotten.json``) are left out. ``shards`` overrides the
+    profile's ``train.shards``.
+    """
+    from hdus_edge.learning.samples import drop_forgotten
+
     data = load_device_data(data_path)
     check_fits_fleet(data, state)
     if state.reference_file.exists():
         # Own data inside the public reference set would reach every neighbour through the seeds.
         check_reference_disjoint(load_reference(state), [data])
+    data, dropped = drop_forgotten(state, data)
+    return fit_and_save_main(state, data, epochs=epochs, seed=seed, threads=threads, progress=progress,
+                             shards=shards, forgotten_dropped=dropped)
+
+
+def fit_and_save_main(
+    state: StateDir,
+    data: Dataset,
+    *,
+    epochs: int | None,
+    seed: int,
+    threads: int,
+    progress: Progress | None = None,
+    shards: int | None = None,
+    previous: Checkpoint | None = None,
+    forgotten_dropped: int = 0,
+) -> TrainStepReport:
+    """Fit the main model on ``data`` and commit it with its data of record and manifest.
+
+    ``previous`` (a sharded main checkpoint) lends the weights of shards whose data did not change.
+    Commit order: data of record, then ``main.pt``, then the manifest; a crash in between leaves a
+    main model whose manifest differs from the data, which ``forget-samples`` and ``status`` see.
+    """
+    from hdus_edge.learning.samples import write_data_of_record
+
+    device = state.device()
+    fleet = state.fleet()
+    profile = state.profile()
+    if len(data) == 0:
+        raise DataShapeError("no training data would be left", hint="a device needs at least one sample")
     shape, classes = tuple(fleet.data.input_shape), fleet.data.num_classes
+    k = shards or profile.train.shards
     cfg = TrainConfig(epochs=epochs or profile.train.epochs, batch_size=profile.train.batch_size, seed=seed)
     arch = profile.model.main_arch
-    model = build_model(arch, shape, classes, seed=seed)  # type: ignore[arg-type]
-    with torch_threads(threads):
-        report = train(model, data, cfg, progress)
+    manifest = manifest_of(data)
+    prior = None
+    if previous is not None and previous.meta.get("shards"):
+        prior = (previous.model, list(previous.meta["shards"]))
+    fit = fit_main(data, manifest, arch=arch, input_shape=shape, num_classes=classes, cfg=cfg, shards=k,  # type: ignore[arg-type]
+                   threads=threads, progress=progress, previous=prior)
     data_sha = dataset_sha256(data)
     meta = {"device_id": device.device.id, "data_sha256": data_sha, "samples": len(data), "seed": seed,
-            "epochs": cfg.epochs, "train_accuracy": report.train_accuracy, "created_at": utc_now_iso()}
-    save_checkpoint(state.main_checkpoint, model, role="main", arch=arch, input_shape=shape,  # type: ignore[arg-type]
+            "epochs": cfg.epochs, "batch_size": cfg.batch_size, "threads": threads,
+            "train_accuracy": fit.train_accuracy, "created_at": utc_now_iso(),
+            "manifest_sha256": manifest.sha256, "manifest_size": manifest.size, "shards": fit.shards,
+            "shard_count": k}
+    write_data_of_record(state, data)
+    save_checkpoint(state.main_checkpoint, fit.model, role="main", arch=arch, input_shape=shape,  # type: ignore[arg-type]
                     num_classes=classes, meta=meta)
+    write_json(manifest_path(state), manifest.to_json())
     seen = sorted(int(c) for c in set(data.y.tolist()) if c >= 0)
-    logger.info("trained %s (%s) on %d samples", device.device.id, arch, len(data))
-    return TrainStepReport(device.device.id, arch, count_parameters(model), len(data), seen, cfg.epochs, report.steps,
-                           report.final_loss, report.train_accuracy, report.seconds, data_sha, str(state.main_checkpoint))
+    logger.info("trained %s (%s, %d shards) on %d samples", device.device.id, arch, k, len(data))
+    return TrainStepReport(device.device.id, arch, count_parameters(fit.model), len(data), seen, cfg.epochs, fit.steps,
+                           fit.final_loss, fit.train_accuracy, fit.seconds, data_sha, str(state.main_checkpoint),
+                           manifest.sha256, k, fit.retrained, fit.reused, forgotten_dropped)
+
+
+def manifest_path(state: StateDir) -> Path:
+    """``models/manifest.json``: the sample ids the main model in ``main.pt`` was trained on."""
+    return state.models / "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -256,7 +318,7 @@ def distill_step(
     ref_sha = fleet.data.reference_sha256 or dataset_sha256(reference)
     meta = {"device_id": device.device.id, "teacher_sha256": teacher.sha256, "teacher_arch": teacher.arch,
             "reference_sha256": ref_sha, "epochs": cfg.epochs, "agreement": report.agreement, "seed": seed,
-            "created_at": utc_now_iso()}
+            "threads": threads, "created_at": utc_now_iso()}
     save_checkpoint(state.seed_checkpoint, student, role="seed", arch=arch, input_shape=teacher.input_shape,
                     num_classes=teacher.num_classes, meta=meta)
     return DistillStepReport(device.device.id, arch, count_parameters(student), teacher.arch, len(reference), ref_sha,
@@ -303,9 +365,11 @@ def export_step(state: StateDir, *, created_at: str | None = None) -> ExportStep
             f"{fleet.data.reference_sha256[:12]}...",
             hint="run 'hdus-edge distill' again",
         )
+    manifest_sha = main.meta.get("manifest_sha256")
     main_bytes, seed_bytes, version = export_device_models(
         state, main.model, seed.model, main_arch=main.arch, seed_arch=seed.arch, reference_sha256=ref_sha,
         created_at=created_at,
+        manifest=(str(manifest_sha), int(main.meta.get("manifest_size", 0))) if manifest_sha else None,
     )
     return ExportStepReport(
         state.device().device.id, version, main.arch, seed.arch, len(main_bytes), len(seed_bytes),
@@ -348,11 +412,13 @@ def export_device_models(
     seed_arch: str,
     reference_sha256: str,
     created_at: str | None = None,
+    manifest: tuple[str, int] | None = None,
 ) -> tuple[bytes, bytes, int]:
     """Export main and seed to ``models/main.onnx`` and ``models/seed.onnx``; bump the seed version.
 
     Returns (main bytes, seed bytes, seed version). Provenance names the device, the architecture,
-    the version and the reference set the seed was distilled on.
+    the version and the reference set the seed was distilled on; ``manifest`` = (sha256, size) of the
+    main model's sample-id manifest.
     """
     device = state.device()
     fleet = state.fleet()
@@ -360,7 +426,9 @@ def export_device_models(
     version = state.seed_version() + 1
     shape = fleet.data.input_shape
     classes = fleet.data.num_classes
-    main_bytes = export_onnx(main, Provenance(device.device.id, "main", main_arch, version, shape, classes, created_at))
+    manifest_sha, samples = manifest if manifest is not None else (None, None)
+    main_bytes = export_onnx(main, Provenance(device.device.id, "main", main_arch, version, shape, classes, created_at,
+                                              manifest_sha256=manifest_sha, samples=samples))
     if state.profile().runtime.int8:
         main_bytes = _quantize_main(state, main_bytes)
     seed_bytes = export_onnx(
