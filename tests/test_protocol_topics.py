@@ -43,7 +43,8 @@ def test_topic_names_follow_the_design_table():
 def test_subscriptions_cover_own_seeds_from_neighbours_only():
     subs = T.subscriptions("d1", ["d3", "d2"])
     assert subs == ["hdus/v1/lab/devices/+/hello", "hdus/v1/lab/membership/+", "hdus/v1/lab/unlearn/+",
-                    "hdus/v1/lab/tombstones/+", "hdus/v1/lab/seeds/d1/d2", "hdus/v1/lab/seeds/d1/d3"]
+                    "hdus/v1/lab/tombstones/+", "hdus/v1/lab/devices/+/retire",
+                    "hdus/v1/lab/seeds/d1/d2", "hdus/v1/lab/seeds/d1/d3"]
     assert not any("seeds/+" in s or "/#" in s for s in subs)
     assert T.fleet_state_filters() == subs[:3] and T.hello_filter() == subs[0]
     assert T.receipts_filter("r-1") == "hdus/v1/lab/receipts/r-1/+"

@@ -19,6 +19,7 @@ with a higher epoch.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -30,7 +31,9 @@ from typing import Any
 import numpy as np
 
 from hdus_edge.config import FleetConfig
-from hdus_edge.device.store import SeedStore
+from hdus_edge.device.gate import check_update
+from hdus_edge.device.retired import RetiredVersions, Retirement
+from hdus_edge.device.store import SeedStore, StoredSeed
 from hdus_edge.ensemble.runtime import EnsembleRuntime
 from hdus_edge.errors import (
     HdusError,
@@ -58,8 +61,11 @@ from hdus_edge.protocol.messages import (
     NeighborList,
     Receipt,
     SeedEnvelope,
+    SeedRetire,
+    SwapReceipt,
     TombstoneDigest,
     UnlearnOrder,
+    sha256_hex,
 )
 from hdus_edge.protocol.topics import Topics
 from hdus_edge.state import StateDir
@@ -84,6 +90,9 @@ class AgentSettings:
     probe_in_subprocess: bool = True  # a crash in the native runtime must not take the agent down
     digest_interval_s: float = 30.0  # how often the tombstone digest is re-published
     connect_timeout_s: float = 10.0
+    # The gate on a neighbour's new seed version, measured on the reference set (0 = off; profile [update]).
+    gate_min_agreement: float = 0.0
+    gate_min_accuracy: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -164,6 +173,13 @@ class DeviceAgent:
         # Encoded orders already applied here, as they travel inside digests: skipped unverified.
         self._applied_order_bytes: set[bytes] = set()
         self.counters = AgentCounters()
+        # Per-version tombstones (forget-samples): retired seed versions, pending swap receipts,
+        # new versions the gate held back (one per owner), the reference set for the gate.
+        self.retired = RetiredVersions(store_dir)
+        self._swaps: dict[str, tuple[SeedRetire, str | None]] = {}
+        self._replaced: dict[str, str] = {}  # owner -> sha256 of the version a newer one replaced here
+        self._gated: dict[str, tuple[str, codec.SignedMessage]] = {}
+        self._gate_data: tuple[np.ndarray, np.ndarray] | None = None
         self.store = SeedStore(store_dir)
         try:
             self.runtime = EnsembleRuntime(
@@ -229,6 +245,7 @@ class DeviceAgent:
         self.transport.subscribe(self.topics.subscriptions(self.device_id, self._neighbors))
         self.transport.connect(timeout=self.settings.connect_timeout_s)
         self._announce()
+        self._publish_retire()
         for pending in self.store.pending_receipts():
             self._send_receipt(pending.request_id, pending.data)
         self._digest_thread = threading.Thread(target=self._digest_loop, name=f"hdus-digest-{self.device_id}", daemon=True)
@@ -346,6 +363,8 @@ class DeviceAgent:
                 self._on_unlearn(topic, signed, raw)
             elif kind == topic_kinds.TOMBSTONES:
                 self._on_digest(topic, signed)
+            elif kind == topic_kinds.RETIRE:
+                self._on_retire(topic, signed)
             else:
                 logger.debug("agent %s: ignoring %s", self.device_id, topic)
 
@@ -375,6 +394,7 @@ class DeviceAgent:
             self.counters.duplicates += 1  # a redelivery (reconnect, retained): nothing changes
             return
         self.store.check_seed(env.owner, env.version, env.epoch)
+        self._refuse_retired(env)
         expected_ref = self.fleet.data.reference_sha256
         if expected_ref and env.reference_sha256 != expected_ref:
             raise _Refused(
@@ -384,6 +404,7 @@ class DeviceAgent:
         check_onnx(env.onnx, self.contract, self._policy)
         if self.settings.probe_in_subprocess:
             probe_in_subprocess(env.onnx, self.contract)
+        self._gate(topic, signed, env, held)
         # Ensemble first (it builds, probes, then swaps): if it fails, the store never saw the seed.
         self.runtime.add_seed(env.owner, env.onnx)
         try:
@@ -393,6 +414,9 @@ class DeviceAgent:
             raise
         self.counters.accepted += 1
         logger.info("agent %s: installed seed of %s v%d", self.device_id, env.owner, env.version)
+        if held is not None and held.version < env.version:
+            self._replaced[env.owner] = held.sha256
+        self._send_swap_receipt(env.owner)
         self._write_status()
 
     def _on_membership(self, topic: str, signed: codec.SignedMessage) -> None:
@@ -636,11 +660,155 @@ class DeviceAgent:
             version = self._watch.seed_version()
             if version > self._models.seed_version:
                 logger.info("agent %s: new seed v%d exported; publishing it", self.device_id, version)
-                self.publish_seed(self._watch.model_bytes("seed.onnx"), version)
+                self._adopt_export(version)
+
+    # --- new seed versions: retirements (forget-samples), swaps, the gate ----------------------------
+
+    def _adopt_export(self, version: int) -> None:
+        """Follow a new ``export``: the new main model, then the retirement (if the new version
+        retires old ones, ``models/retire.json``), then the new seed to everyone who wants it."""
+        assert self._watch is not None
+        main = self._watch.model_bytes("main.onnx")
+        with self._lock:
+            if main != self._models.main_onnx:
+                self._replace_main(main)
+            self._models = OwnModels(main, self._models.seed_onnx, self._models.seed_version, self._models.main_arch,
+                                     self._models.seed_arch, self._models.reference_sha256)
+            seed = self._watch.model_bytes("seed.onnx")
+            # Retirement first: a holder then deletes the old bytes at once and admits the new version
+            # without gating it (forgetting is not optional).
+            self._publish_retire(version, seed)
+            self.publish_seed(seed, version)
+
+    def _replace_main(self, main_onnx: bytes) -> None:
+        # The runtime holds its main model for life: build a new one with the same seeds, then swap.
+        seeds = {s.owner: data for s in self.store.list_seeds() if (data := self.store.get_seed(s.owner)) is not None}
+        runtime = EnsembleRuntime(
+            main_onnx, self.settings.lam, self.settings.space, self.settings.strategy,  # type: ignore[arg-type]
+            providers=self.settings.providers, intra_op_threads=self.settings.intra_op_threads,
+            background_fuse=True, seeds=seeds,
+        )
+        old, self.runtime = self.runtime, runtime
+        old.close()
+        self.store.audit("main_replaced", sha256=sha256_hex(main_onnx))
+        logger.info("agent %s: main model replaced (%d seeds kept)", self.device_id, len(seeds))
+
+    def _retire_info(self) -> dict[str, Any] | None:
+        if self._watch is None:
+            return None
+        path = self._watch.retire_file
+        try:
+            info = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        return info if isinstance(info, dict) else None
+
+    def _publish_retire(self, version: int | None = None, seed: bytes | None = None) -> None:
+        """Publish (retained) the retirement ``models/retire.json`` names, when it names ``version``
+        (default: the exported one). Idempotent: holders ignore a retirement they applied."""
+        info = self._retire_info()
+        version = self._models.seed_version if version is None else version
+        seed = self._models.seed_onnx if seed is None else seed
+        if info is None or seed is None or self._forgotten or int(info.get("version", -1)) != version:
+            return
+        try:
+            msg = SeedRetire(self.device_id, str(info["request_id"]), version, sha256_hex(seed),
+                             tuple(str(h) for h in info.get("retired_sha256", [])), self._cert.epoch,
+                             float(info.get("issued_at", time.time())), str(info.get("reason", ""))[:200])
+        except (KeyError, TypeError, ValueError) as exc:
+            logger.error("agent %s: models/retire.json is malformed: %s", self.device_id, exc)
+            return
+        self.transport.publish(self.topics.retire(self.device_id), codec.encode(msg, self._key, self.device_id),
+                               retain=True, wait=False)
+        logger.info("agent %s: retired seed versions below v%d (request %s)", self.device_id, version, msg.request_id)
+
+    def _on_retire(self, topic: str, signed: codec.SignedMessage) -> None:
+        msg = codec.verify(signed, self.trust)
+        assert isinstance(msg, SeedRetire)
+        self.topics.check_matches(topic, msg)
+        owner = msg.owner
+        if owner == self.device_id:
+            return
+        # Recorded even from a non-neighbour: should it become one, its old versions stay refused.
+        newly = self.retired.record(Retirement.of(msg))
+        held = self.store.seed_info(owner)
+        removed = None
+        if held is not None and held.epoch <= msg.epoch and held.version < msg.version:
+            self.runtime.remove(owner)
+            removed = self.store.delete_seed(owner, reason="retired")
+        if newly or removed:
+            self.store.audit("retire", owner=owner, request_id=msg.request_id, below_version=msg.version,
+                             removed_sha256=removed)
+        if removed is None and self._replaced.get(owner) in msg.retired_sha256:
+            removed = self._replaced[owner]  # the new version arrived first and replaced it already
+        if owner not in self._neighbors:
+            return
+        if owner not in self._swaps or newly:
+            self._swaps[owner] = (msg, removed)
+        gated = self._gated.pop(owner, None)
+        if gated is not None:
+            self._on_seed(*gated)  # the version the gate held back is the one this retirement names
+        self._send_swap_receipt(owner)
+        self._write_status()
+
+    def _send_swap_receipt(self, owner: str) -> None:
+        """Answer a pending retirement of ``owner`` once this device holds the new version."""
+        pending = self._swaps.get(owner)
+        if pending is None:
+            return
+        msg, removed = pending
+        held = self.store.seed_info(owner)
+        if held is None or held.version < msg.version:
+            return  # the new version has not arrived yet: answered when it is installed
+        del self._swaps[owner]
+        receipt = SwapReceipt(msg.request_id, owner, self.device_id, held.version, held.sha256, removed, time.time())
+        self.transport.publish(self.topics.receipt(msg.request_id, self.device_id),
+                               codec.encode(receipt, self._key, self.device_id), retain=True, wait=False)
+        self.store.audit("swap_receipt", request_id=msg.request_id, owner=owner, version=held.version)
+        self.counters.receipts_sent += 1
+
+    def _refuse_retired(self, env: SeedEnvelope) -> None:
+        retired = self.retired.refuses(env.owner, env.epoch, env.version)
+        if retired is not None:
+            raise _Refused(f"seed of {env.owner!r} v{env.version} was retired (versions below {retired.below_version}, "
+                           f"request {retired.request_id})", "retired")
+
+    def _gate(self, topic: str, signed: codec.SignedMessage, env: SeedEnvelope, held: StoredSeed | None) -> None:
+        """Refuse a new version of a held seed that fails the profile's gate (the old one stays)."""
+        s = self.settings
+        if held is None or (s.gate_min_agreement <= 0 and s.gate_min_accuracy <= 0):
+            return
+        retirement = self.retired.get(env.owner)
+        if retirement is not None and retirement.below_version == env.version and retirement.sha256 == env.sha256:
+            return  # it replaces versions that must go: never gated
+        data = self._gate_reference()
+        if data is None:
+            logger.warning("agent %s: no reference set to gate %s v%d on; admitted", self.device_id, env.owner, env.version)
+            return
+        verdict = check_update(self.store.get_seed(env.owner), env.onnx, data[0], data[1],
+                               min_agreement=s.gate_min_agreement, min_accuracy=s.gate_min_accuracy,
+                               providers=s.providers)
+        if not verdict.passed:
+            self._gated[env.owner] = (topic, signed)
+            raise _Refused(f"seed of {env.owner!r} v{env.version} refused by the update gate: {verdict.reason}; "
+                           f"v{held.version} kept", "gate")
+
+    def _gate_reference(self) -> tuple[np.ndarray, np.ndarray] | None:
+        if self._gate_data is None and self._watch is not None and self._watch.reference_file.exists():
+            with np.load(self._watch.reference_file, allow_pickle=False) as npz:
+                self._gate_data = (np.asarray(npz["x"], dtype=np.float32), np.asarray(npz["y"], dtype=np.int64))
+        return self._gate_data
+
+    def _drop_retired_seeds(self) -> None:
+        # A crash between recording a retirement and deleting the seed is completed here.
+        for info in self.store.list_seeds():
+            if self.retired.refuses(info.owner, info.epoch, info.version) is not None:
+                self.store.delete_seed(info.owner, reason="retired")
 
     # --- bookkeeping ---------------------------------------------------------------------------
 
     def _seeds_from_store(self) -> dict[str, bytes]:
+        self._drop_retired_seeds()
         seeds: dict[str, bytes] = {}
         for info in self.store.list_seeds():
             if info.owner not in self._neighbors:
@@ -706,6 +874,7 @@ def settings_for(state: StateDir) -> AgentSettings:
         lam=fleet.ensemble.lam, space=fleet.ensemble.space, strategy=profile.runtime.strategy,
         providers=profile.runtime.providers, intra_op_threads=profile.runtime.intra_op_threads,
         max_seed_bytes=profile.limits.max_seed_bytes,
+        gate_min_agreement=profile.update.min_agreement, gate_min_accuracy=profile.update.min_reference_accuracy,
     )
 
 

@@ -190,7 +190,28 @@ def device_status(state: StateDir) -> dict[str, Any]:
             "requested": evidence_summaries(state.evidence_dir),
         },
         "agent": agent,
+        "training": training_summary(state),
     }
+
+
+def training_summary(state: StateDir) -> dict[str, Any]:
+    """The main model's manifest of sample ids (size and hash, never the ids or data) and forgotten samples."""
+    out: dict[str, Any] = {"manifest_size": None, "manifest_sha256": None, "forgotten_samples": 0}
+    for path, what in ((state.manifest_file, "sample manifest"), (state.forgotten_samples_file, "forgotten samples")):
+        if not path.exists():
+            continue
+        try:
+            data = read_json(path, what)
+        except StateDirError as exc:
+            logger.warning("%s", exc.message)
+            continue
+        if not isinstance(data, dict):
+            continue
+        if path == state.manifest_file:
+            out["manifest_size"], out["manifest_sha256"] = data.get("size"), data.get("sha256")
+        else:
+            out["forgotten_samples"] = len(data.get("ids", []))
+    return out
 
 
 def _redacted(url: str) -> str:

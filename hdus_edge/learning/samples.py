@@ -41,17 +41,17 @@ MAX_IDS = 1_000_000
 
 def data_of_record_path(state: StateDir) -> Path:
     """``data/train.npz``: the device's training set of record (what ``main.pt`` was trained on)."""
-    return state.root / "data" / "train.npz"
+    return state.train_data_file
 
 
 def forgotten_path(state: StateDir) -> Path:
     """``data/forgotten.json``: ids of samples forgotten on this device (ids only, never data)."""
-    return state.root / "data" / "forgotten.json"
+    return state.forgotten_samples_file
 
 
 def retire_path(state: StateDir) -> Path:
     """``models/retire.json``: the seed version that retires every older one (read by the agent)."""
-    return state.models / "retire.json"
+    return state.retire_file
 
 
 def write_data_of_record(state: StateDir, data: Dataset) -> Path:

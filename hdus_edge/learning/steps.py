@@ -272,7 +272,7 @@ def fit_and_save_main(
 
 def manifest_path(state: StateDir) -> Path:
     """``models/manifest.json``: the sample ids the main model in ``main.pt`` was trained on."""
-    return state.models / "manifest.json"
+    return state.manifest_file
 
 
 @dataclass(frozen=True)

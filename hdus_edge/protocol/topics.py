@@ -9,6 +9,8 @@ topic                           retained payload
 ``unlearn/<target>``            yes      ``UnlearnOrder``
 ``receipts/<request_id>/<from>`` no      ``Receipt``
 ``tombstones/<id>``             yes      ``TombstoneDigest``
+``devices/<id>/retire``         yes      ``SeedRetire`` (old seed versions of <id> retired)
+``receipts/<request_id>/<from>`` no      ``SwapReceipt`` (answer to a ``SeedRetire``)
 =============================== ======== =====================================================
 
 Every id segment is validated (``fields.ID_PATTERN``), so no id can smuggle in ``/``, ``+`` or ``#``.
@@ -29,6 +31,8 @@ from hdus_edge.protocol.messages import (
     NeighborList,
     Receipt,
     SeedEnvelope,
+    SeedRetire,
+    SwapReceipt,
     TombstoneDigest,
     UnlearnOrder,
 )
@@ -41,6 +45,7 @@ MEMBERSHIP = "membership"
 UNLEARN = "unlearn"
 RECEIPT = "receipt"
 TOMBSTONES = "tombstones"
+RETIRE = "retire"
 
 RETAINED: dict[str, bool] = {
     HELLO: True,
@@ -49,6 +54,7 @@ RETAINED: dict[str, bool] = {
     UNLEARN: True,
     RECEIPT: False,
     TOMBSTONES: True,
+    RETIRE: True,
 }
 """Whether each kind of topic is published retained (DESIGN.md section 4)."""
 
@@ -109,6 +115,15 @@ class Topics:
         """Where ``device`` gossips the unlearn orders it applied."""
         return f"{self.root}/tombstones/{check_device_id(device)}"
 
+    def retire(self, owner: str) -> str:
+        """Where ``owner`` retires its old seed versions (under its own ``devices/<id>/``, which the
+        broker ACL already lets only it write and every device read)."""
+        return f"{self.root}/devices/{check_device_id(owner)}/retire"
+
+    def retire_filter(self) -> str:
+        """Every device's retirement (rare: one per forget-samples request)."""
+        return f"{self.root}/devices/+/retire"
+
     def fleet_state_filters(self) -> list[str]:
         """What an observer reads to know the fleet: every hello, membership and unlearn order (all retained)."""
         return [f"{self.root}/devices/+/hello", f"{self.root}/membership/+", f"{self.root}/unlearn/+"]
@@ -122,7 +137,7 @@ class Topics:
         the seed each neighbour addresses to it (one topic per neighbour, so the ACL's per-pair rule
         and a neighbour removed later leave nothing behind)."""
         check_device_id(device)
-        return [*self.fleet_state_filters(), f"{self.root}/tombstones/+",
+        return [*self.fleet_state_filters(), f"{self.root}/tombstones/+", self.retire_filter(),
                 *(self.seed(device, j) for j in sorted(neighbors))]
 
     def receipts_filter(self, request_id: str) -> str:
@@ -139,6 +154,8 @@ class Topics:
             match parts:
                 case ["devices", device, "hello"]:
                     return ParsedTopic(HELLO, check_device_id(device))
+                case ["devices", device, "retire"]:
+                    return ParsedTopic(RETIRE, check_device_id(device))
                 case ["seeds", to, frm]:
                     return ParsedTopic(SEED, check_device_id(frm), to=check_device_id(to))
                 case ["membership", device]:
@@ -182,6 +199,12 @@ class Topics:
                 raise DecodeError(f"receipt for {msg.request_id!r} arrived on {topic!r}")
         elif isinstance(msg, TombstoneDigest):
             expected = (TOMBSTONES, msg.device_id, None)
+        elif isinstance(msg, SeedRetire):
+            expected = (RETIRE, msg.owner, None)
+        elif isinstance(msg, SwapReceipt):
+            expected = (RECEIPT, msg.device_id, None)
+            if parsed.request_id != msg.request_id:
+                raise DecodeError(f"swap receipt for {msg.request_id!r} arrived on {topic!r}")
         else:
             raise TypeError(f"not a protocol message: {type(msg).__name__}")
         if (parsed.kind, parsed.device, parsed.to) != expected:
