@@ -75,6 +75,7 @@ def _register_lifecycle() -> None:
         predict_cmd,
         profiles_cmd,
         provision_cmd,
+        samples_cmd,
         unlearn_cmd,
     )
 
@@ -83,6 +84,7 @@ def _register_lifecycle() -> None:
     app.command("provision")(provision_cmd.provision)
     app.command("broker-config")(broker_config_cmd.broker_config)
     app.command("train")(lifecycle_cmd.train)
+    app.command("forget-samples")(samples_cmd.forget_samples)
     app.command("distill")(lifecycle_cmd.distill)
     app.command("export")(lifecycle_cmd.export)
     app.command("publish")(lifecycle_cmd.publish)
