@@ -10,17 +10,16 @@ it) must be caught.
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import cli_lifecycle_kit as kit
 import numpy as np
-import pytest
 
 from hdus_edge.data import load_digits, load_npz, save_npz
 from hdus_edge.device.agent import DeviceAgent, settings_for
 from hdus_edge.learning.exactness import compare_devices
 from hdus_edge.learning.samples import data_of_record_path, forget_samples_step, read_manifest
 from hdus_edge.learning.steps import distill_step, export_step, train_step
+from hdus_edge.protocol import codec
 from hdus_edge.protocol.messages import sha256_hex
 from hdus_edge.protocol.topics import Topics
 from hdus_edge.transport.mqtt import MqttTransport
@@ -59,7 +58,8 @@ def max_ensemble_diff(a_agents, b_agents, x):
     return max(float(np.abs(a_agents[i].predict(x) - b_agents[i].predict(x)).max()) for i in a_agents)
 
 
-def test_forgetting_samples_in_a_running_fleet_equals_a_fleet_trained_without_them(tmp_path, mosquitto_broker):
+def test_forgetting_samples_in_a_running_fleet_equals_a_fleet_trained_without_them(tmp_path, mosquitto_broker,
+                                                                                  message_collector):
     # Prepare: fleet A, running, every device holding both neighbours' v1 seeds.
     url = mosquitto_broker.url
     data_for = {i: kit.digits_folder(tmp_path / f"data-{i}", n=64, offset=64 * k) for k, i in enumerate(IDS)}
@@ -86,6 +86,16 @@ def test_forgetting_samples_in_a_running_fleet_equals_a_fleet_trained_without_th
             assert held.version == 2 and held.sha256 == report.seed_sha256
             assert sha256_hex(old_seed) not in {sha256_hex(p.read_bytes()) for p in (a[i].store_dir / "seeds").iterdir()}
             assert agents_a[i].retired.refuses("d1", 0, 1) is not None
+        # The broker's retained copies of d1's seed are all the new version.
+        seen = message_collector()
+        observer = MqttTransport(url, "observer", handler=seen, clean_session=True)
+        observer.subscribe([f"{Topics('fa').root}/seeds/+/d1"])
+        observer.connect(timeout=10)
+        try:
+            retained = [codec.decode(payload, max_bytes=16 << 20).msg for _, payload, _ in seen.settle(0.5) if payload]
+        finally:
+            observer.close()
+        assert len(retained) == 2 and {env.sha256 for env in retained} == {report.seed_sha256}
         # A fleet trained from scratch, d1 on its reduced data only.
         reduced = save_npz(load_npz(data_of_record_path(a["d1"])), tmp_path / "reduced.npz")
         _, b = build_fleet(tmp_path, "fb", url, data_for | {"d1": reduced})
