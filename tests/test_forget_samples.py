@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 
 import cli_lifecycle_kit as kit
-import numpy as np
 import pytest
 
 from hdus_edge.data import load_npz, save_npz
@@ -26,7 +25,12 @@ from hdus_edge.learning.samples import (
     read_manifest,
     retire_path,
 )
-from hdus_edge.learning.steps import distill_step, export_step, manifest_path, train_step
+from hdus_edge.learning.steps import (
+    distill_step,
+    export_step,
+    manifest_path,
+    train_step,
+)
 from hdus_edge.onnx.checks import parse_onnx
 from hdus_edge.onnx.metadata import read_provenance
 

@@ -17,13 +17,21 @@ import numpy as np
 from hdus_edge.data import load_digits, load_npz, save_npz
 from hdus_edge.device.agent import DeviceAgent, settings_for
 from hdus_edge.learning.exactness import compare_devices
-from hdus_edge.learning.samples import data_of_record_path, forget_samples_step, read_manifest
+from hdus_edge.learning.samples import (
+    data_of_record_path,
+    forget_samples_step,
+    read_manifest,
+)
 from hdus_edge.learning.steps import distill_step, export_step, train_step
 from hdus_edge.protocol import codec
 from hdus_edge.protocol.messages import sha256_hex
 from hdus_edge.protocol.topics import Topics
 from hdus_edge.transport.mqtt import MqttTransport
-from hdus_edge.unlearn.swap import collect_swap, save_swap_evidence, verify_swap_evidence
+from hdus_edge.unlearn.swap import (
+    collect_swap,
+    save_swap_evidence,
+    verify_swap_evidence,
+)
 
 C = kit.CREATED
 IDS = ("d1", "d2", "d3")
@@ -50,7 +58,7 @@ def start(states, broker):
 
 def converge(agents, check, timeout=60.0):
     for i, agent in agents.items():
-        assert agent.wait_for(lambda a: check(i, a), timeout), (i, agent.status()["seeds"])
+        assert agent.wait_for(lambda a, i=i: check(i, a), timeout), (i, agent.status()["seeds"])
 
 
 def max_ensemble_diff(a_agents, b_agents, x):

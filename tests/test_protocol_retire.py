@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from hdus_edge.device.retired import RetiredVersions, Retirement
-from hdus_edge.errors import DecodeError, SenderMismatchError, StoreError, UnauthorizedError
+from hdus_edge.errors import (
+    DecodeError,
+    SenderMismatchError,
+    StoreError,
+    UnauthorizedError,
+)
 from hdus_edge.protocol import codec
 from hdus_edge.protocol.crypto import SigningKey, TrustStore, issue_certificate
 from hdus_edge.protocol.messages import SeedRetire, SwapReceipt

@@ -108,10 +108,14 @@ def fleet_retrain_seconds(data: FleetData, ids: tuple[str, ...], cfg: ForgetSamp
 
 def run_forget_samples_bench(cfg: ForgetSamplesBenchConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Every (K, samples) row side by side, with the fleet-retrain baselines measured in the same run."""
+    from hdus_edge.data import load_npz
     from hdus_edge.device.agent import DeviceAgent, settings_for
     from hdus_edge.learning.exactness import compare_devices
-    from hdus_edge.learning.samples import data_of_record_path, forget_samples_step, read_manifest
-    from hdus_edge.data import load_npz
+    from hdus_edge.learning.samples import (
+        data_of_record_path,
+        forget_samples_step,
+        read_manifest,
+    )
     from hdus_edge.transport.broker import EmbeddedBroker
     from hdus_edge.unlearn.swap import collect_swap
 
@@ -149,7 +153,8 @@ def run_forget_samples_bench(cfg: ForgetSamplesBenchConfig, progress: Callable[[
                     outcome = collect_swap(broker_url=broker.url, fleet=f"k{shards}", admin_key=admin.key().public_key,
                                            owner=target, request_id=report.request_id, wait_s=120, started_mono=t0)
                     seconds = outcome.last_receipt_s
-                    agents[target].wait_for(lambda a: a.status()["own_seed"]["version"] == report.seed_version, 30)
+                    version = report.seed_version
+                    agents[target].wait_for(lambda a, v=version: a.status()["own_seed"]["version"] == v, 30)
                     acc_after = _accuracy(agents[target], data.clients[0].test)
                     reduced = save_npz(load_npz(data_of_record_path(states[target])), root / f"reduced-{shards}-{n}.npz")
                     _, scratch, _ = _build(root, f"s{shards}n{n}", broker.url, data, files | {target: reduced}, cfg, shards,

@@ -194,7 +194,10 @@ def forget_samples(
 
     Example: hdus-edge bench forget-samples --quick --json > forget-samples.json
     """
-    from hdus_edge.bench.forget_samples import ForgetSamplesBenchConfig, run_forget_samples_bench
+    from hdus_edge.bench.forget_samples import (
+        ForgetSamplesBenchConfig,
+        run_forget_samples_bench,
+    )
 
     cfg = ForgetSamplesBenchConfig.quick(seed) if quick else ForgetSamplesBenchConfig.full(seed)
     status = None if json_out else console.status("starting")

@@ -14,7 +14,14 @@ from typing import Annotated, Any
 
 import typer
 
-from hdus_edge.cli.options import BrokerOpt, JsonOpt, StateDirOpt, check_broker, open_state, waiting
+from hdus_edge.cli.options import (
+    BrokerOpt,
+    JsonOpt,
+    StateDirOpt,
+    check_broker,
+    open_state,
+    waiting,
+)
 from hdus_edge.cli.output import console, print_json
 
 
@@ -36,7 +43,11 @@ def forget_samples(
     Example: hdus-edge forget-samples --state-dir ./dev-1 --ids ./forget-me.txt
     """
     from hdus_edge.errors import ConfigError, UnlearnIncompleteError
-    from hdus_edge.learning.samples import forget_samples_step, ids_of_samples, read_ids_file
+    from hdus_edge.learning.samples import (
+        forget_samples_step,
+        ids_of_samples,
+        read_ids_file,
+    )
     from hdus_edge.unlearn.swap import collect_swap, save_swap_evidence
 
     check_broker(broker)

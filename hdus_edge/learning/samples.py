@@ -26,7 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from hdus_edge.data import Dataset, check_reference_disjoint, concatenate, load_npz, save_npz
+from hdus_edge.data import (
+    Dataset,
+    check_reference_disjoint,
+    concatenate,
+    load_npz,
+    save_npz,
+)
 from hdus_edge.data.manifest import Manifest, check_sample_ids, ids_sha256, manifest_of
 from hdus_edge.errors import CheckpointError, DataError, DataFormatError
 from hdus_edge.files import write_json

@@ -22,7 +22,14 @@ from torch import nn
 
 from hdus_edge.data import Dataset
 from hdus_edge.data.manifest import Manifest, ids_sha256, shard_indices
-from hdus_edge.learning.train import Progress, TrainConfig, accuracy, predict_logits, torch_threads, train
+from hdus_edge.learning.train import (
+    Progress,
+    TrainConfig,
+    accuracy,
+    predict_logits,
+    torch_threads,
+    train,
+)
 from hdus_edge.models import build_model
 from hdus_edge.models.sharded import ShardedMain
 
@@ -97,7 +104,7 @@ def fit_main(
             continue  # an empty shard has no model (it would only add an untrained voice)
         seed_k = cfg.seed + k * SHARD_SEED_STRIDE
         wanted = {"index": k, "arch": arch, "ids_sha256": ids_sha256(manifest.ids[i] for i in idx),
-                  "samples": int(len(idx)), "seed": seed_k, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+                  "samples": len(idx), "seed": seed_k, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
                   "threads": threads}
         prior = old.get(k)
         if prior is not None and reusable(prior[1], wanted):
