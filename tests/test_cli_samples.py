@@ -32,7 +32,7 @@ def test_train_forget_add_and_status_through_the_cli(capsys, tmp_path):
     assert code2 == 0 and added["samples_after"] == 70 and added["seed_version"] == 3
     training = json.loads(out3)["training"]
     assert code3 == 0 and training == {"manifest_size": 70, "manifest_sha256": read_manifest(st).sha256,
-                                       "forgotten_samples": 2}
+                                       "forgotten_samples": 2, "forgotten_still_trained_on": 0}
 
 
 def test_forget_samples_errors_are_one_line_and_change_nothing(capsys, tmp_path):

@@ -155,3 +155,27 @@ def test_bad_requests_get_one_clear_error_and_change_nothing(tmp_path):
         read_ids_file(bad)
     assert {p: p.read_bytes() for p in files} == before
     assert not retire_path(st).exists() and forgotten_ids(st) == set()
+
+
+def test_a_forget_cut_short_before_retraining_shows_in_status_and_completes_when_run_again(tmp_path, monkeypatch):
+    # Prepare: the retraining dies after the ids were recorded as forgotten (a crash, a power cut).
+    from hdus_edge.device.view import training_summary
+    from hdus_edge.learning import steps
+
+    data = kit.digits_folder(tmp_path / "mine", n=48)
+    st = trained(tmp_path, "a", data)
+    ids = list(read_manifest(st).ids[:2])
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("power cut")
+
+    monkeypatch.setattr(steps, "fit_and_save_main", crash)
+    with pytest.raises(KeyboardInterrupt):
+        forget_samples_step(st, ids, created_at=C)
+    monkeypatch.undo()
+    # Assert: status says the model still holds forgotten samples ...
+    assert training_summary(st)["forgotten_still_trained_on"] == 2
+    # ... and running the request again completes it, exactly.
+    forget_samples_step(st, ids, created_at=C)
+    assert training_summary(st)["forgotten_still_trained_on"] == 0
+    assert compare_devices(st, scratch_on(tmp_path, "scratch", st)).identical
