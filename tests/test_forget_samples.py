@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 
 import cli_lifecycle_kit as kit
+import numpy as np
+import onnxruntime as ort
 import pytest
+import torch
 
 from hdus_edge.data import load_npz, save_npz
 from hdus_edge.errors import DataError, DataFormatError
@@ -28,10 +31,11 @@ from hdus_edge.learning.samples import (
 from hdus_edge.learning.steps import (
     distill_step,
     export_step,
+    load_checkpoint,
     manifest_path,
     train_step,
 )
-from hdus_edge.onnx.checks import parse_onnx
+from hdus_edge.onnx.checks import LoadPolicy, ModelContract, check_onnx, parse_onnx
 from hdus_edge.onnx.metadata import read_provenance
 
 C = kit.CREATED
@@ -79,6 +83,17 @@ def test_forgetting_samples_equals_training_from_scratch_without_them(tmp_path, 
     assert check_shards(st) == []
     if shards > 1:
         assert report.reused_shards and len(report.retrained_shards) < shards
+        # One main graph that passes the checks and computes what the sharded torch model does.
+        main_bytes = (st.models / "main.onnx").read_bytes()
+        check_onnx(main_bytes, ModelContract.from_shape((1, 8, 8), 10), LoadPolicy(max_bytes=256 << 20))
+        x = np.random.default_rng(0).random((7, 1, 8, 8), dtype=np.float32)
+        session = ort.InferenceSession(main_bytes, providers=["CPUExecutionProvider"])
+        with torch.no_grad():
+            want = load_checkpoint(st.main_checkpoint, "main").model(torch.from_numpy(x)).numpy()
+        tol = 0.05 if st.profile().runtime.int8 else 1e-4  # this profile may quantize its own main model
+        np.testing.assert_allclose(session.run(None, {"input": x})[0], want, atol=tol)
+        # Only the retrained shards were exported again: one cached member graph per shard.
+        assert len(list((st.models / "shards").glob("*.onnx"))) == len(report.retrained_shards) + len(report.reused_shards)
 
 
 def test_a_stale_shard_is_caught_by_both_checks(tmp_path, monkeypatch):

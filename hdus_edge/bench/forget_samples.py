@@ -49,7 +49,7 @@ class ForgetSamplesBenchConfig:
     @classmethod
     def quick(cls, seed: int = 0) -> ForgetSamplesBenchConfig:
         """Digits, 4 devices, few epochs: every row in a few minutes on two cores."""
-        return cls(data="digits", devices=4, client_size=None, reference_size=300, test_size=300, epochs=5,
+        return cls(data="digits", devices=4, client_size=None, reference_size=300, test_size=300, epochs=20,
                    distill_epochs=10, seed=seed)
 
     @classmethod

@@ -670,15 +670,16 @@ class DeviceAgent:
         assert self._watch is not None
         main = self._watch.model_bytes("main.onnx")
         with self._lock:
+            seed = self._watch.model_bytes("seed.onnx")
+            # Retirement first: a holder then deletes the old bytes at once and admits the new version
+            # without gating it (forgetting is not optional). The neighbours need only the seed, so
+            # they go before the (slower) rebuild of this device's own ensemble.
+            self._publish_retire(version, seed)
+            self.publish_seed(seed, version)
             if main != self._models.main_onnx:
                 self._replace_main(main)
             self._models = OwnModels(main, self._models.seed_onnx, self._models.seed_version, self._models.main_arch,
                                      self._models.seed_arch, self._models.reference_sha256)
-            seed = self._watch.model_bytes("seed.onnx")
-            # Retirement first: a holder then deletes the old bytes at once and admits the new version
-            # without gating it (forgetting is not optional).
-            self._publish_retire(version, seed)
-            self.publish_seed(seed, version)
 
     def _replace_main(self, main_onnx: bytes) -> None:
         # The runtime holds its main model for life: build a new one with the same seeds, then swap.

@@ -16,9 +16,10 @@ provenance. This module imports torch; the agent and ``predict`` never import it
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from hdus_edge.learning.distill import DistillConfig, distill
 from hdus_edge.learning.shards import build_sharded, fit_main
 from hdus_edge.learning.train import Progress, TrainConfig, torch_threads
 from hdus_edge.models import build_model, count_parameters
+from hdus_edge.models.sharded import ShardedMain
 from hdus_edge.onnx.export import export_onnx
 from hdus_edge.onnx.metadata import Provenance
 from hdus_edge.protocol.messages import sha256_hex
@@ -378,6 +380,51 @@ def export_step(state: StateDir, *, created_at: str | None = None) -> ExportStep
     )
 
 
+def export_sharded(main: ShardedMain, provenance: Provenance, cache: Path) -> bytes:
+    """Export a sharded main model as one graph (``ensemble.shards.compose_shards``).
+
+    Each member's ONNX is kept in ``cache`` under the hash of its weights (and of what else its
+    bytes depend on), so only retrained shards are exported again; files of members no longer
+    used are removed.
+    """
+    import onnx
+
+    from hdus_edge.ensemble.shards import compose_shards
+    from hdus_edge.onnx.checks import parse_onnx
+    from hdus_edge.onnx.metadata import set_metadata
+
+    cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+    member_prov = replace(provenance, version=0, manifest_sha256=None, samples=None, created_at="-")
+    members, keep = [], set()
+    for member in main.members:
+        name = f"{_weights_sha256(member, provenance)}.onnx"
+        path = cache / name
+        data = path.read_bytes() if path.exists() else b""
+        if not data:
+            data = export_onnx(member, member_prov)
+            atomic_write(path, data)
+        members.append(parse_onnx(data, max_bytes=256 << 20))
+        keep.add(name)
+    for stale in cache.glob("*.onnx"):
+        if stale.name not in keep:
+            stale.unlink()
+    proto = compose_shards(members)
+    proto.model_version = int(provenance.version)
+    set_metadata(proto, provenance.to_props())
+    onnx.checker.check_model(proto)
+    return proto.SerializeToString(deterministic=True)
+
+
+def _weights_sha256(model: nn.Module, provenance: Provenance) -> str:
+    h = hashlib.sha256(f"hdus-member-v1|{provenance.arch}|{provenance.input_shape}|{provenance.num_classes}|"
+                       f"{torch.__version__}|".encode())
+    for key, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
 def _check_contract(ckpt: Checkpoint, state: StateDir) -> None:
     fleet = state.fleet()
     if ckpt.input_shape != tuple(fleet.data.input_shape) or ckpt.num_classes != fleet.data.num_classes:
@@ -427,8 +474,12 @@ def export_device_models(
     shape = fleet.data.input_shape
     classes = fleet.data.num_classes
     manifest_sha, samples = manifest if manifest is not None else (None, None)
-    main_bytes = export_onnx(main, Provenance(device.device.id, "main", main_arch, version, shape, classes, created_at,
-                                              manifest_sha256=manifest_sha, samples=samples))
+    main_prov = Provenance(device.device.id, "main", main_arch, version, shape, classes, created_at,
+                           manifest_sha256=manifest_sha, samples=samples)
+    if isinstance(main, ShardedMain):
+        main_bytes = export_sharded(main, main_prov, state.models / "shards")
+    else:
+        main_bytes = export_onnx(main, main_prov)
     if state.profile().runtime.int8:
         main_bytes = _quantize_main(state, main_bytes)
     seed_bytes = export_onnx(
