@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from hdus_edge.bench.forget_samples import ForgetSamplesBenchConfig, run_forget_samples_bench
+from hdus_edge.bench.forget_samples import (
+    ForgetSamplesBenchConfig,
+    run_forget_samples_bench,
+)
+from hdus_edge.sim.retrain_cost import fleet_retrain_seconds
 
 
 def test_bench_rows_are_exact_and_complete():
@@ -10,7 +14,7 @@ def test_bench_rows_are_exact_and_complete():
     cfg = ForgetSamplesBenchConfig(data="digits", devices=3, client_size=None, reference_size=150, test_size=150,
                                    epochs=1, distill_epochs=1, samples=(1, 3), shards=(1, 2), baselines=("dsgd",))
     # Execute
-    result = run_forget_samples_bench(cfg)
+    result = run_forget_samples_bench(cfg, fleet_retrain=fleet_retrain_seconds)
     # Assert
     rows = result["rows"]
     assert [(r["samples"], r["shards"]) for r in rows] == [(1, 1), (3, 1), (1, 2), (3, 2)]

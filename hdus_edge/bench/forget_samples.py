@@ -89,25 +89,18 @@ def _accuracy(agent: Any, test: Dataset) -> float:
     return float((agent.predict(test.x).argmax(axis=1) == test.y).mean())
 
 
-def fleet_retrain_seconds(data: FleetData, ids: tuple[str, ...], cfg: ForgetSamplesBenchConfig) -> dict[str, float]:
-    """Seconds to train the whole fleet with each retraining-based method (its cost to forget anything)."""
-    from hdus_edge.config import load_profile
-    from hdus_edge.sim.baselines import BaselineBudget, make_baseline
-    from hdus_edge.topology import complete
-
-    arch = load_profile(PROFILE).model.main_arch
-    budget = BaselineBudget(epochs=cfg.epochs, rounds=cfg.epochs, local_epochs=1, batch_size=32, lr=3e-3, seed=cfg.seed)
-    out = {}
-    for name in cfg.baselines:
-        method = make_baseline(name, arch=arch, workers=1)
-        began = time.perf_counter()
-        method.fit(data, ids, arch, complete(list(ids)), budget)
-        out[name] = time.perf_counter() - began
-    return out
+# (data, device ids, main arch, epochs, seed, methods) -> seconds per method; the CLI passes
+# ``hdus_edge.sim.retrain_cost.fleet_retrain_seconds`` (bench never imports sim).
+FleetRetrain = Callable[..., dict[str, float]]
 
 
-def run_forget_samples_bench(cfg: ForgetSamplesBenchConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+def run_forget_samples_bench(
+    cfg: ForgetSamplesBenchConfig,
+    progress: Callable[[str], None] | None = None,
+    fleet_retrain: FleetRetrain | None = None,
+) -> dict[str, Any]:
     """Every (K, samples) row side by side, with the fleet-retrain baselines measured in the same run."""
+    from hdus_edge.config import load_profile
     from hdus_edge.data import load_npz
     from hdus_edge.device.agent import DeviceAgent, settings_for
     from hdus_edge.learning.exactness import compare_devices
@@ -130,7 +123,9 @@ def run_forget_samples_bench(cfg: ForgetSamplesBenchConfig, progress: Callable[[
         files = {i: save_npz(data.clients[k].train, root / "data" / f"{i}.npz") for k, i in enumerate(ids)}
         if progress:
             progress("retraining the fleet with the baselines")
-        baselines = fleet_retrain_seconds(data, ids, cfg)
+        baselines = {} if fleet_retrain is None else fleet_retrain(
+            data, ids, arch=load_profile(PROFILE).model.main_arch, epochs=cfg.epochs, seed=cfg.seed,
+            methods=cfg.baselines)
         for shards in cfg.shards:
             if progress:
                 progress(f"training the fleet with {shards} shard(s)")

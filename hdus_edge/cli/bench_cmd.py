@@ -198,13 +198,15 @@ def forget_samples(
         ForgetSamplesBenchConfig,
         run_forget_samples_bench,
     )
+    from hdus_edge.sim.retrain_cost import fleet_retrain_seconds
 
     cfg = ForgetSamplesBenchConfig.quick(seed) if quick else ForgetSamplesBenchConfig.full(seed)
     status = None if json_out else console.status("starting")
     if status is not None:
         status.start()
     try:
-        result = run_forget_samples_bench(cfg, None if status is None else lambda what: status.update(what))
+        result = run_forget_samples_bench(cfg, None if status is None else lambda what: status.update(what),
+                                          fleet_retrain_seconds)
     finally:
         if status is not None:
             status.stop()
