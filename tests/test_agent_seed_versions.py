@@ -122,3 +122,33 @@ def test_the_update_gate_keeps_the_old_version_unless_a_retirement_names_the_new
     finally:
         d1.stop()
         d2.stop()
+
+
+def test_publish_without_the_agent_sends_the_retirement_before_the_seed(tmp_path, mosquitto_broker, message_collector):
+    # Prepare: d1 forgot samples while no agent ran (models/retire.json names its exported v2).
+    from hdus_edge.device.publish import publish_seed
+
+    url = mosquitto_broker.url
+    _, states = kit.make_fleet(tmp_path, broker=url, ids=("d1", "d2"), name="pb")
+    _, v1 = kit.install_models(states["d1"])
+    v2 = kit.zoo_onnx("seed-cnn", "d1", "seed", 9, states["d1"].fleet().data.reference_sha256)
+    export(states["d1"], v2, 2, retire_request="b" * 32, retired=[sha256_hex(v1)])
+    kit.install_models(states["d2"], seed=3)
+    d2 = start(states["d2"], url)
+    seen = message_collector()
+    observer = MqttTransport(url, "observer", handler=seen, clean_session=True)
+    observer.subscribe([Topics("pb").retire("d1")])
+    observer.connect(timeout=10)
+    try:
+        # Execute
+        out = publish_seed(states["d1"], broker_url=url)
+        # Assert: the retirement is on the broker, signed by d1, naming v2; d2 installs v2.
+        _, payload, _ = seen.wait_topic(Topics("pb").retire("d1"), timeout=10)
+        msg = codec.decode(payload).msg
+        assert isinstance(msg, SeedRetire) and msg.version == 2 and msg.sha256 == sha256_hex(v2)
+        assert tuple(out.sent_to) == ("d2",)
+        assert d2.wait_for(lambda a: a.store.seed_info("d1") is not None and a.store.seed_info("d1").version == 2, 20)
+        assert d2.retired.refuses("d1", 0, 1) is not None
+    finally:
+        observer.close()
+        d2.stop()

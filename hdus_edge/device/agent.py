@@ -19,7 +19,6 @@ with a higher epoch.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -32,7 +31,7 @@ import numpy as np
 
 from hdus_edge.config import FleetConfig
 from hdus_edge.device.gate import check_update
-from hdus_edge.device.retired import RetiredVersions, Retirement
+from hdus_edge.device.retired import RetiredVersions, Retirement, retirement_to_publish
 from hdus_edge.device.store import SeedStore, StoredSeed
 from hdus_edge.ensemble.runtime import EnsembleRuntime
 from hdus_edge.errors import (
@@ -694,30 +693,15 @@ class DeviceAgent:
         self.store.audit("main_replaced", sha256=sha256_hex(main_onnx))
         logger.info("agent %s: main model replaced (%d seeds kept)", self.device_id, len(seeds))
 
-    def _retire_info(self) -> dict[str, Any] | None:
-        if self._watch is None:
-            return None
-        path = self._watch.retire_file
-        try:
-            info = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
-        return info if isinstance(info, dict) else None
-
     def _publish_retire(self, version: int | None = None, seed: bytes | None = None) -> None:
         """Publish (retained) the retirement ``models/retire.json`` names, when it names ``version``
         (default: the exported one). Idempotent: holders ignore a retirement they applied."""
-        info = self._retire_info()
+        if self._watch is None or self._forgotten:
+            return
         version = self._models.seed_version if version is None else version
         seed = self._models.seed_onnx if seed is None else seed
-        if info is None or seed is None or self._forgotten or int(info.get("version", -1)) != version:
-            return
-        try:
-            msg = SeedRetire(self.device_id, str(info["request_id"]), version, sha256_hex(seed),
-                             tuple(str(h) for h in info.get("retired_sha256", [])), self._cert.epoch,
-                             float(info.get("issued_at", time.time())), str(info.get("reason", ""))[:200])
-        except (KeyError, TypeError, ValueError) as exc:
-            logger.error("agent %s: models/retire.json is malformed: %s", self.device_id, exc)
+        msg = retirement_to_publish(self._watch.retire_file, self.device_id, version, seed, self._cert.epoch)
+        if msg is None:
             return
         self.transport.publish(self.topics.retire(self.device_id), codec.encode(msg, self._key, self.device_id),
                                retain=True, wait=False)

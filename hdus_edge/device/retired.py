@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from hdus_edge.errors import StoreError
 from hdus_edge.files import write_json
-from hdus_edge.protocol.messages import SeedRetire
+from hdus_edge.protocol.messages import SeedRetire, sha256_hex
 
 logger = logging.getLogger(__name__)
 
@@ -80,3 +81,20 @@ class RetiredVersions:
         logger.info("retired %s's seed versions below %d (request %s)", retirement.owner, retirement.below_version,
                     retirement.request_id)
         return True
+
+
+def retirement_to_publish(path: Path, owner: str, version: int, seed: bytes | None, epoch: int) -> SeedRetire | None:
+    """The ``SeedRetire`` that ``models/retire.json`` (written by ``forget-samples``) asks for, when it
+    names ``version`` (the seed exported now); None otherwise, or when the file is unreadable (logged)."""
+    if seed is None or not Path(path).exists():
+        return None
+    try:
+        info = json.loads(Path(path).read_text())
+        if int(info.get("version", -1)) != version:
+            return None
+        return SeedRetire(owner, str(info["request_id"]), version, sha256_hex(seed),
+                          tuple(str(h) for h in info.get("retired_sha256", [])), epoch,
+                          float(info.get("issued_at", time.time())), str(info.get("reason", ""))[:200])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        logger.error("%s is malformed: %s", path, exc)
+        return None
