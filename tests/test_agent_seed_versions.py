@@ -83,9 +83,10 @@ def test_a_retired_version_is_refused_even_by_a_device_that_never_held_it(tmp_pa
         pub.close()
 
 
-def test_the_update_gate_keeps_the_old_version_unless_a_retirement_names_the_new_one(tmp_path, mosquitto_broker):
-    # Prepare: d2 gates d1's new versions on 99% agreement with the version it holds.
-    url = mosquitto_broker.url
+def test_the_update_gate_keeps_the_old_version_unless_a_retirement_names_the_new_one(tmp_path, broker_url):
+    # Prepare: d2 gates d1's new versions on 99% agreement with the version it holds (on amqtt the
+    # new seed may overtake the retirement: the gate then holds it back until the retirement comes).
+    url = broker_url
     admin, states = kit.make_fleet(tmp_path, broker=url, ids=("d1", "d2"), name="gt")
     ref = states["d1"].fleet().data.reference_sha256
     _, v1 = kit.install_models(states["d1"], seed=0)
@@ -151,4 +152,38 @@ def test_publish_without_the_agent_sends_the_retirement_before_the_seed(tmp_path
         assert d2.retired.refuses("d1", 0, 1) is not None
     finally:
         observer.close()
+        d2.stop()
+
+
+def test_a_new_version_that_overtook_its_retirement_is_installed_when_the_retirement_arrives(tmp_path, mosquitto_broker):
+    # Prepare: d2 holds d1's v1 and gates on 99% agreement; d1's agent is gone, we speak with its key.
+    url = mosquitto_broker.url
+    admin, states = kit.make_fleet(tmp_path, broker=url, ids=("d1", "d2"), name="ov")
+    ref = states["d1"].fleet().data.reference_sha256
+    _, v1 = kit.install_models(states["d1"], seed=0)
+    kit.install_models(states["d2"], seed=5)
+    d1 = start(states["d1"], url)
+    d2 = start(states["d2"], url, gate_min_agreement=0.99)
+    pub = client(url)
+    topics, key = Topics("ov"), states["d1"].key()
+    try:
+        assert d2.wait_for(lambda a: a.members() == ("d1",), 20)
+        d1.stop()
+        v2 = kit.zoo_onnx("seed-cnn", "d1", "seed", 321, ref)
+        env = SeedEnvelope.build(owner="d1", to="d2", version=2, onnx=v2, arch="seed-cnn", input_shape=(-1, 1, 8, 8),
+                                 num_classes=10, reference_sha256=ref, epoch=0)
+        # Execute 1: the new version arrives first and fails the gate.
+        pub.publish(topics.seed("d2", "d1"), codec.encode(env, key, "d1"), retain=True, wait=True)
+        assert d2.wait_for(lambda a: "gate" in reasons(a), 20), reasons(d2)
+        assert d2.store.seed_info("d1").version == 1
+        # Execute 2: then its retirement.
+        retire = SeedRetire("d1", "c" * 32, 2, sha256_hex(v2), (sha256_hex(v1),), 0, time.time(), "test")
+        pub.publish(topics.retire("d1"), codec.encode(retire, key, "d1"), retain=True, wait=True)
+        outcome = collect_swap(broker_url=url, fleet="ov", admin_key=admin.key().public_key, owner="d1",
+                               request_id="c" * 32, wait_s=20)
+        # Assert: v1 deleted, the held-back v2 installed without waiting for a redelivery, receipt sent.
+        assert outcome.complete and outcome.receipts[0].receipt.removed_sha256 == sha256_hex(v1)
+        assert d2.store.seed_info("d1").sha256 == sha256_hex(v2) and d2.members() == ("d1",)
+    finally:
+        pub.close()
         d2.stop()
