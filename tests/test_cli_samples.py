@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cli_lifecycle_kit as kit
 
@@ -61,3 +62,36 @@ def test_forget_samples_errors_are_one_line_and_change_nothing(capsys, tmp_path)
         assert code == 2, err
         kit.assert_one_error(err, *fragments)
     assert st.main_checkpoint.read_bytes() == before and not st.retire_file.exists()
+
+
+def test_forget_samples_with_running_agents_collects_receipts_and_saves_verifiable_evidence(capsys, tmp_path, mosquitto_broker):
+    # Prepare: two trained devices whose agents run in this process.
+    import dataclasses
+
+    from hdus_edge.device.agent import DeviceAgent, settings_for
+    from hdus_edge.unlearn.swap import verify_swap_evidence
+
+    url = mosquitto_broker.url
+    admin, states = kit.make_fleet(tmp_path, broker=url, ids=("d1", "d2"), name="cf")
+    for k, st in enumerate(states.values()):
+        data = kit.digits_folder(tmp_path / f"data{k}", n=48, offset=48 * k)
+        assert kit.cli(capsys, "train", "--state-dir", st.root, "--data", data, "--epochs", "1")[0] == 0
+        assert kit.cli(capsys, "distill", "--state-dir", st.root, "--epochs", "1")[0] == 0
+        assert kit.cli(capsys, "export", "--state-dir", st.root)[0] == 0
+    agents = [DeviceAgent.from_state_dir(st, settings=dataclasses.replace(settings_for(st), probe_in_subprocess=False)).start()
+              for st in states.values()]
+    try:
+        assert all(a.wait_for(lambda a: len(a.members()) == 1, 20) for a in agents)
+        ids_file = tmp_path / "forget.json"
+        ids_file.write_text(json.dumps(list(read_manifest(states["d1"]).ids[:1])))
+        # Execute
+        code, out, err = kit.cli(capsys, "forget-samples", "--state-dir", states["d1"].root, "--ids", ids_file,
+                                 "--wait", "30", "--json")
+        # Assert
+        assert code == 0, err
+        result = json.loads(out)
+        assert result["complete"] and result["holders"] == ["d2"] and result["receipts"] == ["d2"]
+        assert verify_swap_evidence(Path(result["evidence_file"]), admin.key().public_key, "cf") == []
+    finally:
+        for a in agents:
+            a.stop()

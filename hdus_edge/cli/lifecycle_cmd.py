@@ -69,6 +69,8 @@ def train(
     console.print(f"Trained {report.arch} ({report.params:,} parameters) of {device_id} on {report.samples} samples "
                   f"(classes {report.classes_seen}), {report.epochs} epochs in {report.seconds:.1f} s: "
                   f"train accuracy {pct(report.train_accuracy)}", markup=False)
+    if report.forgotten_dropped:
+        console.print(f"Left out {report.forgotten_dropped} samples forgotten on this device before.", markup=False)
     console.print(f"Wrote {report.checkpoint}. Next: hdus-edge distill --state-dir {state.root}", markup=False)
 
 
