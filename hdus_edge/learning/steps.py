@@ -112,6 +112,10 @@ def load_checkpoint(path: Path, role: str) -> Checkpoint:
     if not path.exists():
         raise CheckpointError(f"{path} is missing", hint=f"run 'hdus-edge {step}' for this device first")
     data = path.read_bytes()
+    digest = sha256_hex(data)
+    cached = _LOADED.get((role, digest))
+    if cached is not None:
+        return cached
     try:
         # weights_only: a checkpoint file must never be able to run code.
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
@@ -133,7 +137,17 @@ def load_checkpoint(path: Path, role: str) -> Checkpoint:
         raise CheckpointError(f"{path} is not a usable {role} checkpoint: {exc}",
                               hint=f"run 'hdus-edge {step}' again to rewrite it") from None
     model.eval()
-    return Checkpoint(model, role, payload["arch"], shape, classes, dict(payload.get("meta") or {}), sha256_hex(data))  # type: ignore[arg-type]
+    ckpt = Checkpoint(model, role, payload["arch"], shape, classes, dict(payload.get("meta") or {}), digest)  # type: ignore[arg-type]
+    # forget-samples and train --add read main.pt three times in one run (retrain, distill, export);
+    # a sharded one rebuilds K models each time. Keyed by the file's hash, so a changed file is
+    # always read again; callers only read the model (eval, export), never train it in place.
+    if len(_LOADED) >= 2:
+        _LOADED.clear()
+    _LOADED[(role, digest)] = ckpt
+    return ckpt
+
+
+_LOADED: dict[tuple[str, str], Checkpoint] = {}
 
 
 # --- steps -----------------------------------------------------------------------------------------
