@@ -42,6 +42,7 @@ class TrainSection:
     batch_size: int = 32
     epochs: int = 30
     distill_epochs: int = 40
+    shards: int = 1  # SISA: K > 1 trains K shard models, so forgetting samples retrains only their shards
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,14 @@ class ApiSection:
 
 
 @dataclass(frozen=True)
+class UpdateSection:
+    """The gate a neighbour's new seed version must pass on the public reference set (0 = off)."""
+
+    min_agreement: float = 0.0  # top-1 agreement with the version it replaces
+    min_reference_accuracy: float = 0.0  # accuracy on the reference set's labels, where it has them
+
+
+@dataclass(frozen=True)
 class ProfileSection:
     name: str
     description: str = ""
@@ -105,6 +114,7 @@ class Profile:
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
     limits: LimitsSection = field(default_factory=LimitsSection)
     api: ApiSection = field(default_factory=ApiSection)
+    update: UpdateSection = field(default_factory=UpdateSection)
 
     @property
     def name(self) -> str:
@@ -241,6 +251,10 @@ def validate_profile(p: Profile, where: str) -> Profile:
     _check(p.train.batch_size >= 2, f"{where}: train.batch_size", f"must be >= 2, got {p.train.batch_size}")
     _check(p.train.epochs >= 1, f"{where}: train.epochs", f"must be >= 1, got {p.train.epochs}")
     _check(p.train.distill_epochs >= 1, f"{where}: train.distill_epochs", "must be >= 1")
+    _check(1 <= p.train.shards <= 64, f"{where}: train.shards", f"must be in 1..64, got {p.train.shards}")
+    for key in ("min_agreement", "min_reference_accuracy"):
+        value = getattr(p.update, key)
+        _check(0.0 <= value <= 1.0, f"{where}: update.{key}", f"must lie in [0, 1], got {value}")
     _check(len(p.runtime.providers) > 0, f"{where}: runtime.providers", "must name at least one provider")
     for prov in p.runtime.providers:
         _check(prov in KNOWN_PROVIDERS, f"{where}: runtime.providers", f"unknown provider '{prov}' (known: {', '.join(KNOWN_PROVIDERS)})")

@@ -259,6 +259,26 @@ class StateDir:
         return self.root / "keys" / "tls"
 
     @property
+    def train_data_file(self) -> Path:
+        """``data/train.npz``: the training set of record (``train``, ``forget-samples``, ``train --add``)."""
+        return self.root / "data" / "train.npz"
+
+    @property
+    def forgotten_samples_file(self) -> Path:
+        """``data/forgotten.json``: ids of samples forgotten on this device (ids only, never data)."""
+        return self.root / "data" / "forgotten.json"
+
+    @property
+    def manifest_file(self) -> Path:
+        """``models/manifest.json``: the sample ids the main model in ``main.pt`` was trained on."""
+        return self.models / "manifest.json"
+
+    @property
+    def retire_file(self) -> Path:
+        """``models/retire.json``: the seed version that retires every older one (the agent publishes it)."""
+        return self.models / "retire.json"
+
+    @property
     def store_lock_file(self) -> Path:
         """The seed store's lock file: held (flock) while an agent has the store open."""
         return self.store_dir / ".lock"

@@ -44,6 +44,7 @@ def test_subscriptions_cover_own_seeds_from_neighbours_only():
     subs = T.subscriptions("d1", ["d3", "d2"])
     assert subs == ["hdus/v1/lab/unlearn/+", "hdus/v1/lab/revocations", "hdus/v1/lab/devices/+/hello",
                     "hdus/v1/lab/membership/+", "hdus/v1/lab/leave/+", "hdus/v1/lab/tombstones/+",
+                    "hdus/v1/lab/devices/+/retire",
                     "hdus/v1/lab/seeds/d1/d2", "hdus/v1/lab/seeds/d1/d3"]
     assert not any("seeds/+" in s or "/#" in s for s in subs)
     assert set(T.fleet_state_filters()) <= set(subs) and T.hello_filter() == subs[2]

@@ -91,6 +91,7 @@ def _register_lifecycle() -> None:
         profiles_cmd,
         provision_cmd,
         readmit_cmd,
+        samples_cmd,
         service_cmd,
         unlearn_cmd,
         verify_cmd,
@@ -101,6 +102,7 @@ def _register_lifecycle() -> None:
     app.command("provision")(provision_cmd.provision)
     app.command("broker-config")(broker_config_cmd.broker_config)
     app.command("train")(lifecycle_cmd.train)
+    app.command("forget-samples")(samples_cmd.forget_samples)
     app.command("distill")(lifecycle_cmd.distill)
     app.command("export")(lifecycle_cmd.export)
     app.command("publish")(lifecycle_cmd.publish)

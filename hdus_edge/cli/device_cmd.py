@@ -133,6 +133,10 @@ def _print_status(r: dict[str, Any]) -> None:
     info = own.get("seed_info") or {}
     console.print(f"  own seed: v{own['seed_version']}" + (f" sha256 {info['sha256'][:16]}..." if info.get("sha256") else "")
                   + ("" if own["main.onnx"] else " (not exported yet)"), markup=False)
+    training = r.get("training") or {}
+    if training.get("manifest_sha256"):
+        console.print(f"  trained on {training['manifest_size']} samples (manifest sha256 "
+                      f"{training['manifest_sha256'][:16]}...), {training['forgotten_samples']} forgotten", markup=False)
     console.print(f"  neighbours: {', '.join(r['neighbors']) or 'none'}", markup=False)
     console.print(_seed_table(r))
     u = r["unlearns"]

@@ -29,10 +29,11 @@ ThreadsOpt = Annotated[int, typer.Option(min=1, help="torch threads; 1 gives the
 
 def train(
     state_dir: StateDirOpt,
-    data: Annotated[Path, typer.Option(help="This device's own data: a folder of .npz or IDX files, or one .npz.")],
+    data: Annotated[Path | None, typer.Option(help="This device's own data: a folder of .npz or IDX files, or one .npz.")] = None,
     epochs: EpochsOpt = None,
     seed: SeedOpt = 0,
     threads: ThreadsOpt = 1,
+    add: Annotated[Path | None, typer.Option(help="New samples to add to the trained data; then re-distil and export a new seed version.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Train the main model (the profile's architecture) on this device's own data only.
@@ -40,8 +41,21 @@ def train(
     Writes models/main.pt. The data must have the fleet's input shape and share no sample with
     the public reference set.
 
+    With --add DATA instead, the samples join the trained data, the main model is retrained (with
+    shards, only the shards that get samples), re-distilled and exported as a new seed version.
+
     Example: hdus-edge train --state-dir ./dev-1 --data ./my-data --epochs 20
     """
+    from hdus_edge.errors import ConfigError
+
+    if (data is None) == (add is None):
+        raise ConfigError("give exactly one of --data DIR (train from scratch) or --add DATA (add samples)",
+                          hint="hdus-edge train --help")
+    if add is not None:
+        from hdus_edge.cli.samples_cmd import train_add
+
+        train_add(state_dir, add, json_out)
+        return
     from hdus_edge.learning.steps import train_step
 
     state = open_state(state_dir)
@@ -55,6 +69,8 @@ def train(
     console.print(f"Trained {report.arch} ({report.params:,} parameters) of {device_id} on {report.samples} samples "
                   f"(classes {report.classes_seen}), {report.epochs} epochs in {report.seconds:.1f} s: "
                   f"train accuracy {pct(report.train_accuracy)}", markup=False)
+    if report.forgotten_dropped:
+        console.print(f"Left out {report.forgotten_dropped} samples forgotten on this device before.", markup=False)
     console.print(f"Wrote {report.checkpoint}. Next: hdus-edge distill --state-dir {state.root}", markup=False)
 
 

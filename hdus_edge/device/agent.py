@@ -38,7 +38,9 @@ import numpy as np
 
 from hdus_edge.config import FleetConfig
 from hdus_edge.device.parking import ParkingLimits, ParkingLot
-from hdus_edge.device.store import AuditLimit, SeedStore
+from hdus_edge.device.gate import check_update
+from hdus_edge.device.retired import RetiredVersions, Retirement, retirement_to_publish
+from hdus_edge.device.store import AuditLimit, SeedStore, StoredSeed
 from hdus_edge.ensemble.combine import DEFAULT_LAM
 from hdus_edge.ensemble.runtime import EnsembleRuntime
 from hdus_edge.errors import (
@@ -75,8 +77,11 @@ from hdus_edge.protocol.messages import (
     Receipt,
     RevocationList,
     SeedEnvelope,
+    SeedRetire,
+    SwapReceipt,
     TombstoneDigest,
     UnlearnOrder,
+    sha256_hex,
 )
 from hdus_edge.protocol.topics import Topics
 from hdus_edge.state import StateDir
@@ -109,6 +114,9 @@ class AgentSettings:
     probe_run_ms: float | None = 1000.0
     parking: ParkingLimits = ParkingLimits()
     audit_limit: AuditLimit = AuditLimit()
+    # The gate on a neighbour's new seed version, measured on the reference set (0 = off; profile [update]).
+    gate_min_agreement: float = 0.0
+    gate_min_accuracy: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -210,7 +218,7 @@ class DeviceAgent:
         self._parked = ParkingLot(settings.parking)
         # Seeds that passed the cheap checks wait here (one per owner, latest wins) for the seed
         # worker, which runs the costly checks and the probe off the message handler's path.
-        self._seed_queue: dict[str, tuple[str, SeedEnvelope]] = {}
+        self._seed_queue: dict[str, tuple[str, SeedEnvelope, codec.SignedMessage]] = {}
         self._seed_busy: tuple[str, str, int] | None = None  # (owner, sha256, version) being checked
         self._seed_wakeup = threading.Condition(threading.Lock())
         self._hellos: dict[str, Hello] = {}
@@ -221,6 +229,13 @@ class DeviceAgent:
         # Encoded orders already applied here, as they travel inside digests: skipped unverified.
         self._applied_order_bytes: set[bytes] = set()
         self.counters = AgentCounters()
+        # Per-version tombstones (forget-samples): retired seed versions, pending swap receipts,
+        # new versions the gate held back (one per owner), the reference set for the gate.
+        self.retired = RetiredVersions(store_dir)
+        self._swaps: dict[str, tuple[SeedRetire, str | None]] = {}
+        self._replaced: dict[str, str] = {}  # owner -> sha256 of the version a newer one replaced here
+        self._gated: dict[str, tuple[str, codec.SignedMessage]] = {}
+        self._gate_data: tuple[np.ndarray, np.ndarray] | None = None
         self.store = SeedStore(store_dir, audit_limit=settings.audit_limit)
         forgotten = self.store.forgotten()
         if forgotten is not None and forgotten.epoch >= certificate.epoch:
@@ -235,15 +250,7 @@ class DeviceAgent:
             # (a multiple of it). Measured where the checks run: in the probe child, or here.
             self._budget_reference = models.seed_onnx if settings.seed_compute_multiple is not None else None
             self._budget: ComputeBudget | None = None
-            self.runtime = EnsembleRuntime(
-                models.main_onnx, settings.lam, settings.space, settings.strategy,  # type: ignore[arg-type]
-                providers=settings.providers, intra_op_threads=settings.intra_op_threads,
-                background_fuse=True,  # membership changes take effect in ms; the fused graph follows
-                fuse_in_subprocess=settings.probe_in_subprocess,
-                expected=self.contract,  # our own main model, checked against the fleet's contract
-                seeds=self._seeds_from_store(),
-                versions={s.owner: s.version for s in self.store.list_seeds()},
-            )
+            self.runtime = self._build_runtime(models.main_onnx)
         except BaseException:
             self.store.close()
             raise
@@ -322,6 +329,7 @@ class DeviceAgent:
         self._seed_thread.start()
         self.transport.connect(timeout=self.settings.connect_timeout_s)
         self._announce()
+        self._publish_retire()
         for pending in self.store.pending_receipts():
             self._send_receipt(pending.request_id, pending.data)
         self._digest_thread = threading.Thread(target=self._digest_loop, name=f"hdus-digest-{self.device_id}", daemon=True)
@@ -469,6 +477,8 @@ class DeviceAgent:
                 self._on_digest(topic, signed)
             elif kind == topic_kinds.REVOCATIONS:
                 self._on_revocations(topic, signed)
+            elif kind == topic_kinds.RETIRE:
+                self._on_retire(topic, signed)
             else:
                 logger.debug("agent %s: ignoring %s", self.device_id, topic)
 
@@ -505,6 +515,7 @@ class DeviceAgent:
             self.counters.duplicates += 1  # a redelivery (reconnect, retained): nothing changes
             return
         self.store.check_seed(env.owner, env.version, env.epoch)
+        self._refuse_retired(env)
         expected_ref = self.fleet.data.reference_sha256
         if expected_ref and env.reference_sha256 != expected_ref:
             raise _Refused(
@@ -517,7 +528,7 @@ class DeviceAgent:
             replaced = self._seed_queue.pop(env.owner, None)
             if replaced is not None:
                 self.counters.seeds_superseded += 1
-            self._seed_queue[env.owner] = (topic, env)
+            self._seed_queue[env.owner] = (topic, env, signed)
             self._seed_wakeup.notify()
 
     def _seed_loop(self) -> None:
@@ -529,10 +540,10 @@ class DeviceAgent:
                 if self._stop.is_set():
                     return
                 owner = next(iter(self._seed_queue))
-                topic, env = self._seed_queue.pop(owner)
+                topic, env, signed = self._seed_queue.pop(owner)
                 self._seed_busy = (env.owner, env.sha256, env.version)
             try:
-                self._install_seed(topic, env)
+                self._install_seed(topic, env, signed)
             except HdusError as exc:
                 self._reject(topic, exc)
             except Exception:  # a bug must not stop the worker; it is logged with its traceback
@@ -541,7 +552,7 @@ class DeviceAgent:
                 with self._seed_wakeup:
                     self._seed_busy = None
 
-    def _install_seed(self, topic: str, env: SeedEnvelope) -> None:
+    def _install_seed(self, topic: str, env: SeedEnvelope, signed: codec.SignedMessage) -> None:
         if self.settings.probe_in_subprocess:  # the checks, the compute budget, then a probe run, in a limited child
             probe_in_subprocess(env.onnx, self.contract, timeout_s=self.settings.probe_timeout_s,
                                 policy=self._policy, run_budget_ms=self.settings.probe_run_ms,
@@ -561,6 +572,8 @@ class DeviceAgent:
                 self.counters.duplicates += 1
                 return
             self.store.check_seed(env.owner, env.version, env.epoch)
+            self._refuse_retired(env)  # a retirement may have come while it was checked
+            self._gate(topic, signed, env, held)
             # Ensemble first (it builds, probes, then swaps): if it fails, the store never saw the seed.
             self.runtime.add_seed(env.owner, env.onnx, version=env.version)
             try:
@@ -570,6 +583,9 @@ class DeviceAgent:
                 raise
             self.counters.accepted += 1
             logger.info("agent %s: installed seed of %s v%d", self.device_id, env.owner, env.version)
+            if held is not None and held.version < env.version:
+                self._replaced[env.owner] = held.sha256
+            self._send_swap_receipt(env.owner)
             self._write_status()
 
     def pending_seeds(self) -> int:
@@ -871,11 +887,149 @@ class DeviceAgent:
             version = self._watch.seed_version()
             if version > self._models.seed_version:
                 logger.info("agent %s: new seed v%d exported; publishing it", self.device_id, version)
-                self.publish_seed(self._watch.model_bytes("seed.onnx"), version)
+                self._adopt_export(version)
+
+    # --- new seed versions: retirements (forget-samples), swaps, the gate ----------------------------
+
+    def _adopt_export(self, version: int) -> None:
+        """Follow a new ``export``: the new main model, then the retirement (if the new version
+        retires old ones, ``models/retire.json``), then the new seed to everyone who wants it."""
+        assert self._watch is not None
+        main = self._watch.model_bytes("main.onnx")
+        with self._lock:
+            seed = self._watch.model_bytes("seed.onnx")
+            # Retirement first: a holder then deletes the old bytes at once and admits the new version
+            # without gating it (forgetting is not optional). The neighbours need only the seed, so
+            # they go before the (slower) rebuild of this device's own ensemble.
+            self._publish_retire(version, seed)
+            self.publish_seed(seed, version)
+            if main != self._models.main_onnx:
+                self._replace_main(main)
+            self._models = OwnModels(main, self._models.seed_onnx, self._models.seed_version, self._models.main_arch,
+                                     self._models.seed_arch, self._models.reference_sha256)
+
+    def _build_runtime(self, main_onnx: bytes) -> EnsembleRuntime:
+        """An ensemble of ``main_onnx`` and the seeds in the store."""
+        s = self.settings
+        return EnsembleRuntime(
+            main_onnx, s.lam, s.space, s.strategy,  # type: ignore[arg-type]
+            providers=s.providers, intra_op_threads=s.intra_op_threads,
+            background_fuse=True,  # membership changes take effect in ms; the fused graph follows
+            fuse_in_subprocess=s.probe_in_subprocess,
+            expected=self.contract,  # our own main model, checked against the fleet's contract
+            seeds=self._seeds_from_store(),
+            versions={seed.owner: seed.version for seed in self.store.list_seeds()},
+        )
+
+    def _replace_main(self, main_onnx: bytes) -> None:
+        # The runtime holds its main model for life: build a new one with the same seeds, then swap.
+        runtime = self._build_runtime(main_onnx)
+        old, self.runtime = self.runtime, runtime
+        old.close()
+        self.store.audit("main_replaced", sha256=sha256_hex(main_onnx))
+        logger.info("agent %s: main model replaced (%d seeds kept)", self.device_id, len(runtime.members()))
+
+    def _publish_retire(self, version: int | None = None, seed: bytes | None = None) -> None:
+        """Publish (retained) the retirement ``models/retire.json`` names, when it names ``version``
+        (default: the exported one). Idempotent: holders ignore a retirement they applied."""
+        if self._watch is None or self._forgotten:
+            return
+        version = self._models.seed_version if version is None else version
+        seed = self._models.seed_onnx if seed is None else seed
+        msg = retirement_to_publish(self._watch.retire_file, self.device_id, version, seed, self._cert.epoch)
+        if msg is None:
+            return
+        self.transport.publish(self.topics.retire(self.device_id), codec.encode(msg, self._key, self.device_id),
+                               retain=True, wait=False)
+        logger.info("agent %s: retired seed versions below v%d (request %s)", self.device_id, version, msg.request_id)
+
+    def _on_retire(self, topic: str, signed: codec.SignedMessage) -> None:
+        msg = codec.verify(signed, self.trust)
+        assert isinstance(msg, SeedRetire)
+        self.topics.check_matches(topic, msg)
+        owner = msg.owner
+        if owner == self.device_id:
+            return
+        # Recorded even from a non-neighbour: should it become one, its old versions stay refused.
+        newly = self.retired.record(Retirement.of(msg))
+        held = self.store.seed_info(owner)
+        removed = None
+        if held is not None and held.epoch <= msg.epoch and held.version < msg.version:
+            self.runtime.remove(owner)
+            removed = self.store.delete_seed(owner, reason="retired")
+        if newly or removed:
+            self.store.audit("retire", owner=owner, request_id=msg.request_id, below_version=msg.version,
+                             removed_sha256=removed)
+        if removed is None and self._replaced.get(owner) in msg.retired_sha256:
+            removed = self._replaced[owner]  # the new version arrived first and replaced it already
+        if owner not in self._neighbors:
+            return
+        if owner not in self._swaps or newly:
+            self._swaps[owner] = (msg, removed)
+        gated = self._gated.pop(owner, None)
+        if gated is not None:
+            self._on_seed(*gated)  # the version the gate held back is the one this retirement names
+        self._send_swap_receipt(owner)
+        self._write_status()
+
+    def _send_swap_receipt(self, owner: str) -> None:
+        """Answer a pending retirement of ``owner`` once this device holds the new version."""
+        pending = self._swaps.get(owner)
+        if pending is None:
+            return
+        msg, removed = pending
+        held = self.store.seed_info(owner)
+        if held is None or held.version < msg.version:
+            return  # the new version has not arrived yet: answered when it is installed
+        del self._swaps[owner]
+        receipt = SwapReceipt(msg.request_id, owner, self.device_id, held.version, held.sha256, removed, time.time())
+        self.transport.publish(self.topics.receipt(msg.request_id, self.device_id),
+                               codec.encode(receipt, self._key, self.device_id), retain=True, wait=False)
+        self.store.audit("swap_receipt", request_id=msg.request_id, owner=owner, version=held.version)
+        self.counters.receipts_sent += 1
+
+    def _refuse_retired(self, env: SeedEnvelope) -> None:
+        retired = self.retired.refuses(env.owner, env.epoch, env.version)
+        if retired is not None:
+            raise _Refused(f"seed of {env.owner!r} v{env.version} was retired (versions below {retired.below_version}, "
+                           f"request {retired.request_id})", "retired")
+
+    def _gate(self, topic: str, signed: codec.SignedMessage, env: SeedEnvelope, held: StoredSeed | None) -> None:
+        """Refuse a new version of a held seed that fails the profile's gate (the old one stays)."""
+        s = self.settings
+        if held is None or (s.gate_min_agreement <= 0 and s.gate_min_accuracy <= 0):
+            return
+        retirement = self.retired.get(env.owner)
+        if retirement is not None and retirement.below_version == env.version and retirement.sha256 == env.sha256:
+            return  # it replaces versions that must go: never gated
+        data = self._gate_reference()
+        if data is None:
+            logger.warning("agent %s: no reference set to gate %s v%d on; admitted", self.device_id, env.owner, env.version)
+            return
+        verdict = check_update(self.store.get_seed(env.owner), env.onnx, data[0], data[1],
+                               min_agreement=s.gate_min_agreement, min_accuracy=s.gate_min_accuracy,
+                               providers=s.providers)
+        if not verdict.passed:
+            self._gated[env.owner] = (topic, signed)
+            raise _Refused(f"seed of {env.owner!r} v{env.version} refused by the update gate: {verdict.reason}; "
+                           f"v{held.version} kept", "gate")
+
+    def _gate_reference(self) -> tuple[np.ndarray, np.ndarray] | None:
+        if self._gate_data is None and self._watch is not None and self._watch.reference_file.exists():
+            with np.load(self._watch.reference_file, allow_pickle=False) as npz:
+                self._gate_data = (np.asarray(npz["x"], dtype=np.float32), np.asarray(npz["y"], dtype=np.int64))
+        return self._gate_data
+
+    def _drop_retired_seeds(self) -> None:
+        # A crash between recording a retirement and deleting the seed is completed here.
+        for info in self.store.list_seeds():
+            if self.retired.refuses(info.owner, info.epoch, info.version) is not None:
+                self.store.delete_seed(info.owner, reason="retired")
 
     # --- bookkeeping ---------------------------------------------------------------------------
 
     def _seeds_from_store(self) -> dict[str, bytes]:
+        self._drop_retired_seeds()
         seeds: dict[str, bytes] = {}
         for info in self.store.list_seeds():
             if info.owner not in self._neighbors:
@@ -953,6 +1107,7 @@ def settings_for(state: StateDir) -> AgentSettings:
         parking=ParkingLimits(per_sender=profile.limits.parked_per_sender, per_topic=profile.limits.parked_per_topic,
                               total=profile.limits.parked_total, total_bytes=profile.limits.parked_total_bytes),
         audit_limit=AuditLimit(rate_per_s=profile.limits.audit_rate_per_s, burst=profile.limits.audit_burst),
+        gate_min_agreement=profile.update.min_agreement, gate_min_accuracy=profile.update.min_reference_accuracy,
     )
 
 

@@ -101,7 +101,7 @@ def _serve(agent: DeviceAgent, state: StateDir, address: tuple[str, int]) -> Inf
 
     api = state.profile().api
     limits = ApiLimits(max_body_bytes=api.max_body_bytes, max_batch=api.max_batch, max_connections=api.max_connections)
-    return InferenceServer(agent.runtime, AgentMetrics(agent.observe), address, ready=lambda: agent.ready,
+    return InferenceServer(lambda: agent.runtime, AgentMetrics(agent.observe), address, ready=lambda: agent.ready,
                            limits=limits, server_name=f"hdus-edge/{agent.device_id}").start()
 
 

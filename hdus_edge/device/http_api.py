@@ -212,7 +212,7 @@ class InferenceServer:
 
     def __init__(
         self,
-        runtime: EnsembleRuntime,
+        runtime: EnsembleRuntime | Callable[[], EnsembleRuntime],
         metrics: AgentMetrics,
         address: tuple[str, int],
         *,
@@ -220,18 +220,24 @@ class InferenceServer:
         limits: ApiLimits = ApiLimits(),
         server_name: str = "hdus-edge",
     ) -> None:
-        self.runtime = runtime
+        # A callable gives the live runtime: the agent builds a new one when its main model changes.
+        self._runtime_of = runtime if callable(runtime) and not isinstance(runtime, EnsembleRuntime) else (lambda: runtime)
         self.metrics = metrics
         self.limits = limits
         self.ready = ready
         self.server_name = server_name
-        self.out_name = output_name(runtime.space)
+        self.out_name = output_name(self.runtime.space)
         try:
             self._httpd = _Server(address, _Handler, self, limits.max_connections)
         except OSError as exc:
             raise ApiListenError(f"cannot serve the inference API on {address[0]}:{address[1]}: {exc.strerror or exc}",
                                  hint="choose another --http address, or stop what listens there") from None
         self._thread: threading.Thread | None = None
+
+    @property
+    def runtime(self) -> EnsembleRuntime:
+        """The ensemble answers come from (the agent's current one)."""
+        return self._runtime_of()
 
     @property
     def address(self) -> tuple[str, int]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hdus_edge.device.login import command_login
+from hdus_edge.device.retired import retirement_to_publish
 from hdus_edge.errors import (
     HdusError,
     StateDirError,
@@ -133,6 +134,11 @@ def publish_seed(
             )
         hello = Hello(me, key.public_key.raw, cert, device.device.profile, _main_arch(state), str(info.get("arch", "seed-cnn")))
         transport.publish(topics.hello(me), codec.encode(hello, key, me), retain=True, wait=True, timeout=publish_timeout)
+        # A version that retires older ones (forget-samples): the retirement goes before the seed.
+        retire = retirement_to_publish(state.retire_file, me, version, seed_onnx, cert.epoch)
+        if retire is not None:
+            transport.publish(topics.retire(me), codec.encode(retire, key, me), retain=True, wait=True,
+                              timeout=publish_timeout)
         if not running:
             # The agent owns the neighbour list while it runs; without it, announce device.toml's.
             seen = listener.memberships.get(me, (0, frozenset()))[0]

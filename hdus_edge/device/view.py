@@ -182,7 +182,33 @@ def device_status(state: StateDir) -> dict[str, Any]:
         "agent": agent,
         # From the store, so it holds while no agent runs and after restarts.
         "forgotten": view.forgotten,
+        "training": training_summary(state),
     }
+
+
+def training_summary(state: StateDir) -> dict[str, Any]:
+    """The main model's manifest of sample ids (size and hash, never the ids or data) and forgotten samples."""
+    out: dict[str, Any] = {"manifest_size": None, "manifest_sha256": None, "forgotten_samples": 0,
+                           "forgotten_still_trained_on": 0}
+    ids: dict[str, set[str]] = {}
+    for path, what in ((state.manifest_file, "sample manifest"), (state.forgotten_samples_file, "forgotten samples")):
+        if not path.exists():
+            continue
+        try:
+            data = read_json(path, what)
+        except StateDirError as exc:
+            logger.warning("%s", exc.message)
+            continue
+        if not isinstance(data, dict):
+            continue
+        ids[what] = set(data.get("ids", []))
+        if path == state.manifest_file:
+            out["manifest_size"], out["manifest_sha256"] = data.get("size"), data.get("sha256")
+        else:
+            out["forgotten_samples"] = len(ids[what])
+    # Non-zero only when a forget-samples run was cut short before the retraining: run it again.
+    out["forgotten_still_trained_on"] = len(ids.get("sample manifest", set()) & ids.get("forgotten samples", set()))
+    return out
 
 
 def _redacted(url: str) -> str:

@@ -16,9 +16,10 @@ provenance. This module imports torch; the agent and ``predict`` never import it
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +33,15 @@ from hdus_edge.data import (
     load_data_folder,
     load_npz,
 )
+from hdus_edge.data.manifest import manifest_of
 from hdus_edge.data.reference import check_reference_file
 from hdus_edge.errors import CheckpointError, DataError, DataShapeError
 from hdus_edge.files import atomic_write, write_json
 from hdus_edge.learning.distill import DistillConfig, distill
-from hdus_edge.learning.train import Progress, TrainConfig, torch_threads, train
+from hdus_edge.learning.shards import build_sharded, fit_main
+from hdus_edge.learning.train import Progress, TrainConfig, torch_threads
 from hdus_edge.models import build_model, count_parameters
+from hdus_edge.models.sharded import ShardedMain
 from hdus_edge.onnx.export import export_onnx
 from hdus_edge.onnx.metadata import Provenance
 from hdus_edge.protocol.messages import sha256_hex
@@ -108,6 +112,10 @@ def load_checkpoint(path: Path, role: str) -> Checkpoint:
     if not path.exists():
         raise CheckpointError(f"{path} is missing", hint=f"run 'hdus-edge {step}' for this device first")
     data = path.read_bytes()
+    digest = sha256_hex(data)
+    cached = _LOADED.get((role, digest))
+    if cached is not None:
+        return cached
     try:
         # weights_only: a checkpoint file must never be able to run code.
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
@@ -117,7 +125,11 @@ def load_checkpoint(path: Path, role: str) -> Checkpoint:
             raise ValueError(f"it holds a {payload['role']} model, not a {role} model")
         shape = tuple(int(d) for d in payload["input_shape"])
         classes = int(payload["num_classes"])
-        model = build_model(payload["arch"], shape, classes)  # type: ignore[arg-type]
+        shard_meta = (payload.get("meta") or {}).get("shards")
+        if shard_meta:
+            model = build_sharded(payload["arch"], shape, classes, shard_meta)  # type: ignore[arg-type]
+        else:
+            model = build_model(payload["arch"], shape, classes)  # type: ignore[arg-type]
         model.load_state_dict(payload["state_dict"])
     except CheckpointError:
         raise
@@ -125,7 +137,17 @@ def load_checkpoint(path: Path, role: str) -> Checkpoint:
         raise CheckpointError(f"{path} is not a usable {role} checkpoint: {exc}",
                               hint=f"run 'hdus-edge {step}' again to rewrite it") from None
     model.eval()
-    return Checkpoint(model, role, payload["arch"], shape, classes, dict(payload.get("meta") or {}), sha256_hex(data))  # type: ignore[arg-type]
+    ckpt = Checkpoint(model, role, payload["arch"], shape, classes, dict(payload.get("meta") or {}), digest)  # type: ignore[arg-type]
+    # forget-samples and train --add read main.pt three times in one run (retrain, distill, export);
+    # a sharded one rebuilds K models each time. Keyed by the file's hash, so a changed file is
+    # always read again; callers only read the model (eval, export), never train it in place.
+    if len(_LOADED) >= 2:
+        _LOADED.clear()
+    _LOADED[(role, digest)] = ckpt
+    return ckpt
+
+
+_LOADED: dict[tuple[str, str], Checkpoint] = {}
 
 
 # --- steps -----------------------------------------------------------------------------------------
@@ -147,6 +169,11 @@ class TrainStepReport:
     seconds: float
     data_sha256: str
     checkpoint: str
+    manifest_sha256: str = ""
+    shards: int = 1
+    retrained_shards: list[int] = field(default_factory=list)
+    reused_shards: list[int] = field(default_factory=list)
+    forgotten_dropped: int = 0  # samples of the data left out because they were forgotten before
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -186,31 +213,82 @@ def train_step(
     seed: int = 0,
     threads: int = 1,
     progress: Progress | None = None,
+    shards: int | None = None,
 ) -> TrainStepReport:
-    """Train the device's main model (its profile's architecture) on its own data; save ``models/main.pt``."""
-    device = state.device()
-    fleet = state.fleet()
-    profile = state.profile()
+    """Train the device's main model (its profile's architecture) on its own data; save ``models/main.pt``.
+
+    The data becomes the device's training set of record (``data/train.npz``, with its manifest of
+    sample ids in ``models/manifest.json``), which ``forget-samples`` and ``train --add`` edit later.
+    Samples forgotten before (``data/forgotten.json``) are left out. ``shards`` overrides the
+    profile's ``train.shards``.
+    """
+    from hdus_edge.learning.samples import drop_forgotten
+
     data = load_device_data(data_path)
     check_fits_fleet(data, state)
     if state.reference_file.exists():
         # Own data inside the public reference set would reach every neighbour through the seeds.
         check_reference_disjoint(load_reference(state), [data])
+    data, dropped = drop_forgotten(state, data)
+    return fit_and_save_main(state, data, epochs=epochs, seed=seed, threads=threads, progress=progress,
+                             shards=shards, forgotten_dropped=dropped)
+
+
+def fit_and_save_main(
+    state: StateDir,
+    data: Dataset,
+    *,
+    epochs: int | None,
+    seed: int,
+    threads: int,
+    progress: Progress | None = None,
+    shards: int | None = None,
+    previous: Checkpoint | None = None,
+    forgotten_dropped: int = 0,
+) -> TrainStepReport:
+    """Fit the main model on ``data`` and commit it with its data of record and manifest.
+
+    ``previous`` (a sharded main checkpoint) lends the weights of shards whose data did not change.
+    Commit order: data of record, then ``main.pt``, then the manifest; a crash in between leaves a
+    main model whose manifest differs from the data, which ``forget-samples`` and ``status`` see.
+    """
+    from hdus_edge.learning.samples import write_data_of_record
+
+    device = state.device()
+    fleet = state.fleet()
+    profile = state.profile()
+    if len(data) == 0:
+        raise DataShapeError("no training data would be left", hint="a device needs at least one sample")
     shape, classes = tuple(fleet.data.input_shape), fleet.data.num_classes
+    k = shards or profile.train.shards
     cfg = TrainConfig(epochs=epochs or profile.train.epochs, batch_size=profile.train.batch_size, seed=seed)
     arch = profile.model.main_arch
-    model = build_model(arch, shape, classes, seed=seed)  # type: ignore[arg-type]
-    with torch_threads(threads):
-        report = train(model, data, cfg, progress)
+    manifest = manifest_of(data)
+    prior = None
+    if previous is not None and previous.meta.get("shards"):
+        prior = (previous.model, list(previous.meta["shards"]))
+    fit = fit_main(data, manifest, arch=arch, input_shape=shape, num_classes=classes, cfg=cfg, shards=k,  # type: ignore[arg-type]
+                   threads=threads, progress=progress, previous=prior)
     data_sha = dataset_sha256(data)
     meta = {"device_id": device.device.id, "data_sha256": data_sha, "samples": len(data), "seed": seed,
-            "epochs": cfg.epochs, "train_accuracy": report.train_accuracy, "created_at": utc_now_iso()}
-    save_checkpoint(state.main_checkpoint, model, role="main", arch=arch, input_shape=shape,  # type: ignore[arg-type]
+            "epochs": cfg.epochs, "batch_size": cfg.batch_size, "threads": threads,
+            "train_accuracy": fit.train_accuracy, "created_at": utc_now_iso(),
+            "manifest_sha256": manifest.sha256, "manifest_size": manifest.size, "shards": fit.shards,
+            "shard_count": k}
+    write_data_of_record(state, data)
+    save_checkpoint(state.main_checkpoint, fit.model, role="main", arch=arch, input_shape=shape,  # type: ignore[arg-type]
                     num_classes=classes, meta=meta)
+    write_json(manifest_path(state), manifest.to_json())
     seen = sorted(int(c) for c in set(data.y.tolist()) if c >= 0)
-    logger.info("trained %s (%s) on %d samples", device.device.id, arch, len(data))
-    return TrainStepReport(device.device.id, arch, count_parameters(model), len(data), seen, cfg.epochs, report.steps,
-                           report.final_loss, report.train_accuracy, report.seconds, data_sha, str(state.main_checkpoint))
+    logger.info("trained %s (%s, %d shards) on %d samples", device.device.id, arch, k, len(data))
+    return TrainStepReport(device.device.id, arch, count_parameters(fit.model), len(data), seen, cfg.epochs, fit.steps,
+                           fit.final_loss, fit.train_accuracy, fit.seconds, data_sha, str(state.main_checkpoint),
+                           manifest.sha256, k, fit.retrained, fit.reused, forgotten_dropped)
+
+
+def manifest_path(state: StateDir) -> Path:
+    """``models/manifest.json``: the sample ids the main model in ``main.pt`` was trained on."""
+    return state.manifest_file
 
 
 @dataclass(frozen=True)
@@ -256,7 +334,7 @@ def distill_step(
     ref_sha = fleet.data.reference_sha256 or dataset_sha256(reference)
     meta = {"device_id": device.device.id, "teacher_sha256": teacher.sha256, "teacher_arch": teacher.arch,
             "reference_sha256": ref_sha, "epochs": cfg.epochs, "agreement": report.agreement, "seed": seed,
-            "created_at": utc_now_iso()}
+            "threads": threads, "created_at": utc_now_iso()}
     save_checkpoint(state.seed_checkpoint, student, role="seed", arch=arch, input_shape=teacher.input_shape,
                     num_classes=teacher.num_classes, meta=meta)
     return DistillStepReport(device.device.id, arch, count_parameters(student), teacher.arch, len(reference), ref_sha,
@@ -303,15 +381,62 @@ def export_step(state: StateDir, *, created_at: str | None = None) -> ExportStep
             f"{fleet.data.reference_sha256[:12]}...",
             hint="run 'hdus-edge distill' again",
         )
+    manifest_sha = main.meta.get("manifest_sha256")
     main_bytes, seed_bytes, version = export_device_models(
         state, main.model, seed.model, main_arch=main.arch, seed_arch=seed.arch, reference_sha256=ref_sha,
         created_at=created_at,
+        manifest=(str(manifest_sha), int(main.meta.get("manifest_size", 0))) if manifest_sha else None,
     )
     return ExportStepReport(
         state.device().device.id, version, main.arch, seed.arch, len(main_bytes), len(seed_bytes),
         sha256_hex(seed_bytes), ref_sha,
         [str(state.models / n) for n in ("main.onnx", "seed.onnx", "seed.json")],
     )
+
+
+def export_sharded(main: ShardedMain, provenance: Provenance, cache: Path) -> bytes:
+    """Export a sharded main model as one graph (``ensemble.shards.compose_shards``).
+
+    Each member's ONNX is kept in ``cache`` under the hash of its weights (and of what else its
+    bytes depend on), so only retrained shards are exported again; files of members no longer
+    used are removed.
+    """
+    import onnx
+
+    from hdus_edge.ensemble.shards import compose_shards
+    from hdus_edge.onnx.checks import parse_onnx
+    from hdus_edge.onnx.metadata import set_metadata
+
+    cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+    member_prov = replace(provenance, version=0, manifest_sha256=None, samples=None, created_at="-")
+    members, keep = [], set()
+    for member in main.members:
+        name = f"{_weights_sha256(member, provenance)}.onnx"
+        path = cache / name
+        data = path.read_bytes() if path.exists() else b""
+        if not data:
+            data = export_onnx(member, member_prov)
+            atomic_write(path, data)
+        members.append(parse_onnx(data, max_bytes=256 << 20))
+        keep.add(name)
+    for stale in cache.glob("*.onnx"):
+        if stale.name not in keep:
+            stale.unlink()
+    proto = compose_shards(members)
+    proto.model_version = int(provenance.version)
+    set_metadata(proto, provenance.to_props())
+    onnx.checker.check_model(proto)
+    return proto.SerializeToString(deterministic=True)
+
+
+def _weights_sha256(model: nn.Module, provenance: Provenance) -> str:
+    h = hashlib.sha256(f"hdus-member-v1|{provenance.arch}|{provenance.input_shape}|{provenance.num_classes}|"
+                       f"{torch.__version__}|".encode())
+    for key, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
 
 
 def _check_contract(ckpt: Checkpoint, state: StateDir) -> None:
@@ -348,11 +473,13 @@ def export_device_models(
     seed_arch: str,
     reference_sha256: str,
     created_at: str | None = None,
+    manifest: tuple[str, int] | None = None,
 ) -> tuple[bytes, bytes, int]:
     """Export main and seed to ``models/main.onnx`` and ``models/seed.onnx``; bump the seed version.
 
     Returns (main bytes, seed bytes, seed version). Provenance names the device, the architecture,
-    the version and the reference set the seed was distilled on.
+    the version and the reference set the seed was distilled on; ``manifest`` = (sha256, size) of the
+    main model's sample-id manifest.
     """
     device = state.device()
     fleet = state.fleet()
@@ -360,7 +487,13 @@ def export_device_models(
     version = state.seed_version() + 1
     shape = fleet.data.input_shape
     classes = fleet.data.num_classes
-    main_bytes = export_onnx(main, Provenance(device.device.id, "main", main_arch, version, shape, classes, created_at))
+    manifest_sha, samples = manifest if manifest is not None else (None, None)
+    main_prov = Provenance(device.device.id, "main", main_arch, version, shape, classes, created_at,
+                           manifest_sha256=manifest_sha, samples=samples)
+    if isinstance(main, ShardedMain):
+        main_bytes = export_sharded(main, main_prov, state.models / "shards")
+    else:
+        main_bytes = export_onnx(main, main_prov)
     if state.profile().runtime.int8:
         main_bytes = _quantize_main(state, main_bytes)
     seed_bytes = export_onnx(

@@ -41,6 +41,9 @@ class Provenance:
     reference_sha256: str | None = None
     precision: str = "fp32"
     hdus_edge_version: str = hdus_edge.__version__
+    # Main models only: the manifest of sample ids trained on (its hash and size; ids, never data).
+    manifest_sha256: str | None = None
+    samples: int | None = None
 
     def __post_init__(self) -> None:
         if not self.owner:
@@ -59,6 +62,10 @@ class Provenance:
             raise ValueError("reference_sha256 must be 64 lowercase hex digits")
         if not self.created_at:
             raise ValueError("created_at must be an ISO 8601 time given by the caller")
+        if self.manifest_sha256 is not None and not _SHA256.match(self.manifest_sha256):
+            raise ValueError("manifest_sha256 must be 64 lowercase hex digits")
+        if self.samples is not None and self.samples < 0:
+            raise ValueError(f"samples must be >= 0, got {self.samples}")
 
     def to_props(self) -> dict[str, str]:
         """The provenance as ``metadata_props`` entries (sorted keys, string values)."""
@@ -74,6 +81,11 @@ class Provenance:
             "precision": self.precision,
             "hdus_edge_version": self.hdus_edge_version,
         }
+        # Only when set, so models without a manifest keep exactly the bytes they always had.
+        if self.manifest_sha256 is not None:
+            props["manifest_sha256"] = self.manifest_sha256
+        if self.samples is not None:
+            props["samples"] = str(int(self.samples))
         return {PREFIX + k: props[k] for k in sorted(props)}
 
     @classmethod
@@ -103,7 +115,18 @@ class Provenance:
             reference_sha256=get("reference_sha256") or None,
             precision=props.get(PREFIX + "precision", "fp32"),
             hdus_edge_version=get("hdus_edge_version"),
+            manifest_sha256=props.get(PREFIX + "manifest_sha256") or None,
+            samples=_optional_int(props.get(PREFIX + "samples")),
         )
+
+
+def _optional_int(value: str | None) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"malformed provenance metadata: {PREFIX}samples is {value!r}") from None
 
 
 def metadata_dict(model: onnx.ModelProto) -> dict[str, str]:

@@ -41,6 +41,8 @@ from hdus_edge.protocol.messages import (
     Receipt,
     RevocationList,
     SeedEnvelope,
+    SeedRetire,
+    SwapReceipt,
     TombstoneDigest,
     UnlearnOrder,
     claimed_sender,
@@ -194,6 +196,30 @@ def _revocations_from(h: Any, body: bytes) -> RevocationList:
     revoked = [tuple(_list(entry, "revoked entry")) for entry in _list(h["revoked"], "revoked")]
     orders = [_hex(o, "revocation order") for o in _list(h["orders"], "orders")]
     return RevocationList(h["version"], h["issued_at"], tuple(revoked), tuple(orders))  # type: ignore[arg-type]
+_RETIRE_FIELDS = ("owner", "request_id", "version", "sha256", "retired_sha256", "epoch", "issued_at", "reason")
+
+
+def _retire_to(m: SeedRetire) -> dict[str, Any]:
+    header = {name: getattr(m, name) for name in _RETIRE_FIELDS}
+    header["retired_sha256"] = list(m.retired_sha256)
+    return header
+
+
+def _retire_from(h: Any, body: bytes) -> SeedRetire:
+    h = dict(_fields(h, "seed retirement", _RETIRE_FIELDS))
+    h["retired_sha256"] = _list(h["retired_sha256"], "retired_sha256")
+    return SeedRetire(**h)
+
+
+_SWAP_FIELDS = ("request_id", "owner", "device_id", "version", "held_sha256", "removed_sha256", "at")
+
+
+def _swap_to(m: SwapReceipt) -> dict[str, Any]:
+    return {name: getattr(m, name) for name in _SWAP_FIELDS}
+
+
+def _swap_from(h: Any, body: bytes) -> SwapReceipt:
+    return SwapReceipt(**_fields(h, "swap receipt", _SWAP_FIELDS))
 
 
 @dataclass(frozen=True)
@@ -214,6 +240,8 @@ _KINDS = (
     _Kind(5, Receipt, _receipt_to, _receipt_from),
     _Kind(6, TombstoneDigest, _digest_to, _digest_from),
     _Kind(7, RevocationList, _revocations_to, _revocations_from),
+    _Kind(8, SeedRetire, _retire_to, _retire_from),
+    _Kind(9, SwapReceipt, _swap_to, _swap_from),
 )
 _BY_CODE = {k.code: k for k in _KINDS}
 _BY_CLASS = {k.cls: k for k in _KINDS}
@@ -348,6 +376,8 @@ def verify(signed: SignedMessage, trust: TrustStore, *, recipient: str | None = 
         _check_order(msg, trust)
     elif isinstance(msg, SeedEnvelope):
         _check_seed(msg, trust, recipient)
+    elif isinstance(msg, SeedRetire):
+        _check_retire(msg, trust)
     return msg
 
 
@@ -387,6 +417,15 @@ def _check_seed(seed: SeedEnvelope, trust: TrustStore, recipient: str | None) ->
         )
     if recipient is not None and seed.to != recipient:
         raise UnauthorizedError(f"seed of {seed.owner!r} is addressed to {seed.to!r}, not {recipient!r}")
+
+
+def _check_retire(retire: SeedRetire, trust: TrustStore) -> None:
+    held = trust.epoch_of(retire.owner)
+    # Only the current incarnation speaks for its seeds, as with the seeds themselves.
+    if retire.epoch != held:
+        raise UnauthorizedError(
+            f"retirement by {retire.owner!r} claims epoch {retire.epoch}, but {retire.owner!r} is certified at epoch {held}"
+        )
 
 
 def open_digest(

@@ -257,16 +257,89 @@ class RevocationList:
         return dict(self.revoked).get(device_id)
 
 
-Message = Union[Hello, SeedEnvelope, NeighborList, UnlearnOrder, Receipt, TombstoneDigest, RevocationList]
+MAX_RETIRED = 64
+
+
+@dataclass(frozen=True)
+class SeedRetire:
+    """``owner`` retires every seed version below ``version``: holders delete them and refuse them forever.
+
+    Sent when the owner forgot samples (``hdus-edge forget-samples``): the old versions carry the
+    forgotten samples' influence. ``sha256`` names the new version that replaces them (a holder
+    answers with a ``SwapReceipt`` once it holds it); ``retired_sha256`` the versions it retires.
+    Valid only when signed by ``owner`` at its certified ``epoch``.
+    """
+
+    owner: str
+    request_id: str
+    version: int
+    sha256: str
+    retired_sha256: tuple[str, ...]
+    epoch: int
+    issued_at: float
+    reason: str
+
+    def __post_init__(self) -> None:
+        check_device_id(self.owner, "seed owner")
+        check_request_id(self.request_id)
+        check_counter(self.version, "retiring version", minimum=2)
+        check_sha256(self.sha256, "new seed sha256")
+        if isinstance(self.retired_sha256, (str, bytes)):
+            raise TypeError("retired_sha256 must be a sequence of sha256 hex strings")
+        retired = tuple(self.retired_sha256)
+        if len(retired) > MAX_RETIRED:
+            raise ValueError(f"a retirement names at most {MAX_RETIRED} versions, got {len(retired)}")
+        for digest in retired:
+            check_sha256(digest, "retired sha256")
+        if self.sha256 in retired:
+            raise ValueError("a retirement cannot retire the version that replaces the old ones")
+        _set(self, "retired_sha256", retired)
+        check_counter(self.epoch, "seed epoch")
+        _set(self, "issued_at", check_time(self.issued_at, "issued_at"))
+        check_text(self.reason, "reason")
+
+
+@dataclass(frozen=True)
+class SwapReceipt:
+    """``device_id`` applied retirement ``request_id`` of ``owner``'s old seed versions.
+
+    It holds no version of ``owner`` below the retiring one; it now holds ``version`` with
+    ``held_sha256`` (None: none of ``owner``'s seeds), and deleted ``removed_sha256`` (None: it held
+    no retired version when the retirement arrived).
+    """
+
+    request_id: str
+    owner: str
+    device_id: str
+    version: int
+    held_sha256: str | None
+    removed_sha256: str | None
+    at: float
+
+    def __post_init__(self) -> None:
+        check_request_id(self.request_id)
+        check_device_id(self.owner, "seed owner")
+        check_device_id(self.device_id)
+        if self.owner == self.device_id:
+            raise ValueError("a device does not send itself a swap receipt")
+        check_counter(self.version, "held version")
+        for name in ("held_sha256", "removed_sha256"):
+            if getattr(self, name) is not None:
+                check_sha256(getattr(self, name), name)
+        _set(self, "at", check_time(self.at, "receipt time"))
+
+
+Message = Union[Hello, SeedEnvelope, NeighborList, UnlearnOrder, Receipt, TombstoneDigest, RevocationList,
+                SeedRetire, SwapReceipt]
 MESSAGE_TYPES: tuple[type, ...] = (Hello, SeedEnvelope, NeighborList, UnlearnOrder, Receipt, TombstoneDigest,
-                                   RevocationList)
+                                   RevocationList, SeedRetire, SwapReceipt)
 
 
 def claimed_sender(msg: Message) -> str:
     """The id the message claims as its author; the signer must be exactly this id."""
-    if isinstance(msg, (Hello, NeighborList, Receipt, TombstoneDigest)):
+    if isinstance(msg, (Hello, NeighborList, Receipt, TombstoneDigest, SwapReceipt)):
         return msg.device_id
-    if isinstance(msg, SeedEnvelope):
+    if isinstance(msg, (SeedEnvelope, SeedRetire)):
         return msg.owner
     if isinstance(msg, UnlearnOrder):
         return msg.issuer

@@ -11,6 +11,8 @@ topic                           retained payload
 ``receipts/<request_id>/<from>`` no      ``Receipt``
 ``tombstones/<id>``             yes      ``TombstoneDigest``
 ``revocations``                 yes      ``RevocationList`` (only the admin writes here)
+``devices/<id>/retire``         yes      ``SeedRetire`` (old seed versions of <id> retired)
+``receipts/<request_id>/<from>`` no      ``SwapReceipt`` (answer to a ``SeedRetire``)
 =============================== ======== =====================================================
 
 Orders about a device live where the device cannot clear them: the broker lets only the admin write
@@ -41,6 +43,8 @@ from hdus_edge.protocol.messages import (
     Receipt,
     RevocationList,
     SeedEnvelope,
+    SeedRetire,
+    SwapReceipt,
     TombstoneDigest,
     UnlearnOrder,
 )
@@ -54,6 +58,7 @@ UNLEARN = "unlearn"
 RECEIPT = "receipt"
 TOMBSTONES = "tombstones"
 REVOCATIONS = "revocations"
+RETIRE = "retire"
 
 RETAINED: dict[str, bool] = {
     HELLO: True,
@@ -63,6 +68,7 @@ RETAINED: dict[str, bool] = {
     RECEIPT: False,
     TOMBSTONES: True,
     REVOCATIONS: True,
+    RETIRE: True,
 }
 """Whether each kind of topic is published retained (DESIGN.md section 4)."""
 
@@ -136,6 +142,15 @@ class Topics:
         """Where ``device`` gossips the unlearn orders it applied."""
         return f"{self.root}/tombstones/{check_device_id(device)}"
 
+    def retire(self, owner: str) -> str:
+        """Where ``owner`` retires its old seed versions (under its own ``devices/<id>/``, which the
+        broker ACL already lets only it write and every device read)."""
+        return f"{self.root}/devices/{check_device_id(owner)}/retire"
+
+    def retire_filter(self) -> str:
+        """Every device's retirement (rare: one per forget-samples request)."""
+        return f"{self.root}/devices/+/retire"
+
     def fleet_state_filters(self) -> list[str]:
         """What an observer reads to know the fleet: every hello, membership, unlearn order and request
         to leave (all retained)."""
@@ -157,7 +172,7 @@ class Topics:
         check_device_id(device)
         orders = f"{self.root}/unlearn/+"
         return [orders, self.revocations(), *(f for f in self.fleet_state_filters() if f != orders),
-                f"{self.root}/tombstones/+", *(self.seed(device, j) for j in sorted(neighbors))]
+                f"{self.root}/tombstones/+", self.retire_filter(), *(self.seed(device, j) for j in sorted(neighbors))]
 
     def observer_filters(self) -> list[str]:
         """What a read-only observer (the dashboard) subscribes to first: every kind but the seeds.
@@ -204,6 +219,8 @@ class Topics:
             match parts:
                 case ["devices", device, "hello"]:
                     return ParsedTopic(HELLO, check_device_id(device))
+                case ["devices", device, "retire"]:
+                    return ParsedTopic(RETIRE, check_device_id(device))
                 case ["seeds", to, frm]:
                     return ParsedTopic(SEED, check_device_id(frm), to=check_device_id(to))
                 case ["membership", device]:
@@ -255,6 +272,12 @@ class Topics:
             expected = (TOMBSTONES, msg.device_id, None)
         elif isinstance(msg, RevocationList):
             expected = (REVOCATIONS, ADMIN_ID, None)
+        elif isinstance(msg, SeedRetire):
+            expected = (RETIRE, msg.owner, None)
+        elif isinstance(msg, SwapReceipt):
+            expected = (RECEIPT, msg.device_id, None)
+            if parsed.request_id != msg.request_id:
+                raise DecodeError(f"swap receipt for {msg.request_id!r} arrived on {topic!r}")
         else:
             raise TypeError(f"not a protocol message: {type(msg).__name__}")
         if (parsed.kind, parsed.device, parsed.to) != expected:
