@@ -55,6 +55,7 @@ def _snapshot(store: SeedStore) -> dict:
         "seen": store.seen_requests(),
         "receipts": [(r.request_id, r.data) for r in store.pending_receipts()],
         "highest": {o: store.highest_version(o) for o in ("a", "b")},
+        "orders": store.orders(),
     }
 
 
@@ -67,7 +68,8 @@ OPERATIONS = {
     "replace_seed": lambda s: s.put_seed("a", 2, NEW, epoch=0, arch="s"),
     "new_owner": lambda s: s.put_seed("c", 1, NEW, epoch=0, arch="s"),
     "delete": lambda s: s.delete_seed("a"),
-    "unlearn": lambda s: s.apply_unlearn("a", 0, "req-1", receipt=lambda sha: f"receipt {sha}".encode()),
+    "unlearn": lambda s: s.apply_unlearn("a", 0, "req-1", receipt=lambda sha: f"receipt {sha}".encode(),
+                                         order=b"signed order req-1"),
     "receipt_sent": lambda s: s.mark_receipt_sent("req-7"),
     "mark_seen": lambda s: s.mark_request_seen("req-5"),
 }

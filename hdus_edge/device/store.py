@@ -3,8 +3,10 @@
 Layout under ``root``::
 
     index.json          every fact (seeds, tombstones, seen request ids, version floors, pending receipts,
-                        and whether this device itself was forgotten)
+                        the signed orders applied (for the tombstone digest), and whether this device
+                        itself was forgotten)
     seeds/<owner>@<epoch>-<version>.onnx   one file per held seed, named by content version
+    orders/<request id>.order   signed orders saved by earlier versions (read, never written now)
     audit.jsonl         append-only JSON lines, fsynced; hashes only, never seed bytes; lines that
                         outside input triggers are rate-limited (``AuditLimit``) with a summary line
     .lock               flock'd while a SeedStore is open (one process per store)
@@ -19,8 +21,11 @@ is the commit point of every operation; it plays the role of the journal. Seed f
 (owner, epoch, version), never overwritten in place, so:
 
 - a new seed is written to its own file first, then committed in the index, then the old file goes;
-- an unlearn commits the index (tombstone + request id + seed entry gone + pending receipt) in one
-  replace, then unlinks the seed file.
+- an unlearn commits the index (tombstone + request id + seed entry gone + pending receipt + the signed
+  order) in one replace, then unlinks the seed file. That replace is the step's only durable write (two
+  fsyncs: the temp index and its directory): the unlink needs no directory fsync (a seed file the index
+  does not name is removed on open) and the step's audit lines ride on the next synced audit line (the
+  index, not the audit log, is what recovery trusts).
 
 A crash at any point leaves either the old or the new index. On open, recovery replays what the index
 says: stray temp files are removed, every indexed seed is re-hashed (a missing or corrupt one is dropped
@@ -142,11 +147,12 @@ class _State:
     highest: dict[str, tuple[int, int]] = field(default_factory=dict)  # owner -> (epoch, version)
     receipts: dict[str, PendingReceipt] = field(default_factory=dict)
     forgotten: Tombstone | None = None  # this device itself was forgotten (by this order, up to this epoch)
+    orders: dict[str, bytes] = field(default_factory=dict)  # request id -> signed order, as it travelled
 
     def copy(self) -> _State:
         return _State(
             dict(self.seeds), dict(self.tombstones), dict(self.seen), dict(self.highest), dict(self.receipts),
-            self.forgotten,
+            self.forgotten, dict(self.orders),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -176,6 +182,7 @@ class _State:
                 {"request_id": r.request_id, "data": r.data.hex(), "created_at": r.created_at}
                 for r in self.receipts.values()
             ],
+            "orders": {rid: data.hex() for rid, data in self.orders.items()},
         } | ({} if self.forgotten is None else {"forgotten": {
             "target": self.forgotten.target, "epoch": self.forgotten.epoch,
             "request_id": self.forgotten.request_id, "at": self.forgotten.at}})
@@ -198,6 +205,8 @@ class _State:
         state.highest = {check_device_id(k): (int(v[0]), int(v[1])) for k, v in data["highest"].items()}
         for r in data["receipts"]:
             state.receipts[r["request_id"]] = PendingReceipt(r["request_id"], bytes.fromhex(r["data"]), r["created_at"])
+        # (An index written before orders moved into it has none: they are files in orders/.)
+        state.orders = {check_request_id(k): bytes.fromhex(v) for k, v in data.get("orders", {}).items()}
         if data.get("forgotten") is not None:
             f = data["forgotten"]
             state.forgotten = Tombstone(check_device_id(f["target"]), int(f["epoch"]), check_request_id(f["request_id"]),
@@ -262,6 +271,8 @@ class SeedStore:
             raise StoreError(f"cannot create seed store at {self.root}: {exc.strerror}") from None
         self._lock_fd = -1
         self._audit_fd = -1
+        self._audit_unsynced = False  # audit lines written with sync=False since the last fsync
+        self._unsaved = False  # an in-memory change (a receipt sent) that the next commit or close() saves
         try:
             self._lock_fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
@@ -286,10 +297,17 @@ class SeedStore:
     # --- lifecycle ---------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Release the process lock and the audit file (idempotent)."""
+        """Save what is only in memory, release the process lock and the audit file (idempotent)."""
+        if self._unsaved and self._lock_fd >= 0:
+            try:
+                self._commit(self._state.copy(), [])
+            except (OSError, StoreError):
+                logger.warning("could not save %s on close; sent receipts are sent again", self.root)
         if self._audit_fd >= 0:
             try:
                 self._flush_suppressed()
+                if self._audit_unsynced:
+                    os.fsync(self._audit_fd)
             except (OSError, StoreError):
                 logger.warning("could not write the audit summary of %s", self.root)
             os.close(self._audit_fd)
@@ -366,12 +384,17 @@ class SeedStore:
 
     # --- commit ------------------------------------------------------------------------------
 
-    def _commit(self, state: _State, remove_files: Iterable[str]) -> None:
-        """Make ``state`` durable (the commit point), then remove files it no longer names."""
+    def _commit(self, state: _State, remove_files: Iterable[str], *, sync_removals: bool = True) -> None:
+        """Make ``state`` durable (the commit point), then remove files it no longer names.
+
+        ``sync_removals=False`` leaves the unlinks unsynced: a file that comes back after a power cut
+        is one the index does not name, and recovery removes it on open.
+        """
         if self._lock_fd < 0:
             raise StoreError(f"seed store {self.root} is closed")
         atomic_write(self.root / INDEX_NAME, canonical.dumps(state.to_json()))
         self._state = state
+        self._unsaved = False
         removed = False
         for name in remove_files:
             try:
@@ -379,7 +402,7 @@ class SeedStore:
                 removed = True
             except FileNotFoundError:
                 pass
-        if removed:
+        if removed and sync_removals:
             fsync_dir(self._seeds_dir)
 
     # --- seeds -------------------------------------------------------------------------------
@@ -553,7 +576,7 @@ class SeedStore:
     def add_tombstone(self, target: str, epoch: int, request_id: str) -> str | None:
         """Forget ``target`` up to ``epoch``: tombstone it and drop a covered seed; return the removed sha256."""
         with self._lock:
-            return self._unlearn(target, epoch, request_id, mark_seen=False, receipt=None)
+            return self._unlearn(target, epoch, request_id, mark_seen=False, receipt=None, order=None)
 
     def apply_unlearn(
         self,
@@ -561,20 +584,24 @@ class SeedStore:
         epoch: int,
         request_id: str,
         receipt: bytes | Callable[[str | None], bytes] | None = None,
+        *,
+        order: bytes | None = None,
     ) -> str | None:
         """Apply an unlearn order as ONE atomic step; return the removed seed's sha256 (None: held none).
 
         Commits together: the tombstone, ``request_id`` as seen, the seed entry's removal (only when its
-        epoch <= ``epoch``: a re-admitted incarnation survives an old order) and, when given, the pending
-        receipt. ``receipt`` may be a callable that gets the removed sha256 and returns the encoded
-        receipt. Then the seed file is unlinked; a crash before that is completed on open. So "receipt
-        pending or sent" always implies "seed gone". Raises ``ReplayError`` for a seen ``request_id``.
+        epoch <= ``epoch``: a re-admitted incarnation survives an old order), when given the pending
+        receipt, and when given the signed ``order`` bytes (kept for the tombstone digest, ``orders``).
+        ``receipt`` may be a callable that gets the removed sha256 and returns the encoded receipt. Then
+        the seed file is unlinked; a crash before that is completed on open. So "receipt pending or
+        sent" always implies "seed gone". Two fsyncs in all (the index commit); the audit lines are
+        written unsynced (see the module docstring). Raises ``ReplayError`` for a seen ``request_id``.
         """
         with self._lock:
             if request_id in self._state.seen:
                 self._audit("reject", target=target, request_id=request_id, reason="replay", limited=True)
                 raise ReplayError(f"unlearn request {request_id!r} was already applied")
-            return self._unlearn(target, epoch, request_id, mark_seen=True, receipt=receipt)
+            return self._unlearn(target, epoch, request_id, mark_seen=True, receipt=receipt, order=order)
 
     def _unlearn(
         self,
@@ -584,6 +611,7 @@ class SeedStore:
         *,
         mark_seen: bool,
         receipt: bytes | Callable[[str | None], bytes] | None,
+        order: bytes | None,
     ) -> str | None:
         check_device_id(target, "unlearn target")
         check_counter(epoch, "unlearn epoch")
@@ -605,15 +633,18 @@ class SeedStore:
             if not isinstance(data, bytes):
                 raise TypeError(f"receipt must be bytes, got {type(data).__name__}")
             state.receipts[request_id] = PendingReceipt(request_id, data, now)
-        self._commit(state, [] if removed is None else [removed.file])
-        # One fsync for the step's audit lines: the index commit above is what makes the step durable,
-        # and every fsync here delays the receipt the requester waits for.
+        if order is not None:
+            state.orders.setdefault(request_id, bytes(order))
+        self._commit(state, [] if removed is None else [removed.file], sync_removals=False)
+        # No fsync for the step's audit lines: the index commit above is what makes the step durable
+        # (and what recovery trusts), and every fsync here delays the receipt the requester waits for.
+        # The next synced audit line, or close(), makes them durable.
         if removed is not None:
             self._audit("delete", owner=target, sha256=removed.sha256, version=removed.version, reason="unlearn",
                         request_id=request_id, sync=False)  # fmt: skip
-        self._audit("tombstone", target=target, epoch=epoch, request_id=request_id, sync=receipt is None)
+        self._audit("tombstone", target=target, epoch=epoch, request_id=request_id, sync=False)
         if receipt is not None:
-            self._audit("receipt_pending", request_id=request_id, target=target, removed_sha256=removed_sha)
+            self._audit("receipt_pending", request_id=request_id, target=target, removed_sha256=removed_sha, sync=False)
         logger.info("forgot %s up to epoch %d (request %s), removed %s", target, epoch, request_id, removed_sha)
         return removed_sha
 
@@ -658,15 +689,23 @@ class SeedStore:
             self._commit(state, [])
             self._audit("receipt_pending", request_id=request_id)
 
-    def mark_receipt_sent(self, request_id: str) -> bool:
-        """Drop the pending receipt of ``request_id``; False when none was pending."""
+    def mark_receipt_sent(self, request_id: str, *, durable: bool = True) -> bool:
+        """Drop the pending receipt of ``request_id``; False when none was pending.
+
+        ``durable=False`` (the broker acknowledged it) changes memory only; the next commit or
+        ``close()`` saves it, and a crash before that sends the receipt once more (receivers take
+        duplicates), which is cheaper than two fsyncs per receipt.
+        """
         with self._lock:
             if request_id not in self._state.receipts:
                 return False
             state = self._state.copy()
             del state.receipts[request_id]
-            self._commit(state, [])
-            self._audit("receipt_sent", request_id=request_id)
+            if durable:
+                self._commit(state, [])
+            else:
+                self._state, self._unsaved = state, True
+            self._audit("receipt_sent", request_id=request_id, sync=durable)
             return True
 
     def pending_receipts(self) -> list[PendingReceipt]:
@@ -678,34 +717,39 @@ class SeedStore:
 
     def save_order(self, request_id: str, order_bytes: bytes) -> None:
         """Keep the signed order ``request_id`` as it travelled, so neighbours that missed it can
-        get it from this device's tombstone digest. Idempotent; one small file per order."""
+        get it from this device's tombstone digest. Idempotent (no write when it is kept already);
+        ``apply_unlearn(order=...)`` keeps it in the same commit as the rest of the step."""
         check_request_id(request_id)
         with self._lock:
-            orders = self.root / ORDERS_DIR
-            orders.mkdir(exist_ok=True, mode=0o700)
-            path = orders / f"{request_id}.order"
-            if not path.exists():
-                atomic_write(path, bytes(order_bytes))
+            if request_id in self._state.orders or (self.root / ORDERS_DIR / f"{request_id}.order").exists():
+                return
+            state = self._state.copy()
+            state.orders[request_id] = bytes(order_bytes)
+            self._commit(state, [])
 
     def orders(self) -> dict[str, bytes]:
         """Every saved signed order by request id, in the order they were applied (oldest first).
 
         Digests carry the newest orders: sorted by name (random request ids), "the last 64" would be
         any 64, and a newer order could drop out of every digest. Orders saved but not yet marked
-        seen (a crash in between) come last.
+        seen come last. Files in ``orders/`` (written by earlier versions) count too.
         """
         with self._lock:
-            orders = self.root / ORDERS_DIR
-            if not orders.is_dir():
-                return {}
+            kept = dict(self._state.orders)
+            legacy = self.root / ORDERS_DIR
+            if legacy.is_dir():
+                for path in legacy.glob("*.order"):
+                    kept.setdefault(path.stem, path.read_bytes())
             seen = self._state.seen
-            paths = sorted(orders.glob("*.order"), key=lambda p: (seen.get(p.stem, float("inf")), p.stem))
-            return {p.stem: p.read_bytes() for p in paths}
+            return {rid: kept[rid] for rid in sorted(kept, key=lambda rid: (seen.get(rid, float("inf")), rid))}
 
     # --- audit -------------------------------------------------------------------------------
 
-    def audit(self, event: str, *, limited: bool = False, **fields: Any) -> bool:
+    def audit(self, event: str, *, limited: bool = False, sync: bool = True, **fields: Any) -> bool:
         """Append one fsynced JSON line ``{"at", "event", **fields}``; bytes and long strings are refused.
+
+        ``sync=False`` leaves the fsync to the next synced line (or ``flush_audit_summary``/``close``):
+        for a line whose fact is already durable elsewhere (the index).
 
         ``limited`` lines (what outside input triggers: rejections) go through the store's
         ``AuditLimit``; over it they are counted, not written, and the next limited line that fits is
@@ -713,7 +757,7 @@ class SeedStore:
         the line was written.
         """
         with self._lock:
-            return self._audit(event, limited=limited, **fields)
+            return self._audit(event, sync=sync, limited=limited, **fields)
 
     def _audit(self, event: str, sync: bool = True, limited: bool = False, **fields: Any) -> bool:
         # sync=False leaves the fsync to the next audit line of the same step.
@@ -736,6 +780,7 @@ class SeedStore:
         os.write(self._audit_fd, canonical.dumps(record) + b"\n")
         if sync:
             os.fsync(self._audit_fd)
+        self._audit_unsynced = not sync
         return True
 
     def _flush_suppressed(self, sync: bool = True) -> None:
