@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from hdus_edge.config import FleetConfig
+from hdus_edge.device.apply_times import HOLDER, NON_HOLDER, ApplyHistogram, ApplyTimes, ApplyTiming
 from hdus_edge.device.parking import ParkingLimits, ParkingLot
 from hdus_edge.device.gate import check_update
 from hdus_edge.device.retired import RetiredVersions, Retirement, retirement_to_publish
@@ -52,7 +53,7 @@ from hdus_edge.errors import (
     TombstonedError,
     UnknownSenderError,
 )
-from hdus_edge.files import write_json
+from hdus_edge.files import sync_count, write_json
 from hdus_edge.onnx.contract import (
     DEFAULT_POLICY,
     ComputeBudget,
@@ -169,6 +170,7 @@ class AgentObservation:
     parked: int
     outbox_pending: int
     ready: bool
+    applies: dict[str, ApplyHistogram] = field(default_factory=dict)  # unlearn apply times, by role
 
 
 class DeviceAgent:
@@ -229,6 +231,7 @@ class DeviceAgent:
         # Encoded orders already applied here, as they travel inside digests: skipped unverified.
         self._applied_order_bytes: set[bytes] = set()
         self.counters = AgentCounters()
+        self.apply_times = ApplyTimes()
         # Per-version tombstones (forget-samples): retired seed versions, pending swap receipts,
         # new versions the gate held back (one per owner), the reference set for the gate.
         self.retired = RetiredVersions(store_dir)
@@ -331,7 +334,7 @@ class DeviceAgent:
         self._announce()
         self._publish_retire()
         for pending in self.store.pending_receipts():
-            self._send_receipt(pending.request_id, pending.data)
+            self._resend_receipt(pending.request_id, pending.data)
         self._digest_thread = threading.Thread(target=self._digest_loop, name=f"hdus-digest-{self.device_id}", daemon=True)
         self._digest_thread.start()
         self._ready.set()
@@ -387,6 +390,7 @@ class DeviceAgent:
             orders_applied=c.unlearned, receipts_sent=c.receipts_sent, duplicates=c.duplicates,
             rejections=dict(c.reasons), connected=self.transport.connected, connects=self.transport.connect_count,
             parked=parked, outbox_pending=self.transport.pending, ready=self.ready,
+            applies=self.apply_times.histograms(),
         )
 
     @property
@@ -421,6 +425,7 @@ class DeviceAgent:
                 "seed_queue": len(self._seed_queue),
                 "counters": {k: v for k, v in vars(self.counters).items() if k != "reasons"}
                 | {"reasons": dict(self.counters.reasons)},
+                "unlearn_applies": self.apply_times.to_json(),
                 "updated_at": time.time(),
             }
 
@@ -697,8 +702,8 @@ class DeviceAgent:
     def _apply_order(self, order: UnlearnOrder, raw: bytes) -> None:
         if self.store.is_request_seen(order.request_id):
             self.counters.duplicates += 1
-            # Idempotent: completes a save that a crash after the store step cut short (a retained
-            # order comes again on every connect).
+            # Idempotent: a no-op when the order is kept already (the store step keeps it since the
+            # order went into the index; a store from an earlier version may lack the copy).
             self.store.save_order(order.request_id, raw)
             return
         if order.target == self.device_id:
@@ -706,34 +711,57 @@ class DeviceAgent:
             self._forget_self(order)
             return
         target = order.target
+        began, syncs = time.perf_counter(), sync_count()
+        if not self._holds(target):
+            # Tombstone, request id and the order (for our digest: every device reads every digest, so
+            # a holder that missed the order can learn it from us) in one commit: the seed stays
+            # refused here for good. Nothing else: no seed, no receipt (the requester does not wait
+            # for us), nothing of ours on the broker for the target, no ensemble rebuild.
+            self.store.apply_unlearn(target, order.epoch, order.request_id, order=raw)
+            self.counters.unlearned += 1
+            self._record_apply(order, NON_HOLDER, began, began, began, syncs)
+            return
 
         def receipt_for(removed: str | None) -> bytes:
             members_after = tuple(m for m in self.runtime.members() if m != target)
             receipt = Receipt(order.request_id, target, self.device_id, removed, members_after, time.time())
             return codec.encode(receipt, self._key, self.device_id)
 
-        began = time.perf_counter()
-        # One store step commits tombstone + request id + deletion + the receipt to send.
-        removed = self.store.apply_unlearn(target, order.epoch, order.request_id, receipt=receipt_for)
+        # One store step commits tombstone + request id + deletion + the receipt to send + the order
+        # (for the digest): the apply's only fsyncs.
+        removed = self.store.apply_unlearn(target, order.epoch, order.request_id, receipt=receipt_for, order=raw)
         stored = time.perf_counter()
         self.runtime.remove(target)
         rebuilt = time.perf_counter()
         self.counters.unlearned += 1
-        # The receipt first: it is what the requester waits for.
+        # The receipt first: it is what the requester waits for. Then our inbox copy of the forgotten
+        # seed, and our seed for the forgotten device, leave the broker.
+        clears = [self.topics.seed(self.device_id, target)]
+        if target in self._published:
+            clears.append(self.topics.seed(target, self.device_id))
+            self._published.pop(target, None)
         for pending in self.store.pending_receipts():
             if pending.request_id == order.request_id:
-                self._send_receipt(pending.request_id, pending.data)
-        sent = time.perf_counter()
-        # Kept for the tombstone digest; after the receipt, whose path it would lengthen by two fsyncs.
-        self.store.save_order(order.request_id, raw)
-        # Our inbox copy of the forgotten seed, and our seed for the forgotten device, leave the broker.
-        self.transport.publish(self.topics.seed(self.device_id, target), b"", retain=True, wait=False)
-        if target in self._published:
-            self.transport.publish(self.topics.seed(target, self.device_id), b"", retain=True, wait=False)
-            self._published.pop(target, None)
-        logger.info("agent %s: forgot %s (held %s): store %.1f ms, ensemble %.1f ms, receipt %.1f ms",
-                    self.device_id, target, removed[:12] if removed else "none",
-                    1e3 * (stored - began), 1e3 * (rebuilt - stored), 1e3 * (sent - rebuilt))
+                self._send_receipt(pending.request_id, pending.data, clears)
+        self._record_apply(order, HOLDER, began, stored, rebuilt, syncs, removed=removed)
+
+    def _holds(self, target: str) -> bool:
+        """Whether this device must answer an order about ``target`` with a receipt: it lists it (the
+        requester's holders are the devices whose lists name the target), holds a seed of it, or
+        published its own seed to it (a copy on the broker to clear)."""
+        return target in self._neighbors or self.store.seed_info(target) is not None or target in self._published
+
+    def _record_apply(self, order: UnlearnOrder, role: str, began: float, stored: float, rebuilt: float,
+                      syncs: int, removed: str | None = None) -> None:
+        done = time.perf_counter()
+        if role == NON_HOLDER:
+            stored = rebuilt = done  # the store step is all it does
+        timing = ApplyTiming(order.request_id, order.target, role, 1e3 * (stored - began), 1e3 * (rebuilt - stored),
+                             1e3 * (done - rebuilt), 1e3 * (done - began), sync_count() - syncs)
+        self.apply_times.record(timing)
+        logger.info("agent %s: forgot %s as %s (held %s): store %.1f ms, ensemble %.1f ms, receipt %.1f ms, %d fsyncs",
+                    self.device_id, order.target, role, removed[:12] if removed else "none", timing.store_ms,
+                    timing.ensemble_ms, timing.receipt_ms, timing.fsyncs)
         # Not at once: k orders in a burst would make every device publish k digests, each delivered
         # to every device. The housekeeping tick (<= 1 s) publishes one digest covering them all.
         self._digest_due = True
@@ -761,14 +789,40 @@ class DeviceAgent:
         logger.info("agent %s: this device was forgotten (request %s)", self.device_id, order.request_id)
         self._write_status()
 
-    def _send_receipt(self, request_id: str, data: bytes) -> None:
-        # Retained, so a requester that looks later (``hdus-edge receipts``) still finds the evidence.
-        # publish() returns once the receipt is in the durable outbox, which re-sends it until the
-        # broker acknowledges it (across restarts too), so the store can hand it over without waiting.
-        self.transport.publish(self.topics.receipt(request_id, self.device_id), data, retain=True, wait=False)
-        self.store.mark_receipt_sent(request_id)
-        self.store.audit("receipt", request_id=request_id)
+    def _send_receipt(self, request_id: str, data: bytes, clears: list[str]) -> None:
+        """Publish the receipt (retained, so a requester that looks later still finds the evidence) and
+        clear the ``clears`` topics; the store drops the pending receipt once the broker acknowledged all.
+
+        The outbox copies are in memory only (no fsync): the store's pending receipt is the durable
+        record, and ``start`` sends it (and clears again) after a crash. A receipt sent twice is fine.
+        """
+        left = [1 + len(clears)]
+        lock = threading.Lock()
+
+        def acked() -> None:  # on the transport's ack thread: short, never raises into it
+            with lock:
+                left[0] -= 1
+                if left[0]:
+                    return
+            if self.store.mark_receipt_sent(request_id, durable=False):
+                self.store.audit("receipt", request_id=request_id, sync=False)
+
+        self.transport.publish(self.topics.receipt(request_id, self.device_id), data, retain=True, wait=False,
+                               durable=False, on_ack=acked)
+        for topic in clears:
+            self.transport.publish(topic, b"", retain=True, wait=False, durable=False, on_ack=acked)
         self.counters.receipts_sent += 1
+
+    def _resend_receipt(self, request_id: str, data: bytes) -> None:
+        """A receipt still pending at start (a crash before its PUBACK): send it, and clear both copies
+        of seeds between us and its target again (which were published then is not known now)."""
+        try:
+            receipt = codec.decode(data).msg  # our own, signed by us: read, not verified
+            target = receipt.target if isinstance(receipt, Receipt) else None
+        except HdusError:
+            target = None
+        clears = [] if target is None else [self.topics.seed(self.device_id, target), self.topics.seed(target, self.device_id)]
+        self._send_receipt(request_id, data, clears)
 
     # --- publishing ----------------------------------------------------------------------------
 
@@ -827,8 +881,10 @@ class DeviceAgent:
             return
         orders = tuple(self.store.orders().values())
         digest = TombstoneDigest(self.device_id, orders[-64:])
+        # In memory only: the digest is rebuilt from the store and published again at every start and
+        # every digest interval, so a lost one costs nothing.
         self.transport.publish(self.topics.tombstones(self.device_id), codec.encode(digest, self._key, self.device_id),
-                               retain=True, wait=False)
+                               retain=True, wait=False, durable=False)
 
     def _digest_loop(self) -> None:
         """Housekeeping: follow the state dir every second; gossip the tombstone digest periodically."""
@@ -1080,7 +1136,8 @@ class DeviceAgent:
         if self._status_file is None:
             return
         try:
-            write_json(self._status_file, self.status())
+            # Rewritten on every change and at start: not worth two fsyncs on an order's path.
+            write_json(self._status_file, self.status(), durable=False)
         except OSError as exc:
             logger.warning("agent %s: cannot write status: %s", self.device_id, exc)
 

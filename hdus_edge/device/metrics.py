@@ -13,11 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from hdus_edge.device.agent import AgentObservation
+from hdus_edge.device.apply_times import APPLY_BUCKETS
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Batch-1 inference is ~0.2-2 ms here and tens of ms on a Pi Zero; big batches take longer.
@@ -59,6 +60,13 @@ class _AgentCollector(Collector):
         yield _gauge("hdus_messages_parked", "Messages held until their sender's hello arrives.", o.parked)
         yield _gauge("hdus_outbox_pending", "Published messages waiting for the broker's acknowledgement.",
                      o.outbox_pending)
+        applies = HistogramMetricFamily("hdus_unlearn_apply_seconds", "Time to apply an unlearn order, by role "
+                                        "(holder: store step, ensemble rebuild, receipt handed over; non_holder: "
+                                        "the tombstone commit).", labels=["role"])
+        bounds = [*(f"{b:g}" for b in APPLY_BUCKETS), "+Inf"]
+        for role, hist in sorted(o.applies.items()):
+            applies.add_metric([role], list(zip(bounds, hist.cumulative)), sum_value=hist.sum_s)
+        yield applies
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

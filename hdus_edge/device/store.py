@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from hdus_edge.errors import ReplayError, StoreError, TombstonedError
-from hdus_edge.files import TMP_PREFIX, atomic_write, fsync_dir
+from hdus_edge.files import TMP_PREFIX, atomic_write, fsync, fsync_dir
 from hdus_edge.protocol import canonical
 from hdus_edge.protocol.fields import (
     check_counter,
@@ -307,7 +307,7 @@ class SeedStore:
             try:
                 self._flush_suppressed()
                 if self._audit_unsynced:
-                    os.fsync(self._audit_fd)
+                    fsync(self._audit_fd)
             except (OSError, StoreError):
                 logger.warning("could not write the audit summary of %s", self.root)
             os.close(self._audit_fd)
@@ -336,7 +336,7 @@ class SeedStore:
                 if cut < 0 and size > len(tail):
                     raise StoreError(f"audit log {path} ends in a line longer than 64 KiB; it is corrupt")
                 os.ftruncate(fd, keep)
-                os.fsync(fd)
+                fsync(fd)
                 logger.warning("audit log %s: cut a torn last line (%d bytes)", path, size - keep)
         return fd
 
@@ -779,7 +779,7 @@ class SeedStore:
         record = {"at": now, "event": event, **fields}
         os.write(self._audit_fd, canonical.dumps(record) + b"\n")
         if sync:
-            os.fsync(self._audit_fd)
+            fsync(self._audit_fd)
         self._audit_unsynced = not sync
         return True
 
@@ -792,7 +792,7 @@ class SeedStore:
         bucket.suppressed = {}
         os.write(self._audit_fd, canonical.dumps(record) + b"\n")
         if sync:
-            os.fsync(self._audit_fd)
+            fsync(self._audit_fd)
 
     def flush_audit_summary(self) -> None:
         """Write the ``audit_suppressed`` summary now if lines were dropped (the agent's housekeeping tick)."""

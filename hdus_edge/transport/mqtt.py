@@ -194,6 +194,7 @@ class MqttTransport:
         self._outbox = Outbox(outbox_dir)
         self._pub = threading.Condition()
         self._row_of_mid: dict[int, int] = {}
+        self._on_ack: dict[int, Callable[[], None]] = {}  # outbox row -> called when its PUBACK arrives
 
         self._inbox: queue.Queue[paho.MQTTMessage | None] = queue.Queue()
         self._acks: queue.Queue[int | None] = queue.Queue()
@@ -327,8 +328,14 @@ class MqttTransport:
         retain: bool = False,
         wait: bool = True,
         timeout: float = 10.0,
+        durable: bool = True,
+        on_ack: Callable[[], None] | None = None,
     ) -> bool:
         """Publish at QoS 1 through the durable outbox.
+
+        ``durable=False`` keeps the outbox copy in memory only (no fsync): for a message whose caller
+        holds it durably and sends it again after a restart. ``on_ack`` is called once, from the ack
+        thread, when the broker's PUBACK arrives; it must be short and must not block on the caller.
 
         The message is on disk when this returns, whatever the result. With ``wait=True``, returns
         True once the broker's PUBACK arrived (and the message left the outbox), False if
@@ -344,7 +351,9 @@ class MqttTransport:
             raise TypeError(f"payload must be bytes, not {type(payload).__name__}")
         data = bytes(payload)
         with self._pub:
-            row = self._outbox.put(topic, data, retain)
+            row = self._outbox.put(topic, data, retain, durable=durable)
+            if on_ack is not None:
+                self._on_ack[row] = on_ack
             sent = self._send(OutboxItem(id=row, topic=topic, payload=data, retain=retain, created=time.time()))
             if not sent or not wait:
                 return False
@@ -442,14 +451,21 @@ class MqttTransport:
             mid = self._acks.get()
             if mid is None:
                 return
+            callback = None
             try:
                 with self._pub:
                     row = self._row_of_mid.pop(mid, None)
                     if row is not None:
                         self._outbox.remove(row)
+                        callback = self._on_ack.pop(row, None)
                     self._pub.notify_all()
             except Exception:
                 logger.exception("could not remove acknowledged message (mid %d) from the outbox", mid)
+            if callback is not None:  # outside the lock: it may take the caller's own locks
+                try:
+                    callback()
+                except Exception:
+                    logger.exception("ack callback failed (mid %d)", mid)
 
     # --- internals: incoming --------------------------------------------------------------
 
