@@ -77,3 +77,28 @@ def test_committed_rows_are_on_disk_without_close(tmp_path: Path) -> None:
     # Assert
     assert rows == [("t/x", b"payload")]
     box.close()
+
+
+def test_a_volatile_message_is_held_in_memory_sent_again_on_reconnect_and_gone_after_a_restart(tmp_path: Path,
+                                                                                               monkeypatch) -> None:
+    # Prepare: count what reaches the disk (SQLite commits are reported to files.count_syncs)
+    from hdus_edge import files
+
+    box = Outbox(tmp_path)
+    durable = box.put("t/durable", b"d", retain=True)
+    syncs = files.sync_count()
+    # Execute
+    volatile = box.put("t/receipt", b"r", retain=True, durable=False)
+    # Assert: no commit, but pending (a reconnect re-publishes it) until removed
+    assert files.sync_count() == syncs
+    assert volatile <= 0 < durable
+    assert [i.topic for i in box.pending()] == ["t/durable", "t/receipt"] and len(box) == 2
+    assert [i.topic for i in box.pending(exclude=[volatile])] == ["t/durable"]
+    box.remove(volatile)
+    assert files.sync_count() == syncs and [i.id for i in box.pending()] == [durable]
+    box.put("t/receipt2", b"r", retain=True, durable=False)
+    box.close()
+    # A restart keeps the durable message only: the caller owns the volatile one's durable copy
+    again = Outbox(tmp_path)
+    assert [i.topic for i in again.pending()] == ["t/durable"]
+    again.close()
