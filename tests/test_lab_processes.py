@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from hdus_edge.bench.scale import ScaleCase, growth_exponent, run_case
+from hdus_edge.bench.scale import ScaleCase, apply_figures, growth_exponent, run_case
 from hdus_edge.config import DataSection, EnsembleSection, FleetConfig, FleetSection
 from hdus_edge.lab.netns import NetworkLab, remove_stale_namespaces
 from hdus_edge.lab.outside import OutsideRequester
@@ -50,6 +50,12 @@ def test_each_device_is_its_own_process_and_forgetting_reaches_every_holder(mosq
         assert all(target not in (fleet.members(d) or ()) for d in fleet.procs)
         assert propagation and all(p >= 0 for p in propagation)
         assert all(rss > 0 for rss in fleet.rss_bytes().values())
+        # Each agent says in its status what the order cost it: holders 2 fsyncs, the others only
+        # the tombstone commit (issue 17, part 4).
+        applies = {d: fleet.status(d)["unlearn_applies"] for d in ids if d != target}
+        assert {d for d, a in applies.items() if a["holder"]["count"]} == holders
+        assert all(a["non_holder"]["count"] == 1 for d, a in applies.items() if d not in holders)
+        assert all(f <= 2 for a in applies.values() for role in ("holder", "non_holder") for f in a[role]["recent_fsyncs"])
     assert fleet.procs == {}  # stopped on exit
 
 
@@ -90,6 +96,20 @@ def test_the_scale_bench_runs_a_wan_case_end_to_end(tmp_path):
     assert row["processes"] == "one per device" and row["propagation_pairs"] > 0
     # Across the shaped link a round trip takes at least 2 x (40 - 10) ms: the order and a receipt.
     assert row["unlearn_p50_s"] >= 0.06
+    assert row["holder_applies"] >= 1 and row["holder_apply_p50_ms"] is not None
+
+
+def test_apply_figures_pool_the_agents_recent_applies_by_role():
+    statuses = [
+        {"unlearn_applies": {"holder": {"recent_total_ms": [4.0, 6.0], "recent_fsyncs": [2, 2]},
+                             "non_holder": {"recent_total_ms": [1.0], "recent_fsyncs": [2]}}},
+        {"unlearn_applies": {"holder": {"recent_total_ms": [8.0], "recent_fsyncs": [3]}}},
+        None,  # no status written yet
+    ]
+    figures = apply_figures(statuses)
+    assert figures["holder_apply_p50_ms"] == 6.0 and figures["holder_applies"] == 3
+    assert figures["holder_fsyncs_max"] == 3 and figures["non_holder_fsyncs_p50"] == 2.0
+    assert apply_figures([None])["holder_apply_p95_ms"] is None
 
 
 def test_growth_exponent_reads_a_power_law():

@@ -9,6 +9,8 @@ measures from outside, with the admin's requester and clocks in their own proces
 - unlearn: order -> last receipt for ``forgets`` orders one after another (p50/p95), then
   ``together`` orders published at once (-> all receipts), missing receipts, and forgotten seeds
   back anywhere afterwards (resurrections: a forgotten device in any running ensemble);
+- per-order work on the devices, read from each agent's status.json: a holder's apply time (store step,
+  ensemble rebuild, receipt handed over; p50/p95) and the fsyncs a holder's and a non-holder's apply cost;
 - cost: RSS per agent, the broker's CPU seconds and RSS, and the agents' CPU share of the wall time
   while they forget, which says how much of a figure is this machine's two cores, not the protocol.
 
@@ -69,6 +71,25 @@ FULL = tuple(ScaleCase(n, d, net) for net in ("lan", "wan") for d in (4, 8) for 
 
 def _pct(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
+
+
+def apply_figures(statuses: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """Holder apply p50/p95 (ms) and fsyncs per order by role, from the agents' status.json
+    (``unlearn_applies``; each keeps its recent applies). Agents without a status count for nothing."""
+    ms: dict[str, list[float]] = {"holder": [], "non_holder": []}
+    syncs: dict[str, list[int]] = {"holder": [], "non_holder": []}
+    for status in statuses:
+        applies = (status or {}).get("unlearn_applies") or {}
+        for role in ms:
+            ms[role] += applies.get(role, {}).get("recent_total_ms", [])
+            syncs[role] += applies.get(role, {}).get("recent_fsyncs", [])
+    return {
+        "holder_apply_p50_ms": _pct(ms["holder"], 50), "holder_apply_p95_ms": _pct(ms["holder"], 95),
+        "holder_applies": len(ms["holder"]), "non_holder_applies": len(ms["non_holder"]),
+        "holder_fsyncs_p50": _pct(syncs["holder"], 50), "holder_fsyncs_max": max(syncs["holder"], default=None),
+        "non_holder_fsyncs_p50": _pct(syncs["non_holder"], 50),
+        "non_holder_fsyncs_max": max(syncs["non_holder"], default=None),
+    }
 
 
 def growth_exponent(ns: list[int], values: list[float]) -> float | None:
@@ -133,6 +154,7 @@ def run_case(case: ScaleCase, root: Path, progress: Callable[[str], None] = lamb
                 fleet.retire(batch)
                 fleet.wait_converged(120)
                 resurrections = sum(1 for d in fleet.procs for m in (fleet.members(d) or ()) if m in forgotten)
+                applies = apply_figures([fleet.status(d) for d in ids])
                 broker_proc = psutil.Process(broker.pid) if broker.pid else None
                 broker_cpu = sum(broker_proc.cpu_times()[:2]) if broker_proc else None
                 broker_rss = broker_proc.memory_info().rss if broker_proc else None
@@ -153,6 +175,7 @@ def run_case(case: ScaleCase, root: Path, progress: Callable[[str], None] = lamb
         "broker_cpu_s": broker_cpu, "broker_rss_mib": broker_rss / 2**20 if broker_rss else None,
         "agents_cpu_share_while_forgetting": cpu_share, "cores": os.cpu_count(),
         "proxy_losses": sum(p.stats.lost for p in proxies),
+        **applies,
     }
 
 

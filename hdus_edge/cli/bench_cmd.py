@@ -288,6 +288,12 @@ def scale(
                       str(r["missing_receipts"]), str(r["resurrections"]), f"{r['rss_per_agent_mib']:.0f} MiB",
                       f"{r['agents_cpu_share_while_forgetting']:.2f} of {r['cores']} cores")
     console.print(table)
+    for r in result["rows"]:
+        if r.get("holder_applies"):
+            console.print(f"{r['devices']} x {r['degree']}, {r['net']}: holder apply p50 {r['holder_apply_p50_ms']:.1f} ms, "
+                          f"p95 {r['holder_apply_p95_ms']:.1f} ms; fsyncs per order: holder {r['holder_fsyncs_p50']:g} "
+                          f"(max {r['holder_fsyncs_max']}), non-holder {r['non_holder_fsyncs_p50']} "
+                          f"(max {r['non_holder_fsyncs_max']})")
     for g in result["growth"]:
         if g["unlearn_p50_exponent"] is not None:
             console.print(f"degree {g['degree']}, {g['net']}: unlearn p50 grows as N^{g['unlearn_p50_exponent']:.2f}")
