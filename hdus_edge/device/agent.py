@@ -815,13 +815,16 @@ class DeviceAgent:
 
     def _resend_receipt(self, request_id: str, data: bytes) -> None:
         """A receipt still pending at start (a crash before its PUBACK): send it, and clear both copies
-        of seeds between us and its target again (which were published then is not known now)."""
+        of seeds between us and its target again (which were published then is not known now), but not
+        our seed for a target re-admitted since (its new epoch is not tombstoned)."""
         try:
             receipt = codec.decode(data).msg  # our own, signed by us: read, not verified
             target = receipt.target if isinstance(receipt, Receipt) else None
         except HdusError:
             target = None
-        clears = [] if target is None else [self.topics.seed(self.device_id, target), self.topics.seed(target, self.device_id)]
+        clears = [] if target is None else [self.topics.seed(self.device_id, target)]
+        if target is not None and self.store.is_tombstoned(target, self.trust.epoch_of(target) if target in self.trust else 0):
+            clears.append(self.topics.seed(target, self.device_id))
         self._send_receipt(request_id, data, clears)
 
     # --- publishing ----------------------------------------------------------------------------
