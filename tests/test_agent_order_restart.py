@@ -14,7 +14,12 @@ import pytest
 
 from hdus_edge.device.agent import DeviceAgent
 from hdus_edge.errors import TombstonedError
-from hdus_edge.reliability.harness import LAB_SETTINGS, SingleAgentLab, start_agents, wait_until
+from hdus_edge.reliability.harness import (
+    LAB_SETTINGS,
+    SingleAgentLab,
+    start_agents,
+    wait_until,
+)
 from hdus_edge.transport.mqtt import MqttTransport
 
 QUIET = replace(LAB_SETTINGS, digest_interval_s=600.0)
