@@ -101,3 +101,18 @@ def test_orders_saved_as_files_by_earlier_versions_still_count(tmp_path):
         store.save_order(RID, b"something else")  # kept in the index already: the first copy stays
         assert (tmp_path / "index.json").read_bytes() == before
         assert store.orders()[RID] == ORDER
+
+
+def test_an_unsynced_unlink_lost_to_a_power_cut_is_completed_on_open(tmp_path):
+    # Prepare: the unlearn committed, then a power cut brought the unlinked seed file back
+    with SeedStore(tmp_path) as store:
+        store.put_seed("dev-003", 1, SEED, arch="seed-cnn", epoch=0)
+        name = store.seed_info("dev-003").file
+        store.apply_unlearn("dev-003", 0, RID, receipt=b"R", order=ORDER)
+    (tmp_path / "seeds" / name).write_bytes(SEED)
+    # Execute
+    with SeedStore(tmp_path) as store:
+        # Assert: gone again, bytes included, and still refused
+        assert store.get_seed("dev-003") is None and not (tmp_path / "seeds" / name).exists()
+        assert store.is_tombstoned("dev-003", 0)
+        assert [e["event"] for e in store.audit_events()][-1] == "recover_remove"
