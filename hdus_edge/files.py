@@ -8,7 +8,8 @@ so the rename itself survives a power cut. Temp names share ``TMP_PREFIX`` so th
 sweep and the reliability invariants can find strays.
 
 Every fsync of the toolkit goes through ``fsync`` here (SQLite's own are reported with
-``count_syncs``), so ``sync_count`` tells how many a step cost: the agent reports it per unlearn order.
+``count_syncs``), so ``sync_count`` tells how many a step cost: the agent reports it per unlearn order,
+counted on its own thread (``thread_sync_count``) so that other threads' work does not add to it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ TMP_PREFIX = ".tmp-"
 
 _syncs = 0
 _syncs_lock = threading.Lock()
+_thread_syncs = threading.local()
 
 
 def count_syncs(n: int = 1) -> None:
@@ -31,6 +33,12 @@ def count_syncs(n: int = 1) -> None:
     global _syncs
     with _syncs_lock:
         _syncs += n
+    _thread_syncs.n = getattr(_thread_syncs, "n", 0) + n
+
+
+def thread_sync_count() -> int:
+    """fsyncs the calling thread made so far (as ``sync_count``, for this thread only)."""
+    return getattr(_thread_syncs, "n", 0)
 
 
 def sync_count() -> int:

@@ -21,3 +21,15 @@ def test_a_durable_write_costs_two_counted_fsyncs_an_unsynced_one_none(tmp_path,
     assert files.sync_count() == middle and len(calls) == 2
     assert (tmp_path / "status.json").read_text() == '{\n  "x": 1\n}\n'
     assert not list(tmp_path.glob(f"{files.TMP_PREFIX}*"))
+
+
+def test_the_thread_count_leaves_out_other_threads(tmp_path):
+    import threading
+
+    mine = files.thread_sync_count()
+    other = threading.Thread(target=files.atomic_write, args=(tmp_path / "b", b"2"))
+    other.start()
+    other.join()
+    assert files.thread_sync_count() == mine
+    files.atomic_write(tmp_path / "c", b"3")
+    assert files.thread_sync_count() == mine + 2

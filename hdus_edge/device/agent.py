@@ -59,7 +59,7 @@ from hdus_edge.errors import (
     TombstonedError,
     UnknownSenderError,
 )
-from hdus_edge.files import sync_count, write_json
+from hdus_edge.files import thread_sync_count, write_json
 from hdus_edge.onnx.contract import (
     DEFAULT_POLICY,
     ComputeBudget,
@@ -717,7 +717,7 @@ class DeviceAgent:
             self._forget_self(order)
             return
         target = order.target
-        began, syncs = time.perf_counter(), sync_count()
+        began, syncs = time.perf_counter(), thread_sync_count()
         if not self._holds(target):
             # Tombstone, request id and the order (for our digest: every device reads every digest, so
             # a holder that missed the order can learn it from us) in one commit: the seed stays
@@ -763,7 +763,7 @@ class DeviceAgent:
         if role == NON_HOLDER:
             stored = rebuilt = done  # the store step is all it does
         timing = ApplyTiming(order.request_id, order.target, role, 1e3 * (stored - began), 1e3 * (rebuilt - stored),
-                             1e3 * (done - rebuilt), 1e3 * (done - began), sync_count() - syncs)
+                             1e3 * (done - rebuilt), 1e3 * (done - began), thread_sync_count() - syncs)
         self.apply_times.record(timing)
         logger.info("agent %s: forgot %s as %s (held %s): store %.1f ms, ensemble %.1f ms, receipt %.1f ms, %d fsyncs",
                     self.device_id, order.target, role, removed[:12] if removed else "none", timing.store_ms,

@@ -23,7 +23,7 @@ RECENT = 64  # applies kept per role in status.json (a bench reads its percentil
 
 @dataclass(frozen=True)
 class ApplyTiming:
-    """One applied order: each step's milliseconds and the fsyncs the process made meanwhile."""
+    """One applied order: each step's milliseconds and the fsyncs its thread made (``files.thread_sync_count``)."""
 
     request_id: str
     target: str
