@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 
 from hdus_edge.config import FleetConfig
-from hdus_edge.device.parking import ParkingLimits, ParkingLot
 from hdus_edge.device.gate import check_update
+from hdus_edge.device.parking import ParkingLimits, ParkingLot
 from hdus_edge.device.retired import RetiredVersions, Retirement, retirement_to_publish
 from hdus_edge.device.store import AuditLimit, SeedStore, StoredSeed
 from hdus_edge.ensemble.combine import DEFAULT_LAM
