@@ -95,3 +95,28 @@ def test_forget_samples_with_running_agents_collects_receipts_and_saves_verifiab
     finally:
         for a in agents:
             a.stop()
+    # The auditor's side, offline: 'hdus-edge verify' reads the file with the admin's public key only.
+    evidence = Path(result["evidence_file"])
+    code, out, err = kit.cli(capsys, "verify", evidence, "--admin-pub", admin.pub_file, "--json")
+    report = json.loads(out)
+    assert code == 0, err
+    assert report["kind"] == "seed-retire" and report["verified"] and report["complete"] and report["owner"] == "d1"
+    assert [r["device_id"] for r in report["receipts"]] == ["d2"] and report["receipts"][0]["version"] == 2
+    assert report["receipts"][0]["removed_sha256"] in report["retired_sha256"]
+    # An attacker's edits: a changed byte in a receipt, a dropped receipt, a new version it never signed.
+    data = json.loads(evidence.read_text())
+    flipped = json.loads(json.dumps(data))
+    sig = flipped["receipts"][0]["signed"]
+    flipped["receipts"][0]["signed"] = sig[:-2] + ("00" if sig[-2:] != "00" else "01")
+    dropped = {**data, "receipts": []}
+    other = {**data, "sha256": "0" * 64}
+    for name, forged in (("flipped", flipped), ("dropped", dropped), ("other", other)):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(forged))
+        code, out, _ = kit.cli(capsys, "verify", path, "--admin-pub", admin.pub_file, "--json")
+        report = json.loads(out)
+        assert code == 1 and not (report["verified"] and report["complete"]), (name, report)
+    wrong_admin = tmp_path / "wrong.pub"
+    wrong_admin.write_text("ab" * 32)
+    code, out, _ = kit.cli(capsys, "verify", evidence, "--admin-pub", wrong_admin, "--json")
+    assert code == 1 and not json.loads(out)["verified"]

@@ -125,3 +125,15 @@ def test_bench_scale_refuses_a_fleet_too_small_for_its_unlearns():
     bad_net = subprocess.run([sys.executable, "-m", "hdus_edge", "bench", "scale", "--nets", "moon"],
                              capture_output=True, text=True, timeout=120)
     assert bad_net.returncode == 2 and "lan, wan" in bad_net.stderr
+
+
+def test_two_network_labs_at_once_take_different_addresses():
+    # Two runs on one machine (a benchmark next to the tests): each link gets a /24 nobody else holds.
+    with NetworkLab(2) as first, NetworkLab(2) as second:
+        subnets = [s.host_address.rsplit(".", 1)[0] for s in first.sites + second.sites]
+        names = [s.namespace for s in first.sites + second.sites] + [s.host_if for s in first.sites + second.sites]
+        assert len(set(subnets)) == 4 and len(set(names)) == 8
+        for site in (first.sites[0], second.sites[1]):
+            code = f"import socket, sys\ns = socket.socket(); s.settimeout(3)\nsys.exit(s.connect_ex(('{site.host_address}', 9)))\n"
+            assert subprocess.run([*second.exec_prefix(site), sys.executable, "-c", code], timeout=30).returncode == 111
+    assert not any(n.startswith(f"hdus-{__import__('os').getpid()}-") for n in _namespaces())

@@ -7,17 +7,22 @@ listens on the group's link address in front of the broker, because this machine
 ``sch_netem`` (``tc qdisc ... netem`` is refused).
 
 Addresses come from 198.18.0.0/15, the range RFC 2544 sets aside for benchmarks: never routed, and
-the links exist only inside namespaces this run creates. Everything is torn down on ``close()``
+the links exist only inside namespaces this run creates. Each link takes a /24 that no interface
+of this machine holds yet, chosen under a lock file, so two runs at once (two benchmarks, or tests
+next to a benchmark) never share an address. Everything is torn down on ``close()``
 (also when the run fails); namespaces left by a run that was killed carry its pid in their name and
 are removed by the next run.
 """
 
 from __future__ import annotations
 
+import fcntl
+import ipaddress
 import logging
 import os
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 from hdus_edge.errors import ConfigError
 
@@ -25,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 PREFIX = "hdus-"
 MAX_GROUPS = 250
+RANGE = ipaddress.ip_network("198.18.0.0/15")
+LOCK_FILE = Path("/run/lock/hdus-edge-netns.lock")
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,25 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def free_subnets(count: int) -> list[ipaddress.IPv4Network]:
+    """``count`` /24s of 198.18.0.0/15 that no interface of this machine has an address in.
+
+    Call with the lock held (``NetworkLab.open``): the subnets count as taken once addressed."""
+    taken = set()
+    for line in _ip("-o", "-4", "addr", "show", check=False).stdout.splitlines():
+        for word in line.split():
+            if "/" in word and word[0].isdigit():
+                try:
+                    taken.add(ipaddress.ip_interface(word).network)
+                except ValueError:
+                    continue
+    free = [net for net in RANGE.subnets(new_prefix=24) if not any(net.overlaps(t) for t in taken)]
+    if len(free) < count:
+        raise ConfigError(f"only {len(free)} free /24s left in {RANGE} for {count} links",
+                          hint="another run holds the rest; wait for it, or remove its namespaces ('ip netns list')")
+    return free[:count]
 
 
 def remove_stale_namespaces() -> list[str]:
@@ -83,20 +109,26 @@ class NetworkLab:
 
     def open(self) -> NetworkLab:
         """Create every namespace and link (undone at once if any step fails)."""
-        remove_stale_namespaces()
-        try:
-            for k in range(self.groups):
-                self._add_site(k)
-        except BaseException:
-            self.close()
-            raise
+        LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
+        with open(LOCK_FILE, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released on close; another run then sees our addresses
+            remove_stale_namespaces()
+            try:
+                for k, subnet in enumerate(free_subnets(self.groups)):
+                    self._add_site(k, subnet)
+            except BaseException:
+                self.close()
+                raise
         logger.info("network lab: %d namespaces on 198.18.0.0/15", self.groups)
         return self
 
-    def _add_site(self, k: int) -> Site:
-        ns = f"{self._tag}-{k}"
-        host_if, peer_if = f"hv{os.getpid() % 100000}h{k}", f"hv{os.getpid() % 100000}d{k}"
-        site = Site(k, ns, host_if, f"198.18.{k}.1", f"198.18.{k}.2")
+    def _add_site(self, k: int, subnet: ipaddress.IPv4Network) -> Site:
+        # Named by the subnet's block (unique on this machine while the lab holds it), not by k:
+        # two labs in one process (or one run's leftovers) never clash.
+        block = (int(subnet.network_address) - int(RANGE.network_address)) >> 8
+        ns = f"{self._tag}-{block}"
+        host_if, peer_if = f"hdus{block}h", f"hdus{block}d"
+        site = Site(k, ns, host_if, str(subnet[1]), str(subnet[2]))
         _ip("netns", "add", ns)
         self.sites.append(site)  # from here on, close() removes it
         _ip("link", "add", host_if, "type", "veth", "peer", "name", peer_if)

@@ -36,6 +36,20 @@ from hdus_edge.models.sharded import ShardedMain
 logger = logging.getLogger(__name__)
 
 SHARD_SEED_STRIDE = 7919  # shard k trains with seed + k * stride: distinct streams, same for K = 1
+MIN_SHARD_BATCH = 8
+
+
+def shard_batch_size(batch_size: int, shards: int) -> int:
+    """A shard's batch: ``batch_size / K``, at least 8.
+
+    A shard holds 1/K of the samples; at the whole model's batch it would take 1/K of the optimiser
+    steps, and on small local sets that undertrains it (MNIST, 800 samples, mobilenet-m, 20 epochs:
+    one shard of K = 8 at batch 32 reached 53%, the K = 8 ensemble 84.5%, against 98.5% unsharded).
+    At batch 32/K a shard takes as many steps as the whole model on 1/K of the samples: the K = 4
+    ensemble reached 98.0%, K = 8 (batch 8) 95.5%, at about 1/3.5 and 1/13 of the unsharded
+    model's training time per retrained shard.
+    """
+    return max(MIN_SHARD_BATCH, batch_size // shards) if shards > 1 else batch_size
 
 
 @dataclass(frozen=True)
@@ -103,8 +117,9 @@ def fit_main(
         if len(idx) == 0:
             continue  # an empty shard has no model (it would only add an untrained voice)
         seed_k = cfg.seed + k * SHARD_SEED_STRIDE
+        batch_k = shard_batch_size(cfg.batch_size, shards)
         wanted = {"index": k, "arch": arch, "ids_sha256": ids_sha256(manifest.ids[i] for i in idx),
-                  "samples": len(idx), "seed": seed_k, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+                  "samples": len(idx), "seed": seed_k, "epochs": cfg.epochs, "batch_size": batch_k,
                   "threads": threads}
         prior = old.get(k)
         if prior is not None and reusable(prior[1], wanted):
@@ -114,7 +129,7 @@ def fit_main(
             wanted = dict(prior[1])  # a reused shard keeps the record of what it was trained on
         else:
             member = build_model(arch, input_shape, num_classes, seed=seed_k)  # type: ignore[arg-type]
-            shard_cfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+            shard_cfg = TrainConfig(epochs=cfg.epochs, batch_size=batch_k, lr=cfg.lr,
                                     weight_decay=cfg.weight_decay, seed=seed_k, augment=cfg.augment)
             with torch_threads(threads):
                 report = train(member, data.subset(idx), shard_cfg, progress)

@@ -11,7 +11,6 @@ needed to check them, so anyone with the fleet admin's public key verifies it of
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hdus_edge.errors import HdusError, StateDirError, UnknownSenderError
+from hdus_edge.errors import HdusError, UnknownSenderError
 from hdus_edge.files import write_json
 from hdus_edge.protocol import codec
 from hdus_edge.protocol.crypto import DeviceCertificate, TrustStore, VerifyKey
@@ -31,6 +30,7 @@ from hdus_edge.transport.mqtt import MqttTransport
 logger = logging.getLogger(__name__)
 
 SWAP_EVIDENCE_FORMAT = 1
+SWAP_KIND = "seed-retire"  # an evidence file's ``kind``: how ``hdus-edge verify`` tells it from an unlearn's
 _MAX_UNVERIFIED = 10_000
 
 
@@ -63,6 +63,7 @@ class SwapOutcome:
     certificates: tuple[DeviceCertificate, ...]
     seconds: float
     started_mono: float = 0.0
+    fleet: str | None = None
 
     @property
     def missing(self) -> tuple[str, ...]:
@@ -89,7 +90,8 @@ class SwapOutcome:
         signers = {rec.receipt.device_id for rec in self.receipts} | {self.owner}
         return {
             "format": SWAP_EVIDENCE_FORMAT,
-            "kind": "seed-retire",
+            "kind": SWAP_KIND,
+            "fleet": self.fleet,
             "request_id": self.request_id,
             "owner": self.owner,
             "version": r.version if r else None,
@@ -206,7 +208,7 @@ def collect_swap(
     finally:
         transport.close()
     return SwapOutcome(owner, request_id, retire[0] if retire else None, retire[1] if retire else b"", holders,
-                       receipts, certs, time.monotonic() - start, started_mono)
+                       receipts, certs, time.monotonic() - start, started_mono, fleet)
 
 
 def save_swap_evidence(outcome: SwapOutcome, folder: Path) -> Path:
@@ -216,39 +218,72 @@ def save_swap_evidence(outcome: SwapOutcome, folder: Path) -> Path:
     return path
 
 
-def verify_swap_evidence(evidence: dict[str, Any] | Path, admin_key: VerifyKey, fleet: str) -> list[str]:
+def verify_swap_evidence(evidence: dict[str, Any] | Path, admin_key: VerifyKey, fleet: str | None = None) -> list[str]:
     """Check a swap evidence file offline; return the problems found (empty when it all verifies).
 
     The retirement must be signed by its owner, every receipt by a certified holder answering this
     request about this owner and holding exactly the new version; a file that claims to be complete
-    must have a receipt from every holder it names.
+    must have a receipt from every holder it names. ``fleet`` defaults to the one the file names.
     """
-    if isinstance(evidence, Path):
-        try:
-            evidence = json.loads(evidence.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise StateDirError(f"cannot read evidence {evidence}: {exc}") from None
-    assert isinstance(evidence, dict)
+    return _check_swap_evidence(_read(evidence), admin_key, fleet)[0]
+
+
+def audit_swap_evidence(path: Path, admin_key: VerifyKey, fleet: str | None = None) -> dict[str, Any]:
+    """What a saved swap evidence file proves, offline, trusting only the fleet admin's public key
+    (``hdus-edge verify``). Reported fields come from the signed retirement and receipts only;
+    ``complete``: every holder the requester listed sent a verified receipt."""
+    evidence = _read(path)
+    problems, retire, receipts = _check_swap_evidence(evidence, admin_key, fleet)
+    holders = [h for h in evidence.get("holders", []) if isinstance(h, str)]
+    got = {r.device_id for r in receipts}
+    return {
+        "file": str(path), "kind": SWAP_KIND, "fleet": fleet or evidence.get("fleet"),
+        "verified": not problems, "complete": not problems and all(h in got for h in holders),
+        "request_id": retire.request_id if retire else None, "owner": retire.owner if retire else None,
+        "version": retire.version if retire else None, "sha256": retire.sha256 if retire else None,
+        "retired_sha256": list(retire.retired_sha256) if retire else [],
+        "issued_at": retire.issued_at if retire else None, "reason": retire.reason if retire else None,
+        "holders": holders, "missing": [h for h in holders if h not in got],
+        "receipts": [{"device_id": r.device_id, "at": r.at, "version": r.version, "held_sha256": r.held_sha256,
+                      "removed_sha256": r.removed_sha256} for r in receipts],
+        "problems": problems,
+    }
+
+
+def _read(evidence: dict[str, Any] | Path) -> dict[str, Any]:
+    if isinstance(evidence, dict):
+        return evidence
+    from hdus_edge.unlearn.request import read_evidence
+
+    return read_evidence(evidence)
+
+
+def _check_swap_evidence(evidence: dict[str, Any], admin_key: VerifyKey,
+                         fleet: str | None) -> tuple[list[str], SeedRetire | None, list[SwapReceipt]]:
     problems: list[str] = []
+    fleet = fleet or evidence.get("fleet")
+    if not isinstance(fleet, str):
+        return ["the evidence names no fleet (give --fleet)"], None, []
     trust = TrustStore(fleet, admin_key)
     for cert in evidence.get("certificates", []):
         try:
             trust.certify(DeviceCertificate.from_dict(cert))
-        except HdusError as exc:
-            problems.append(f"certificate of {cert.get('device_id')!r}: {exc.message}")
+        except (HdusError, KeyError, TypeError, ValueError) as exc:
+            who = cert.get("device_id") if isinstance(cert, dict) else None
+            problems.append(f"certificate of {who!r}: {getattr(exc, 'message', exc)}")
     try:
         retire = codec.verify(codec.decode(bytes.fromhex(evidence["retire"])), trust)
-    except (HdusError, KeyError, ValueError) as exc:
-        return problems + [f"retirement: {getattr(exc, 'message', exc)}"]
+    except (HdusError, KeyError, TypeError, ValueError) as exc:
+        return problems + [f"retirement: {getattr(exc, 'message', exc)}"], None, []
     if (not isinstance(retire, SeedRetire) or retire.request_id != evidence.get("request_id")
             or retire.owner != evidence.get("owner") or retire.sha256 != evidence.get("sha256")):
-        return problems + ["the retirement is not this request's"]
-    answered = set()
+        return problems + ["the retirement is not this request's"], None, []
+    verified: dict[str, SwapReceipt] = {}
     for rec in evidence.get("receipts", []):
-        who = rec.get("device_id")
+        who = rec.get("device_id") if isinstance(rec, dict) else None
         try:
             msg = codec.verify(codec.decode(bytes.fromhex(rec["signed"])), trust)
-        except (HdusError, KeyError, ValueError) as exc:
+        except (HdusError, KeyError, TypeError, ValueError) as exc:
             problems.append(f"receipt of {who!r}: {getattr(exc, 'message', exc)}")
             continue
         if not isinstance(msg, SwapReceipt) or msg.request_id != retire.request_id or msg.owner != retire.owner:
@@ -260,7 +295,7 @@ def verify_swap_evidence(evidence: dict[str, Any] | Path, admin_key: VerifyKey, 
         elif msg.removed_sha256 is not None and msg.removed_sha256 not in retire.retired_sha256:
             problems.append(f"receipt of {who!r}: it removed a version the retirement does not name")
         else:
-            answered.add(who)
-    if evidence.get("complete") and set(evidence.get("holders", [])) - answered:
+            verified[msg.device_id] = msg
+    if evidence.get("complete") and set(evidence.get("holders", [])) - set(verified):
         problems.append("the file claims to be complete but some holders have no valid receipt")
-    return problems
+    return problems, retire, [verified[d] for d in sorted(verified)]
