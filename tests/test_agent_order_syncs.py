@@ -50,3 +50,7 @@ def test_a_holder_applies_an_order_with_two_fsyncs_a_non_holder_records_only_the
     assert applies["holder"]["count"] == 1 and applies["non_holder"]["count"] == 1
     assert applies["holder"]["recent_fsyncs"] == [counts["holder"][1].get("fsync", 0)]
     assert applies["non_holder"]["recent_fsyncs"] == [2]
+    # The last apply, step by step (a non-holder's is its store step only).
+    last = applies["last"]
+    assert last["role"] == "non_holder" and last["target"] == lab.c and last["fsyncs"] == 2
+    assert last["store_ms"] == last["total_ms"] > 0 and last["ensemble_ms"] == last["receipt_ms"] == 0
