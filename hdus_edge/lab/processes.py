@@ -5,7 +5,8 @@ the interpreter lock as much as the protocol. Here each device is ``hdus-edge ag
 point a Pi runs under systemd), optionally inside a network namespace (``lab.netns``) with its own
 broker address (a shaping proxy in front of the broker, or a site broker). The fleet is watched
 from outside: a device's members come from the ``status.json`` its agent writes, its seed
-arrivals from its store's audit log, its memory from the kernel.
+arrivals from its store's audit log, its memory from the kernel; with ``http=True`` its ensemble's
+output from its own inference API (``predict``), as an application on the device would ask it.
 """
 
 from __future__ import annotations
@@ -21,12 +22,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import psutil
 
 from hdus_edge.config import FleetConfig
 from hdus_edge.device.store import AUDIT_NAME
 from hdus_edge.lab.agents import DeviceModels, provision_lab_fleet
+from hdus_edge.lab.api_client import ApiClient
 from hdus_edge.topology import Graph
+from hdus_edge.transport.ports import free_port
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +48,7 @@ class AgentProcess:
     log_file: Path
     launched_at: float  # time.time(): comparable with the store's audit times
     ready_at: float | None = None
+    api_port: int | None = None  # its inference API on 127.0.0.1 (``ProcessFleet.http``)
 
 
 @dataclass
@@ -60,6 +65,12 @@ class ProcessFleet:
     # would be the whole measurement, so the fleet benchmarks probe in-process unless asked.
     probe_in_subprocess: bool = False
     placement: Placement | None = None
+    # Serve each agent's inference API on a free loopback port (``predict``); off by default
+    # because a hundred idle HTTP servers are a hundred more threads on the machine.
+    http: bool = False
+    # The interpreter arguments that run the CLI. A test plants a bug in every agent by pointing this
+    # at a script that patches the agent and then runs ``hdus_edge.cli.entry``.
+    launcher: tuple[str, ...] = ("-m", "hdus_edge")
     procs: dict[str, AgentProcess] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -76,15 +87,21 @@ class ProcessFleet:
         ready.unlink(missing_ok=True)
         log = state.root / "agent.log"
         # --insecure: plain-text MQTT to a 198.18.x address is the lab's own link (lab.netns), not a network.
-        cmd = [*prefix, sys.executable, "-m", "hdus_edge", "--insecure", "agent", "--state-dir", str(state.root),
+        cmd = [*prefix, sys.executable, *self.launcher, "--insecure", "agent", "--state-dir", str(state.root),
                "--broker", url,
                "--ready-file", str(ready), "--digest-interval", str(self.digest_interval_s)]
         if not self.probe_in_subprocess:
             cmd.append("--no-probe-subprocess")
+        api_port = None
+        if self.http:
+            if prefix:
+                raise ValueError("the inference API is reached on this host's loopback: no placement with http=True")
+            api_port = free_port()
+            cmd += ["--http", f"127.0.0.1:{api_port}"]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
         with open(log, "ab") as fh:
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=fh, env=env, start_new_session=True)
-        agent = AgentProcess(device_id, proc, ready, log, time.time())
+        agent = AgentProcess(device_id, proc, ready, log, time.time(), api_port=api_port)
         self.procs[device_id] = agent
         return agent
 
@@ -212,6 +229,18 @@ class ProcessFleet:
                 continue
             out.append(max(0.0, at - o.ready_at))
         return out
+
+    def predict(self, device_id: str, x: np.ndarray) -> np.ndarray:
+        """``device_id``'s ensemble output for ``x``, from its agent's inference API (``http=True``),
+        bit for bit as the agent computed it."""
+        port = self.procs[device_id].api_port
+        if port is None:
+            raise ValueError("predict needs a ProcessFleet started with http=True")
+        client = ApiClient(port)
+        try:
+            return client.predict(x)
+        finally:
+            client.close()
 
     def rss_bytes(self) -> dict[str, int]:
         """Resident memory of each running agent (the agent process and any children it has)."""
