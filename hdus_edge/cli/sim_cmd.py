@@ -134,6 +134,8 @@ def study(
     broker: Annotated[str, typer.Option(help="Scale/poisoning: 'mosquitto', 'amqtt' or a URL (scale); a URL (poisoning).")] = "",
     seed: Annotated[int | None, typer.Option(help="Seed for every random choice.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the study's figures as JSON.")] = False,
+    in_process: Annotated[bool, typer.Option("--in-process", help=(
+        "Scale: run every fleet's agents in this one process instead of one process per agent."))] = False,
 ) -> None:
     """Studies beyond the paper: scale (10/30/100 devices), reference set (public sizes vs noise),
     poisoning (a label-flipped device, then forgetting it).
@@ -153,6 +155,8 @@ def study(
             overrides["broker"] = broker
         if seed is not None:
             overrides["seed"] = seed
+        if in_process and n == "scale":
+            overrides["processes"] = False
         cfg = study_config(n, quick=quick, **overrides)
         results[n] = run_study(n, cfg, announce=(lambda m: None) if json_out else (lambda m: err_console.print(f"[dim]- {m}[/]")))
         add_study(out, n, results[n])
