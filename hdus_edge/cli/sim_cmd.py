@@ -35,6 +35,8 @@ def run(
     lam: Annotated[float | None, typer.Option(help="Weight of the device's own main model in [0, 1].")] = None,
     forget: Annotated[str, typer.Option(help="Devices to forget, comma-separated (e.g. dev-5).")] = "",
     forget_at_once: Annotated[bool, typer.Option(help="Send every unlearn order at the same moment.")] = False,
+    processes: Annotated[bool, typer.Option("--processes", help=(
+        "Run each agent as its own OS process (as on a device); outputs come from each agent's inference API."))] = False,
     methods: Annotated[str, typer.Option(help="Baselines, comma-separated; 'none' for HDUS only.")] = "",
     budget: Annotated[str, typer.Option(help="Baselines' budget: reduced or full.")] = "",
     broker: Annotated[str, typer.Option(help="Broker URL; default: an embedded broker.")] = "",
@@ -64,6 +66,8 @@ def run(
         changes["forget"] = _split(forget)
     if forget_at_once:
         changes["forget_at_once"] = True
+    if processes:
+        changes["processes"] = True
     if methods:
         changes["methods"] = () if methods == "none" else _split(methods)
     if seed is not None:

@@ -50,9 +50,14 @@ class ApiClient:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """The ensemble's output for ``x``, exactly as the agent computed it (binary float32)."""
+        return self.predict_labelled(x)[0]
+
+    def predict_labelled(self, x: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+        """The output and the answer's parameters (members, ensemble generation, fused or not)."""
         head, tail = self.post(*infer_request(x, binary=True))
         out = head["outputs"][0]
-        return np.frombuffer(tail, dtype="<f4", count=int(np.prod(out["shape"]))).reshape(out["shape"]).copy()
+        y = np.frombuffer(tail, dtype="<f4", count=int(np.prod(out["shape"]))).reshape(out["shape"]).copy()
+        return y, dict(head.get("parameters", {}))
 
     def close(self) -> None:
         self.conn.close()

@@ -27,12 +27,16 @@ import psutil
 
 from hdus_edge.config import FleetConfig
 from hdus_edge.device.store import AUDIT_NAME
-from hdus_edge.lab.agents import DeviceModels, provision_lab_fleet
+from hdus_edge.lab.agents import DeviceModels, order_unlearn, order_unlearn_together, provision_lab_fleet
 from hdus_edge.lab.api_client import ApiClient
 from hdus_edge.topology import Graph
 from hdus_edge.transport.ports import free_port
+from hdus_edge.unlearn.request import UnlearnOutcome
 
 logger = logging.getLogger(__name__)
+
+# Rows per inference request: the smallest profile's api.max_batch (Raspberry Pi Zero 2 W).
+API_BATCH = 64
 
 # Where a device runs: (command prefix, e.g. ``ip netns exec NS``; the broker URL it dials).
 Placement = Callable[[str], tuple[list[str], str]]
@@ -230,17 +234,64 @@ class ProcessFleet:
             out.append(max(0.0, at - o.ready_at))
         return out
 
-    def predict(self, device_id: str, x: np.ndarray) -> np.ndarray:
-        """``device_id``'s ensemble output for ``x``, from its agent's inference API (``http=True``),
-        bit for bit as the agent computed it."""
+    def _client(self, device_id: str) -> ApiClient:
         port = self.procs[device_id].api_port
         if port is None:
             raise ValueError("predict needs a ProcessFleet started with http=True")
-        client = ApiClient(port)
+        return ApiClient(port)
+
+    def predict(self, device_id: str, x: np.ndarray) -> np.ndarray:
+        """``device_id``'s ensemble output for ``x``, from its agent's inference API (``http=True``),
+        bit for bit as the agent computed it; asked ``API_BATCH`` rows at a time (every profile's
+        batch limit allows that many)."""
+        client = self._client(device_id)
         try:
-            return client.predict(x)
+            return np.concatenate([client.predict(x[k:k + API_BATCH]) for k in range(0, len(x), API_BATCH)])
         finally:
             client.close()
+
+    def wait_settled(self, timeout: float, probe: np.ndarray | None = None) -> None:
+        """``AgentFleet.wait_settled`` from outside (``http=True``): converged, and every agent with
+        seeds answers from the fused graph of its members (its API says ``fused``), so outputs
+        compared from here on are bit for bit what the fused ensembles compute."""
+        deadline = time.monotonic() + timeout
+        self.wait_converged(timeout)
+        expected = self.expected_members()
+        for device_id in sorted(self.procs):
+            status = self.status(device_id) or {}
+            if not expected[device_id] or status.get("ensemble", {}).get("strategy") != "fused":
+                continue
+            shape = self.fleet.data.input_shape
+            x = probe if probe is not None else np.zeros((1, *shape), np.float32)
+            client = self._client(device_id)
+            try:
+                while True:
+                    _, params = client.predict_labelled(x[:1])
+                    if params.get("fused") and params.get("members", "").split(",") == list(expected[device_id]):
+                        break
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"{device_id}: no fused graph for members {expected[device_id]} "
+                                           f"after {timeout:g} s (answer: {params})")
+                    time.sleep(0.05)
+            finally:
+                client.close()
+
+    def running(self) -> list[str]:
+        """The ids of the running agents, sorted."""
+        return sorted(self.procs)
+
+    def unlearn(self, target: str, wait_s: float = 30.0) -> UnlearnOutcome:
+        """The admin orders ``target`` forgotten (from this process, which runs no agent: no
+        interpreter lock to wait behind); stops its agent; returns the collected receipts."""
+        outcome = order_unlearn(self.admin, self.broker_url, self.fleet.fleet.name, target, wait_s)
+        self.retire([target])
+        return outcome
+
+    def unlearn_together(self, targets: list[str], wait_s: float = 30.0) -> list[UnlearnOutcome]:
+        """Every one of ``targets`` ordered forgotten at the same moment; outcomes in order."""
+        outcomes = order_unlearn_together(self.admin, self.broker_url, self.fleet.fleet.name, targets, wait_s)
+        self.retire(targets)
+        return outcomes
 
     def rss_bytes(self) -> dict[str, int]:
         """Resident memory of each running agent (the agent process and any children it has)."""
