@@ -27,7 +27,12 @@ import psutil
 
 from hdus_edge.config import FleetConfig
 from hdus_edge.device.store import AUDIT_NAME
-from hdus_edge.lab.agents import DeviceModels, order_unlearn, order_unlearn_together, provision_lab_fleet
+from hdus_edge.lab.agents import (
+    DeviceModels,
+    order_unlearn,
+    order_unlearn_together,
+    provision_lab_fleet,
+)
 from hdus_edge.lab.api_client import ApiClient
 from hdus_edge.topology import Graph
 from hdus_edge.transport.ports import free_port
