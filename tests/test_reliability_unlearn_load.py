@@ -185,3 +185,11 @@ def test_bench_unlearn_refuses_in_process_with_side_by_side():
     out = subprocess.run([sys.executable, "-m", "hdus_edge", "bench", "unlearn", "--in-process", "--side-by-side"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "exclude each other" in out.stderr
+
+
+def test_bench_unlearn_agent_processes_dial_the_embedded_amqtt_broker_too(tmp_path, embedded_broker):
+    from hdus_edge.bench.unlearn import bench_one
+    from hdus_edge.lab.synthetic import synthetic_models
+
+    row = bench_one(embedded_broker, 4, 1, tmp_path, synthetic_models(4))
+    assert row["processes"] == "one per device" and row["incomplete"] == 0 and row["receipts"] == 3, row
