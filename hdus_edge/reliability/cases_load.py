@@ -38,6 +38,7 @@ from hdus_edge.lab.api_client import ApiClient
 from hdus_edge.lab.outside import TopicClock
 from hdus_edge.lab.processes import ProcessFleet
 from hdus_edge.lab.proxy import TcpProxy
+from hdus_edge.protocol.topics import Topics
 from hdus_edge.reliability.brokers import Broker
 from hdus_edge.reliability.cases_faults import mark_forgotten, missing_pairs
 from hdus_edge.reliability.harness import (
@@ -186,21 +187,27 @@ def _propagation_load_processes(root: Path, broker: Broker, n: int, degree: int,
     models = lab_models(n, seed)
     ids = sorted(models)
     graph = build_graph("random-regular", ids, degree=degree, seed=seed)
-    fleet = ProcessFleet(root, broker.url, fleet_config(f"load{n}x{degree}", broker.url), models, graph,
+    cfg = fleet_config(f"load{n}x{degree}", broker.url)
+    fleet = ProcessFleet(root, broker.url, cfg, models, graph,
                          digest_interval_s=settings.digest_interval_s, probe_in_subprocess=settings.probe_in_subprocess,
                          http=True, launcher=launcher)
+    # When each seed reached the broker, seen by a subscriber in its own process (the owner's agent
+    # publishes it while it starts, before its ready file: that file would time start-up, not the link).
+    clock = TopicClock(broker.url, [f"{Topics(cfg.fleet.name).root}/seeds/+/+"])
     try:
         converge_s: float | None = fleet.start(timeout=timeout)
     except TimeoutError:
         # start() stopped the agents; what their stores accepted until then is still on disk.
         logger.warning("load %dx%d: the fleet did not converge in %g s", n, degree, timeout)
         converge_s = None
-    lat = fleet.propagation_s()
+    finally:
+        clock.close()
+    lat = seed_propagation(fleet.seed_arrivals(), clock.first(), cfg.fleet.name)
     missing = _missing_pairs_outside(fleet)
     rss = fleet.rss_bytes()
     figures = {
         "devices": n, "neighbours": degree, "pairs": n * degree,
-        # Owner's agent ready (its seed published) -> holder's store accepted it, from the audit logs.
+        # Seed on the broker (an outside subscriber's clock) -> holder's store accepted it (its audit log).
         "propagation_p50_s": _pct(lat, 50), "propagation_p95_s": _pct(lat, 95), "propagation_p99_s": _pct(lat, 99),
         "time_to_converge_s": converge_s,
         "messages_dropped": len(missing) + _dropped_in_log(broker), "seeds_missing": len(missing),
@@ -211,6 +218,20 @@ def _propagation_load_processes(root: Path, broker: Broker, n: int, degree: int,
         "processes": "one per device",
     }
     return figures, fleet
+
+
+def seed_propagation(accepted: dict[tuple[str, str], float], on_broker: dict[str, float], fleet: str) -> list[float]:
+    """Per (holder, owner) pair: seconds from the owner's seed for the holder reaching the broker
+    (``on_broker``: topic -> ``time.monotonic()``) to the holder's store accepting it (``accepted``:
+    ``time.time()``, from the audit log); pairs the broker clock did not see are left out. Pure."""
+    wall_minus_mono = time.time() - time.monotonic()  # one machine: the two clocks differ by a constant
+    topics = Topics(fleet)
+    out = []
+    for (holder, owner), at in accepted.items():
+        seen = on_broker.get(topics.seed(holder, owner))
+        if seen is not None:
+            out.append(max(0.0, at - (seen + wall_minus_mono)))
+    return out
 
 
 def _threads(pid: int) -> int:
