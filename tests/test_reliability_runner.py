@@ -139,3 +139,13 @@ def test_seed_propagation_pairs_the_broker_clock_with_the_audit_log():
     lat = seed_propagation(accepted, on_broker, "f")
     # Assert: one pair, about a second (the two clocks are read a few microseconds apart).
     assert len(lat) == 1 and abs(lat[0] - 1.0) < 0.05
+
+
+def test_targets_ordered_together_do_not_owe_each_other_receipts():
+    # Found running the case with agent processes: dev-001, itself forgotten in the batch, stopped
+    # (as a device does) and was counted as a holder that never answered.
+    from hdus_edge.reliability.cases_load import order_holders
+
+    graph = {"a": {"b", "c"}, "b": {"a", "c"}, "c": {"a", "b", "d"}, "d": {"c"}}
+    assert order_holders(graph, ["a", "b", "c", "d"], ["a", "b"]) == {"a": ["c"], "b": ["c"]}
+    assert order_holders(graph, ["a", "c"], ["d"]) == {"d": ["c"]}  # only running devices

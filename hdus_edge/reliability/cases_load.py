@@ -24,7 +24,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -220,6 +220,14 @@ def _propagation_load_processes(root: Path, broker: Broker, n: int, degree: int,
     return figures, fleet
 
 
+def order_holders(graph: Mapping[str, Iterable[str]], running: Iterable[str], targets: list[str]) -> dict[str, list[str]]:
+    """Who must apply and answer each of ``targets``' orders, published together: its running
+    neighbours, less the other targets (a device forgotten in the same batch owes nothing, and an
+    agent process stops once its own order arrives, as a real device does). Pure."""
+    alive = set(running) - set(targets)
+    return {t: sorted(set(graph.get(t, ())) & alive) for t in targets}
+
+
 def seed_propagation(accepted: dict[tuple[str, str], float], on_broker: dict[str, float], fleet: str) -> list[float]:
     """Per (holder, owner) pair: seconds from the owner's seed for the holder reaching the broker
     (``on_broker``: topic -> ``time.monotonic()``) to the holder's store accepting it (``accepted``:
@@ -285,7 +293,7 @@ def simultaneous_unlearns(fleet: AgentFleet | ProcessFleet, count: int = 10, *, 
     outside = isinstance(fleet, ProcessFleet)
     ids = sorted(fleet.procs if outside else fleet.agents)
     targets = rng.sample(ids, count)
-    holders = {t: sorted(set(fleet.graph.get(t, ())) & set(ids)) for t in targets}
+    holders = order_holders(fleet.graph, ids, targets)
     rids = {t: f"load{k:04d}" + "9" * 20 for k, t in enumerate(targets)}
     predicting = rng.sample([i for i in ids if i not in targets], min(predictors, len(ids) - count))
     x = probe_batch(1)
