@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -57,6 +58,52 @@ def test_each_device_is_its_own_process_and_forgetting_reaches_every_holder(mosq
         assert all(a["non_holder"]["count"] == 1 for d, a in applies.items() if d not in holders)
         assert all(f <= 2 for a in applies.values() for role in ("holder", "non_holder") for f in a[role]["recent_fsyncs"])
     assert fleet.procs == {}  # stopped on exit
+
+
+def test_a_flapping_link_during_unlearns_loses_no_receipt_and_resurrects_nothing(mosquitto_broker, tmp_path):
+    from hdus_edge.lab.proxy import LinkShape, TcpProxy
+    from hdus_edge.reliability.invariants import store_violations
+
+    # Prepare: five agent processes, each behind its own link that goes down for 0.5-1.5 s every
+    # 1-3 s (seeded per device); the requester dials the broker directly, as the admin's site would.
+    models = synthetic_models(5)
+    ids = sorted(models)
+    graph = build_graph("complete", ids)
+    cfg = FleetConfig(FleetSection("flap", mosquitto_broker.url), DataSection((1, 8, 8), 10, "public", REFERENCE_SHA),
+                      EnsembleSection(0.5, "probs"))
+    url = mosquitto_broker.url.removeprefix("mqtt://")
+    host, port = url.rsplit(":", 1)
+    links = {d: TcpProxy(host, int(port), shape=LinkShape(flap_every_s=2.0, flap_down_s=1.0, seed=k)).start()
+             for k, d in enumerate(ids)}
+    try:
+        with ProcessFleet(tmp_path, mosquitto_broker.url, cfg, models, graph, digest_interval_s=2.0,
+                          placement=lambda d: ([], links[d].url)) as fleet, \
+                OutsideRequester(fleet.admin.root) as requester:
+            fleet.start(timeout=240, wave=5)
+            # Execute: two devices forgotten one after another while the links keep flapping.
+            outcomes = {}
+            for target in ids[:2]:
+                outcomes[target] = requester.unlearn(mosquitto_broker.url, "flap", target, wait_s=120)
+                fleet.retire([target])
+            # Let every link go down and come back at least twice more: reconnects re-deliver the
+            # broker's retained messages, and a forgotten seed must not come back with them.
+            flaps_then = {d: links[d].stats.flaps for d in fleet.procs}
+            deadline = time.monotonic() + 60
+            while any(links[d].stats.flaps < flaps_then[d] + 2 for d in fleet.procs) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            fleet.wait_converged(120)
+            # Assert: every holder's receipt arrived; nobody holds a forgotten seed, in memory or on disk.
+            for target, out in outcomes.items():
+                assert out["missing"] == [] and out["latency_s"] is not None, (target, out)
+                assert len(out["holders"]) == 4 - list(outcomes).index(target)
+            assert all(links[d].stats.flaps >= flaps_then[d] + 2 for d in fleet.procs)
+            assert all(not set(ids[:2]) & set(fleet.members(d) or ()) for d in fleet.procs)
+            sent = {t: 0 for t in ids[:2]}
+            assert [v for d in fleet.procs for v in store_violations(fleet.states[d].store_dir, receipts_sent=sent)] == []
+            assert sum(link.stats.cuts for link in links.values()) > 0
+    finally:
+        for link in links.values():
+            link.stop()
 
 
 def test_a_namespaced_device_reaches_only_its_link(tmp_path):

@@ -162,11 +162,41 @@ def test_bug4_a_saved_order_lost_to_a_crash_is_written_again_on_redelivery(tmp_p
 
 def test_bench_unlearn_collects_receipts_from_a_requester_in_its_own_process(tmp_path, mosquitto_broker):
     # The bench's requester runs in a spawned child (a requester in the fleet's process waits for the
-    # GIL behind every agent and saw receipts ~3 s late at 50 devices); one small round trip.
+    # GIL behind every agent and saw receipts ~3 s late at 50 devices); one small round trip, with the
+    # agents as processes (the default) and in this process (--in-process).
+    import os
+
+    import psutil
+
     from hdus_edge.bench.unlearn import bench_one
     from hdus_edge.lab.synthetic import synthetic_models
 
-    row = bench_one(mosquitto_broker.url, 4, 1, tmp_path, synthetic_models(4))
+    row = bench_one(mosquitto_broker.url, 4, 1, tmp_path / "procs", synthetic_models(4))
+    assert row["processes"] == "one per device"
     assert row["unlearn_samples"] == 1 and row["incomplete"] == 0, row
     assert row["receipts"] == 3  # every other device answers (the holders, and "held none" receipts)
     assert 0 < row["unlearn_p50_s"] < 30
+    # The agents ran in their own processes: each wrote its own ready file with its own pid.
+    pids = {int(f.read_text()) for f in (tmp_path / "procs" / "devices").glob("*/agent.ready")}
+    assert len(pids) == 4 and os.getpid() not in pids
+    assert not [pid for pid in pids if psutil.pid_exists(pid)]  # and all were stopped
+    one = bench_one(mosquitto_broker.url, 4, 1, tmp_path / "one", synthetic_models(4), in_process=True)
+    assert one["processes"] == "one" and one["unlearn_samples"] == 1 and one["receipts"] == 3, one
+    assert not list((tmp_path / "one" / "devices").glob("*/agent.ready"))
+
+
+def test_bench_unlearn_refuses_in_process_with_side_by_side():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "hdus_edge", "bench", "unlearn", "--in-process", "--side-by-side"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "exclude each other" in out.stderr
+
+
+def test_bench_unlearn_agent_processes_dial_the_embedded_amqtt_broker_too(tmp_path, embedded_broker):
+    from hdus_edge.bench.unlearn import bench_one
+    from hdus_edge.lab.synthetic import synthetic_models
+
+    row = bench_one(embedded_broker, 4, 1, tmp_path, synthetic_models(4))
+    assert row["processes"] == "one per device" and row["incomplete"] == 0 and row["receipts"] == 3, row

@@ -69,12 +69,30 @@ def _fresh_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model)
 
 
-def _run(tmp_path):
+def _run(tmp_path, processes: bool = False):
     data = build_data(SMALL)
     with broker_for(SMALL) as url:
         return hdus_run.run_hdus(data=data, specs=device_specs(SMALL), graph=build_topology(SMALL),
                                  learning=learning_config(SMALL), broker_url=url, root=tmp_path, forget=SMALL.forget,
-                                 workers=1, name=f"leak-{tmp_path.name[-8:]}", membership_inference=False)
+                                 workers=1, name=f"leak-{tmp_path.name[-8:]}", membership_inference=False,
+                                 processes=processes)
+
+
+def test_agent_processes_prove_exactness_through_their_inference_api(tmp_path):
+    # Execute: both fleets (the one that forgets, the never-joined one) as agent processes.
+    sim = _run(tmp_path, processes=True)
+    # Assert: outputs compared come from the agents' APIs; forgetting is exact, evidence complete.
+    assert sim.exact and sim.exact_models and sim.max_abs_diff <= 1e-6, (sim.max_abs_diff, sim.models_check)
+    assert all(o.complete for o in sim.outcomes) and sim.evidence_problems == []
+    assert sorted(sim.after) == ["dev-0", "dev-1"]
+    assert list((tmp_path / "hdus" / "devices").glob("*/agent.ready"))  # they ran as processes
+
+
+def test_a_planted_leak_is_reported_not_exact_by_agent_processes(tmp_path, monkeypatch):
+    # The same leak as below, seen through the agent processes' inference APIs (check (b)).
+    monkeypatch.setattr(hdus_run, "train_devices", _leaky("seed-from-ensemble"))
+    sim = _run(tmp_path, processes=True)
+    assert not sim.exact and sim.max_abs_diff > 1e-6
 
 
 @pytest.mark.parametrize("kind, part", [("seed-from-ensemble", "seed"), ("main-taught-by-neighbours", "main")])

@@ -146,7 +146,16 @@ def test_scale_study_counts_one_seed_message_per_directed_edge_on_mosquitto(tmp_
         assert row["propagation_s"] > 0 and row["publish_bytes"] > row["seed_messages"] * 10_000  # seeds are ~22 KiB
     assert r["growth"]["exponent_in_n"]["2"]["publish_messages"] == pytest.approx(1.0, abs=0.05)
     assert set(r["growth"]["degree_ratio"]) == {"4", "6"}
-    assert "## Scale" in (out / "report.md").read_text()
+    assert r["settings"]["processes"] == "one per device" and all(row["processes"] == "one per device" for row in r["rows"])
+    assert all(row["rss_per_agent_mib"] > 0 for row in r["rows"])  # measured on the agent processes
+    assert "## Scale" in (out / "report.md").read_text() and "one process per agent" in (out / "report.md").read_text()
+
+
+def test_scale_study_can_keep_its_agents_in_one_process(tmp_path) -> None:
+    cfg = study_config("scale", quick=True, sizes=(4,), degrees=(2,), processes=False)
+    r = run_study("scale", cfg)
+    assert r["settings"]["processes"] == "one" and [row["processes"] for row in r["rows"]] == ["one"]
+    assert r["rows"][0]["seed_messages"] == 8 and r["rows"][0]["unlearn_incomplete"] == 0
 
 
 def test_reference_study_keeps_the_main_models_and_varies_only_the_seeds() -> None:

@@ -29,6 +29,14 @@ def test_decide_holders_adds_provisioned_devices_whose_list_did_not_come():
     assert decide_holders("t", lists, registry, lambda i: i == "d") == ("b",)
 
 
+def test_a_forgotten_devices_leftover_list_does_not_make_it_a_holder():
+    # a was forgotten earlier: the registry no longer lists it, but its retained list still names t,
+    # and its retained order had not arrived when the holders were chosen (seen with a flapping link).
+    lists = {"a": frozenset({"t"}), "b": frozenset({"t"})}
+    registry = {"b": ("t",), "t": ("b",)}
+    assert decide_holders("t", lists, registry, _never) == ("b",)
+
+
 def test_expected_holders_skip_forgotten_devices():
     registry = {"a": {"neighbors": ["b"]}, "b": {"neighbors": ["a"], "unlearned": "f" * 32}, "c": {}}
     assert expected_holders(registry) == {"a": ("b",), "c": ()}

@@ -16,7 +16,8 @@ measures from outside, with the admin's requester and clocks in their own proces
 
 ``--net lan``: each namespace dials the broker directly over its link. ``--net wan``: through a
 shaping proxy on its link (40 ms +- 10 ms one way, 1% loss as TCP shows it: see ``lab.proxy``),
-because this kernel has no netem.
+because this kernel has no netem. ``--net flap``: through a proxy that cuts each site's link for
+1.5-4.5 s every 4-12 s (``LinkShape.flap_*``; a seeded schedule per site), while the fleet starts and forgets.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ logger = logging.getLogger(__name__)
 NETS = {
     "lan": None,
     "wan": LinkShape(delay_s=0.040, jitter_s=0.010, loss=0.01, seed=0),
+    "flap": LinkShape(flap_every_s=8.0, flap_down_s=3.0, seed=0),
 }
 DEVICES_PER_SITE = 10  # a site (namespace) per ten devices: a building's subnet, not one host each
 
@@ -114,8 +116,9 @@ def run_case(case: ScaleCase, root: Path, progress: Callable[[str], None] = lamb
         # LAN: the broker listens on every site's link. WAN: a shaping proxy does, in front of it.
         extra = () if shape else tuple(f"listener {port} {s.host_address}" for s in lab.sites)
         broker = MosquittoProcess(root / "broker", MosquittoConfig(port=port, extra_lines=extra)).start()
-        proxies = [TcpProxy("127.0.0.1", port, host=s.host_address, port=port, shape=shape).start()
-                   for s in lab.sites] if shape else []
+        # Each site's link its own seed: sites flap (and lose segments) independently.
+        proxies = [TcpProxy("127.0.0.1", port, host=s.host_address, port=port, shape=replace(shape, seed=shape.seed + k)).start()
+                   for k, s in enumerate(lab.sites)] if shape else []
         cfg = FleetConfig(FleetSection(f"scale{case.devices}", broker.url),
                           DataSection((1, 8, 8), 10, "public", REFERENCE_SHA), EnsembleSection(0.5, "probs"))
         fleet = ProcessFleet(root / "fleet", broker.url, cfg, models, graph, digest_interval_s=30.0,
@@ -174,7 +177,7 @@ def run_case(case: ScaleCase, root: Path, progress: Callable[[str], None] = lamb
         "rss_per_agent_mib": (sum(rss) / len(rss) / 2**20) if rss else None,
         "broker_cpu_s": broker_cpu, "broker_rss_mib": broker_rss / 2**20 if broker_rss else None,
         "agents_cpu_share_while_forgetting": cpu_share, "cores": os.cpu_count(),
-        "proxy_losses": sum(p.stats.lost for p in proxies),
+        "proxy_losses": sum(p.stats.lost for p in proxies), "proxy_flaps": sum(p.stats.flaps for p in proxies),
         **applies,
     }
 

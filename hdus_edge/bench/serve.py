@@ -20,8 +20,6 @@ agent RSS <= 80 MiB and ready <= 1 s; zero failed requests during the churn.
 
 from __future__ import annotations
 
-import http.client
-import json
 import os
 import platform
 import statistics
@@ -47,6 +45,7 @@ from hdus_edge.config import (
 )
 from hdus_edge.device.agent import AgentSettings, DeviceAgent
 from hdus_edge.lab.agents import AgentFleet, DeviceModels
+from hdus_edge.lab.api_client import ApiClient, infer_request
 from hdus_edge.lab.synthetic import CREATED_AT, REFERENCE_SHA
 from hdus_edge.transport.ports import free_port
 
@@ -83,36 +82,18 @@ def _export(arch: str, owner: str, role: str, seed: int) -> bytes:
                        Provenance(owner, role, arch, 1, SHAPE, 10, CREATED_AT, ref))  # type: ignore[arg-type]
 
 
-def _body(x: np.ndarray, binary: bool) -> tuple[bytes, dict[str, str]]:
-    """An infer request for ``x`` (what Triton's client sends)."""
-    tensor: dict[str, Any] = {"name": "input", "datatype": "FP32", "shape": list(x.shape)}
-    if not binary:
-        tensor["data"] = x.ravel().tolist()
-        return json.dumps({"inputs": [tensor]}).encode(), {"Content-Type": "application/json"}
-    tensor["parameters"] = {"binary_data_size": x.nbytes}
-    head = json.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}}).encode()
-    return head + x.tobytes(), {"Inference-Header-Content-Length": str(len(head)),
-                                "Content-Type": "application/octet-stream"}
-
-
 class _Client:
     """One keep-alive connection posting one prepared request."""
 
     def __init__(self, port: int, x: np.ndarray, binary: bool) -> None:
-        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        self.body, self.headers = _body(x, binary)
+        self.api = ApiClient(port)
+        self.body, self.headers = infer_request(x, binary)
 
     def call(self) -> dict[str, Any]:
-        self.conn.request("POST", "/v2/models/ensemble/infer", body=self.body, headers=self.headers)
-        resp = self.conn.getresponse()
-        data = resp.read()
-        if resp.status != 200:
-            raise RuntimeError(f"HTTP {resp.status}: {data[:200]!r}")
-        head_len = resp.getheader("Inference-Header-Content-Length")
-        return json.loads(data[: int(head_len)] if head_len else data)
+        return self.api.post(self.body, self.headers)[0]
 
     def close(self) -> None:
-        self.conn.close()
+        self.api.close()
 
 
 def _percentiles(samples: list[float]) -> dict[str, float]:

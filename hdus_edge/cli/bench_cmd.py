@@ -123,10 +123,15 @@ def unlearn(
     sizes: Annotated[str, typer.Option(help="Comma-separated fleet sizes.")] = "5,20,50",
     brokers: Annotated[str, typer.Option(help="Comma-separated brokers: amqtt, mosquitto.")] = "amqtt,mosquitto",
     forgets: Annotated[int, typer.Option(help="Devices forgotten one after another per fleet (latency samples).")] = 8,
+    in_process: Annotated[bool, typer.Option("--in-process", help=(
+        "Run every fleet's agents in this one process (the old fleet) instead of one process per agent."))] = False,
+    side_by_side: Annotated[bool, typer.Option("--side-by-side", help=(
+        "Run every case both ways (a process per agent, then all agents in one), to show the interpreter lock's share."))] = False,
 ) -> None:
     """Unlearn latency (order to last receipt) and seed propagation vs retraining from scratch.
 
-    Example: hdus-edge bench unlearn --sizes 5,20 --brokers mosquitto
+    Each agent runs as its own process ('hdus-edge agent', as on a device) unless --in-process.
+    Example: hdus-edge bench unlearn --sizes 5,20 --brokers mosquitto --side-by-side
     """
     from hdus_edge.bench.unlearn import run_unlearn_bench
     from hdus_edge.errors import ConfigError
@@ -140,17 +145,20 @@ def unlearn(
         raise ConfigError(f"--brokers must name amqtt and/or mosquitto, got {brokers!r}")
     if any(n < 3 for n in size_list):
         raise ConfigError("every fleet size must be at least 3")
+    if in_process and side_by_side:
+        raise ConfigError("--in-process and --side-by-side exclude each other")
+    modes = ("one per device", "one") if side_by_side else ("one",) if in_process else ("one per device",)
     with status_line(not json_out, "measuring ") as progress:
-        result = run_unlearn_bench(size_list, broker_list, forgets, progress)
+        result = run_unlearn_bench(size_list, broker_list, forgets, progress, modes=modes)
     if json_out:
         print_json(result)
         return
     table = Table(title="Forgetting one device: HDUS unlearn vs retraining the fleet")
-    for col in ("broker", "devices", "neighbours", "seed propagation", "unlearn p50", "unlearn p95", "samples",
-                "retrain fleet (est.)", "speed-up (p95)"):
+    for col in ("broker", "devices", "processes", "neighbours", "seed propagation", "unlearn p50", "unlearn p95",
+                "samples", "retrain fleet (est.)", "speed-up (p95)"):
         table.add_column(col, justify="right")
     for r in result["rows"]:
-        table.add_row(r["broker"], str(r["devices"]), str(r["degree"]), f"{r['seed_propagation_s']:.2f} s",
+        table.add_row(r["broker"], str(r["devices"]), r["processes"], str(r["degree"]), f"{r['seed_propagation_s']:.2f} s",
                       f"{1e3 * r['unlearn_p50_s']:.0f} ms", f"{1e3 * r['unlearn_p95_s']:.0f} ms",
                       f"{r['unlearn_samples']} ({r['incomplete']} incomplete)", f"{r['retrain_fleet_s']:.0f} s",
                       f"{r['speedup_vs_retrain']:.0f}x" if r["speedup_vs_retrain"] else "-")
@@ -245,7 +253,7 @@ def scale(
     quick: Annotated[bool, typer.Option("--quick", help="One case: 50 devices x 8 neighbours on a LAN.")] = False,
     sizes: Annotated[str, typer.Option(help="Comma-separated fleet sizes (ignored with --quick).")] = "20,50,100",
     degrees: Annotated[str, typer.Option(help="Comma-separated neighbour counts.")] = "4,8",
-    nets: Annotated[str, typer.Option(help="Comma-separated network profiles: lan, wan.")] = "lan,wan",
+    nets: Annotated[str, typer.Option(help="Comma-separated network profiles: lan, wan, flap (a link cut for seconds at a time).")] = "lan,wan",
 ) -> None:
     """Fleets of one process per device in network namespaces: seed propagation, unlearn latency, cost.
 

@@ -35,6 +35,8 @@ def run(
     lam: Annotated[float | None, typer.Option(help="Weight of the device's own main model in [0, 1].")] = None,
     forget: Annotated[str, typer.Option(help="Devices to forget, comma-separated (e.g. dev-5).")] = "",
     forget_at_once: Annotated[bool, typer.Option(help="Send every unlearn order at the same moment.")] = False,
+    processes: Annotated[bool, typer.Option("--processes", help=(
+        "Run each agent as its own OS process (as on a device); outputs come from each agent's inference API."))] = False,
     methods: Annotated[str, typer.Option(help="Baselines, comma-separated; 'none' for HDUS only.")] = "",
     budget: Annotated[str, typer.Option(help="Baselines' budget: reduced or full.")] = "",
     broker: Annotated[str, typer.Option(help="Broker URL; default: an embedded broker.")] = "",
@@ -64,6 +66,8 @@ def run(
         changes["forget"] = _split(forget)
     if forget_at_once:
         changes["forget_at_once"] = True
+    if processes:
+        changes["processes"] = True
     if methods:
         changes["methods"] = () if methods == "none" else _split(methods)
     if seed is not None:
@@ -134,6 +138,8 @@ def study(
     broker: Annotated[str, typer.Option(help="Scale/poisoning: 'mosquitto', 'amqtt' or a URL (scale); a URL (poisoning).")] = "",
     seed: Annotated[int | None, typer.Option(help="Seed for every random choice.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the study's figures as JSON.")] = False,
+    in_process: Annotated[bool, typer.Option("--in-process", help=(
+        "Scale: run every fleet's agents in this one process instead of one process per agent."))] = False,
 ) -> None:
     """Studies beyond the paper: scale (10/30/100 devices), reference set (public sizes vs noise),
     poisoning (a label-flipped device, then forgetting it).
@@ -153,6 +159,8 @@ def study(
             overrides["broker"] = broker
         if seed is not None:
             overrides["seed"] = seed
+        if in_process and n == "scale":
+            overrides["processes"] = False
         cfg = study_config(n, quick=quick, **overrides)
         results[n] = run_study(n, cfg, announce=(lambda m: None) if json_out else (lambda m: err_console.print(f"[dim]- {m}[/]")))
         add_study(out, n, results[n])

@@ -50,6 +50,23 @@ def provision_lab_fleet(
     return admin, states
 
 
+def order_unlearn(admin: AdminDir, broker_url: str, fleet: str, target: str, wait_s: float = 30.0) -> UnlearnOutcome:
+    """The admin orders ``target`` forgotten from this process; returns the collected receipts."""
+    key = admin.key()
+    return request_unlearn(broker_url=broker_url, fleet=fleet, admin_key=key.public_key, signer=key,
+                           issuer="admin", target=target, epoch=0, wait_s=wait_s, settle_s=0.2)
+
+
+def order_unlearn_together(admin: AdminDir, broker_url: str, fleet: str, targets: list[str],
+                           wait_s: float = 30.0) -> list[UnlearnOutcome]:
+    """Every one of ``targets`` ordered forgotten at the same moment (a requester thread each);
+    outcomes in ``targets`` order once all have their receipts."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(targets)) as pool:
+        return list(pool.map(lambda t: order_unlearn(admin, broker_url, fleet, t, wait_s), targets))
+
+
 class AgentFleet:
     """Provision, start, forget and stop N agents on one broker."""
 
@@ -124,9 +141,7 @@ class AgentFleet:
 
     def unlearn(self, target: str, wait_s: float = 30.0) -> UnlearnOutcome:
         """The admin orders ``target`` forgotten; returns the collected receipts."""
-        key = self.admin.key()
-        outcome = request_unlearn(broker_url=self.broker_url, fleet=self.fleet.fleet.name, admin_key=key.public_key,
-                                  signer=key, issuer="admin", target=target, epoch=0, wait_s=wait_s, settle_s=0.2)
+        outcome = order_unlearn(self.admin, self.broker_url, self.fleet.fleet.name, target, wait_s)
         self.retire([target])
         return outcome
 
@@ -142,18 +157,13 @@ class AgentFleet:
     def unlearn_together(self, targets: list[str], wait_s: float = 30.0) -> list[UnlearnOutcome]:
         """The admin orders every one of ``targets`` forgotten at the same moment (one requester
         thread each); returns their outcomes in ``targets`` order once all have their receipts."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        key = self.admin.key()
-
-        def order(target: str) -> UnlearnOutcome:
-            return request_unlearn(broker_url=self.broker_url, fleet=self.fleet.fleet.name, admin_key=key.public_key,
-                                   signer=key, issuer="admin", target=target, epoch=0, wait_s=wait_s, settle_s=0.2)
-
-        with ThreadPoolExecutor(len(targets)) as pool:
-            outcomes = list(pool.map(order, targets))
+        outcomes = order_unlearn_together(self.admin, self.broker_url, self.fleet.fleet.name, targets, wait_s)
         self.retire(targets)
         return outcomes
+
+    def running(self) -> list[str]:
+        """The ids of the running agents, sorted."""
+        return sorted(self.agents)
 
     def predict(self, device_id: str, x: np.ndarray) -> np.ndarray:
         """Device ``device_id``'s ensemble output, once its fused graph has caught up with its members.

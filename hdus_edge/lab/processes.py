@@ -5,7 +5,8 @@ the interpreter lock as much as the protocol. Here each device is ``hdus-edge ag
 point a Pi runs under systemd), optionally inside a network namespace (``lab.netns``) with its own
 broker address (a shaping proxy in front of the broker, or a site broker). The fleet is watched
 from outside: a device's members come from the ``status.json`` its agent writes, its seed
-arrivals from its store's audit log, its memory from the kernel.
+arrivals from its store's audit log, its memory from the kernel; with ``http=True`` its ensemble's
+output from its own inference API (``predict``), as an application on the device would ask it.
 """
 
 from __future__ import annotations
@@ -21,14 +22,26 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import psutil
 
 from hdus_edge.config import FleetConfig
 from hdus_edge.device.store import AUDIT_NAME
-from hdus_edge.lab.agents import DeviceModels, provision_lab_fleet
+from hdus_edge.lab.agents import (
+    DeviceModels,
+    order_unlearn,
+    order_unlearn_together,
+    provision_lab_fleet,
+)
+from hdus_edge.lab.api_client import ApiClient
 from hdus_edge.topology import Graph
+from hdus_edge.transport.ports import free_port
+from hdus_edge.unlearn.request import UnlearnOutcome
 
 logger = logging.getLogger(__name__)
+
+# Rows per inference request: the smallest profile's api.max_batch (Raspberry Pi Zero 2 W).
+API_BATCH = 64
 
 # Where a device runs: (command prefix, e.g. ``ip netns exec NS``; the broker URL it dials).
 Placement = Callable[[str], tuple[list[str], str]]
@@ -44,6 +57,7 @@ class AgentProcess:
     log_file: Path
     launched_at: float  # time.time(): comparable with the store's audit times
     ready_at: float | None = None
+    api_port: int | None = None  # its inference API on 127.0.0.1 (``ProcessFleet.http``)
 
 
 @dataclass
@@ -60,6 +74,12 @@ class ProcessFleet:
     # would be the whole measurement, so the fleet benchmarks probe in-process unless asked.
     probe_in_subprocess: bool = False
     placement: Placement | None = None
+    # Serve each agent's inference API on a free loopback port (``predict``); off by default
+    # because a hundred idle HTTP servers are a hundred more threads on the machine.
+    http: bool = False
+    # The interpreter arguments that run the CLI. A test plants a bug in every agent by pointing this
+    # at a script that patches the agent and then runs ``hdus_edge.cli.entry``.
+    launcher: tuple[str, ...] = ("-m", "hdus_edge")
     procs: dict[str, AgentProcess] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -76,15 +96,21 @@ class ProcessFleet:
         ready.unlink(missing_ok=True)
         log = state.root / "agent.log"
         # --insecure: plain-text MQTT to a 198.18.x address is the lab's own link (lab.netns), not a network.
-        cmd = [*prefix, sys.executable, "-m", "hdus_edge", "--insecure", "agent", "--state-dir", str(state.root),
+        cmd = [*prefix, sys.executable, *self.launcher, "--insecure", "agent", "--state-dir", str(state.root),
                "--broker", url,
                "--ready-file", str(ready), "--digest-interval", str(self.digest_interval_s)]
         if not self.probe_in_subprocess:
             cmd.append("--no-probe-subprocess")
+        api_port = None
+        if self.http:
+            if prefix:
+                raise ValueError("the inference API is reached on this host's loopback: no placement with http=True")
+            api_port = free_port()
+            cmd += ["--http", f"127.0.0.1:{api_port}"]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
         with open(log, "ab") as fh:
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=fh, env=env, start_new_session=True)
-        agent = AgentProcess(device_id, proc, ready, log, time.time())
+        agent = AgentProcess(device_id, proc, ready, log, time.time(), api_port=api_port)
         self.procs[device_id] = agent
         return agent
 
@@ -212,6 +238,65 @@ class ProcessFleet:
                 continue
             out.append(max(0.0, at - o.ready_at))
         return out
+
+    def _client(self, device_id: str) -> ApiClient:
+        port = self.procs[device_id].api_port
+        if port is None:
+            raise ValueError("predict needs a ProcessFleet started with http=True")
+        return ApiClient(port)
+
+    def predict(self, device_id: str, x: np.ndarray) -> np.ndarray:
+        """``device_id``'s ensemble output for ``x``, from its agent's inference API (``http=True``),
+        bit for bit as the agent computed it; asked ``API_BATCH`` rows at a time (every profile's
+        batch limit allows that many)."""
+        client = self._client(device_id)
+        try:
+            return np.concatenate([client.predict(x[k:k + API_BATCH]) for k in range(0, len(x), API_BATCH)])
+        finally:
+            client.close()
+
+    def wait_settled(self, timeout: float, probe: np.ndarray | None = None) -> None:
+        """``AgentFleet.wait_settled`` from outside (``http=True``): converged, and every agent with
+        seeds answers from the fused graph of its members (its API says ``fused``), so outputs
+        compared from here on are bit for bit what the fused ensembles compute."""
+        deadline = time.monotonic() + timeout
+        self.wait_converged(timeout)
+        expected = self.expected_members()
+        for device_id in sorted(self.procs):
+            status = self.status(device_id) or {}
+            if not expected[device_id] or status.get("ensemble", {}).get("strategy") != "fused":
+                continue
+            shape = self.fleet.data.input_shape
+            x = probe if probe is not None else np.zeros((1, *shape), np.float32)
+            client = self._client(device_id)
+            try:
+                while True:
+                    _, params = client.predict_labelled(x[:1])
+                    if params.get("fused") and params.get("members", "").split(",") == list(expected[device_id]):
+                        break
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"{device_id}: no fused graph for members {expected[device_id]} "
+                                           f"after {timeout:g} s (answer: {params})")
+                    time.sleep(0.05)
+            finally:
+                client.close()
+
+    def running(self) -> list[str]:
+        """The ids of the running agents, sorted."""
+        return sorted(self.procs)
+
+    def unlearn(self, target: str, wait_s: float = 30.0) -> UnlearnOutcome:
+        """The admin orders ``target`` forgotten (from this process, which runs no agent: no
+        interpreter lock to wait behind); stops its agent; returns the collected receipts."""
+        outcome = order_unlearn(self.admin, self.broker_url, self.fleet.fleet.name, target, wait_s)
+        self.retire([target])
+        return outcome
+
+    def unlearn_together(self, targets: list[str], wait_s: float = 30.0) -> list[UnlearnOutcome]:
+        """Every one of ``targets`` ordered forgotten at the same moment; outcomes in order."""
+        outcomes = order_unlearn_together(self.admin, self.broker_url, self.fleet.fleet.name, targets, wait_s)
+        self.retire(targets)
+        return outcomes
 
     def rss_bytes(self) -> dict[str, int]:
         """Resident memory of each running agent (the agent process and any children it has)."""

@@ -7,7 +7,9 @@ Faults it makes, each on demand and undone by ``restore()``:
 - ``down()``: cut, and refuse new connections (accepted, then closed at once) until ``restore()``.
 - ``stall()``: keep connections open but forward nothing (a black hole: only keepalives notice).
 
-And a link's character, for the whole run (``LinkShape``): one-way delay with jitter, and loss.
+And a link's character, for the whole run (``LinkShape``): one-way delay with jitter, loss, and
+flapping (``flap_every_s``/``flap_down_s``: the link goes ``down()`` for a few seconds at a time and
+comes back, on a schedule drawn from the shape's seed: ``flap_schedule``).
 This machine's kernel has no ``sch_netem`` (``tc qdisc add ... netem`` answers "Specified qdisc
 kind is unknown"), so the shaping happens here, per direction, on what TCP delivers: a chunk leaves
 ``delay +- jitter`` after it arrived, never before the one ahead of it (TCP delivers in order), and
@@ -21,13 +23,14 @@ counted, every fault counted.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -47,10 +50,43 @@ class LinkShape:
     loss: float = 0.0
     retransmit_s: float = 0.2  # what a lost segment costs: Linux's minimum retransmission timeout
     seed: int = 0
+    # Flapping: up for flap_every_s, then down for flap_down_s (each drawn uniformly within +-50%,
+    # so cuts do not line up with the clients' keepalives or backoffs); 0 never flaps.
+    flap_every_s: float = 0.0
+    flap_down_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.delay_s < 0 or self.jitter_s < 0 or self.jitter_s > self.delay_s or not 0 <= self.loss < 1:
             raise ValueError(f"invalid link shape {self}")
+        if self.flap_every_s < 0 or self.flap_down_s < 0 or (self.flap_every_s > 0) != (self.flap_down_s > 0):
+            raise ValueError(f"invalid link shape {self}: flapping needs both flap_every_s and flap_down_s > 0")
+
+    @property
+    def flaps(self) -> bool:
+        return self.flap_down_s > 0
+
+    @property
+    def shapes_bytes(self) -> bool:
+        """Whether chunks need a delay line (a flapping-only link forwards bytes untouched)."""
+        return self.delay_s > 0 or self.loss > 0
+
+
+def flap_schedule(shape: LinkShape, horizon_s: float) -> list[tuple[float, float]]:
+    """The (down at, up at) seconds after start of every outage of ``shape`` that begins before
+    ``horizon_s``; pure and seeded, so a run's outages can be replayed and tested."""
+    return list(itertools.takewhile(lambda o: o[0] < horizon_s, _outages(shape)))
+
+
+def _outages(shape: LinkShape) -> Iterator[tuple[float, float]]:
+    if not shape.flaps:
+        return
+    rng = random.Random(f"flap-{shape.seed}")  # its own stream: adding flaps must not move the delays
+    t = 0.0
+    while True:
+        t += shape.flap_every_s * rng.uniform(0.5, 1.5)
+        up = t + shape.flap_down_s * rng.uniform(0.5, 1.5)
+        yield t, up
+        t = up
 
 
 class _DelayLine:
@@ -112,6 +148,7 @@ class ProxyStats:
     bytes_up: int = 0  # client -> upstream
     bytes_down: int = 0  # upstream -> client
     lost: int = 0  # chunks that waited a retransmission timeout (shaped links)
+    flaps: int = 0  # outages of a flapping link (each a down(), then a restore())
 
 
 class _Pair:
@@ -158,6 +195,7 @@ class TcpProxy:
         self._refusing = False
         self._listener: socket.socket | None = None
         self._acceptor: threading.Thread | None = None
+        self._flapper: threading.Thread | None = None
         self._stopped = threading.Event()
 
     @classmethod
@@ -195,6 +233,9 @@ class TcpProxy:
         self._listener = listener
         self._acceptor = threading.Thread(target=self._accept_loop, name=f"hdus-proxy-{self.port}", daemon=True)
         self._acceptor.start()
+        if self.shape is not None and self.shape.flaps:
+            self._flapper = threading.Thread(target=self._flap_loop, name=f"hdus-proxy-flap-{self.port}", daemon=True)
+            self._flapper.start()
         logger.info("proxy %s -> %s:%d", self.url, *self.upstream)
         return self
 
@@ -210,9 +251,10 @@ class TcpProxy:
             self._listener.close()
             self._listener = None
         self._close_all(count=False)
-        if self._acceptor is not None:
-            self._acceptor.join(timeout=5)
-            self._acceptor = None
+        for thread in (self._acceptor, self._flapper):
+            if thread is not None:
+                thread.join(timeout=5)
+        self._acceptor = self._flapper = None
 
     def __enter__(self) -> TcpProxy:
         return self.start()
@@ -297,13 +339,29 @@ class TcpProxy:
                 threading.Thread(target=self._pump, args=(pair, src, dst, up), daemon=True,
                                  name=f"hdus-proxy-pump-{self.port}").start()
 
+    def _flap_loop(self) -> None:
+        """Follow ``flap_schedule`` until stopped; the link is left up when the proxy stops."""
+        assert self.shape is not None
+        began = time.monotonic()
+        for down_at, up_at in _outages(self.shape):
+            if self._stopped.wait(max(0.0, began + down_at - time.monotonic())):
+                return
+            cut = self.down()
+            with self._lock:
+                self.stats.flaps += 1
+            logger.info("proxy %d: link down (%d connections cut)", self.port, cut)
+            if self._stopped.wait(max(0.0, began + up_at - time.monotonic())):
+                return
+            self.restore()
+            logger.info("proxy %d: link up", self.port)
+
     def _count_loss(self) -> None:
         with self._lock:
             self.stats.lost += 1
 
     def _pump(self, pair: _Pair, src: socket.socket, dst: socket.socket, up: bool) -> None:
         line = None
-        if self.shape is not None:
+        if self.shape is not None and self.shape.shapes_bytes:
             with self._lock:
                 rng = random.Random(self._shape_rng.getrandbits(64))
             line = _DelayLine(dst, self.shape, rng, pair.close, self._count_loss)

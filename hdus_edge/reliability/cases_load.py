@@ -1,11 +1,19 @@
 """Load and soak: figures, not pass/fail times.
 
-- ``propagation_load``: N agents (this process) x d neighbours on one Mosquitto; per-pair seed
-  propagation p50/p95/p99, memory of this process and of Mosquitto, messages dropped.
-- ``simultaneous_unlearns``: k orders at once on a converged fleet while devices keep predicting:
-  time to all receipts, inference errors during the ensemble swaps, inference latency p95.
+- ``propagation_load``: N agents x d neighbours on one Mosquitto, each agent its own OS process
+  (``lab.processes``: ``hdus-edge agent``, as on a device; ``processes=False``: all in this process);
+  per-pair seed propagation p50/p95/p99 (from the stores' audit logs), memory of the agents and of
+  Mosquitto, messages dropped.
+- ``simultaneous_unlearns``: k orders at once on a converged fleet while devices keep predicting
+  (through each agent's inference API, as an application would): time to all receipts, inference
+  errors during the ensemble swaps, inference latency p95. Everything is read from outside the
+  agents: committed request ids from each store's ``index.json``, members from ``status.json``,
+  receipts on the broker.
 - ``soak``: a bounded run with random link cuts, clean broker restarts, unlearns and new seed
   versions; memory growth per hour, file descriptors and threads over time, invariant violations.
+  It stays in this process: new seed versions are published through the agents' own
+  ``publish_seed`` (no command does that to a running agent), and its memory, descriptor and
+  thread figures are those of the process that holds every agent.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -26,12 +34,16 @@ import psutil
 
 from hdus_edge.device.agent import AgentSettings, DeviceAgent
 from hdus_edge.lab.agents import AgentFleet
+from hdus_edge.lab.api_client import ApiClient
 from hdus_edge.lab.outside import TopicClock
+from hdus_edge.lab.processes import ProcessFleet
 from hdus_edge.lab.proxy import TcpProxy
+from hdus_edge.protocol.topics import Topics
 from hdus_edge.reliability.brokers import Broker
 from hdus_edge.reliability.cases_faults import mark_forgotten, missing_pairs
 from hdus_edge.reliability.harness import (
     Puppet,
+    fleet_config,
     lab_fleet,
     lab_models,
     probe_batch,
@@ -41,8 +53,10 @@ from hdus_edge.reliability.harness import (
 from hdus_edge.reliability.invariants import (
     MemberSampler,
     ResurrectionWatch,
+    read_index,
     store_violations,
 )
+from hdus_edge.topology import build_graph
 
 logger = logging.getLogger(__name__)
 
@@ -51,9 +65,12 @@ LOAD_SETTINGS = AgentSettings(probe_in_subprocess=False, digest_interval_s=30.0)
 SOAK_SETTINGS = AgentSettings(probe_in_subprocess=False, digest_interval_s=5.0)
 
 
-def stop_fleet(fleet: AgentFleet, workers: int = 16) -> float:
+def stop_fleet(fleet: AgentFleet | ProcessFleet, workers: int = 16) -> float:
     """Stop every agent, ``workers`` at a time (one by one, 100 agents take minutes); return seconds."""
     began = time.monotonic()
+    if isinstance(fleet, ProcessFleet):
+        fleet.stop()  # SIGTERM to all at once, then waits: they stop in parallel
+        return time.monotonic() - began
     agents = list(fleet.agents.values())
     fleet.agents.clear()
 
@@ -123,8 +140,16 @@ class _InstallClock:
 
 
 def propagation_load(root: Path, broker: Broker, n: int, degree: int, *, timeout: float = 300.0,
-                     seed: int = 0, settings: AgentSettings = LOAD_SETTINGS) -> tuple[dict[str, Any], AgentFleet]:
-    """Start ``n`` agents with ``degree`` neighbours each on ``broker``; return figures and the running fleet."""
+                     seed: int = 0, settings: AgentSettings = LOAD_SETTINGS, processes: bool = True,
+                     launcher: tuple[str, ...] | None = None) -> tuple[dict[str, Any], AgentFleet | ProcessFleet]:
+    """Start ``n`` agents with ``degree`` neighbours each on ``broker``; return figures and the running fleet.
+
+    ``processes`` (default): each agent its own process, serving its inference API (for
+    ``simultaneous_unlearns``); ``launcher`` replaces ``-m hdus_edge`` (a test plants a bug with it).
+    """
+    if processes:
+        return _propagation_load_processes(root, broker, n, degree, timeout=timeout, seed=seed, settings=settings,
+                                           launcher=launcher or ("-m", "hdus_edge"))
     rss0 = _rss()
     fleet = lab_fleet(root, broker.url, n, degree=degree, name=f"load{n}x{degree}", seed=seed, settings=settings)
     ids = sorted(fleet.states)
@@ -152,8 +177,99 @@ def propagation_load(root: Path, broker: Broker, n: int, degree: int, *, timeout
         # RSS growth is this fleet's cost only in a fresh process: earlier fleets' freed memory is reused.
         "rss_growth_mb": (_rss() - rss0) / 2**20, "process_rss_mb": _rss() / 2**20,
         "mosquitto_rss_mb": (broker.rss_bytes() or 0) / 2**20, "threads": threading.active_count(),
+        "processes": "one",
     }
     return figures, fleet
+
+
+def _propagation_load_processes(root: Path, broker: Broker, n: int, degree: int, *, timeout: float, seed: int,
+                                settings: AgentSettings, launcher: tuple[str, ...]) -> tuple[dict[str, Any], ProcessFleet]:
+    models = lab_models(n, seed)
+    ids = sorted(models)
+    graph = build_graph("random-regular", ids, degree=degree, seed=seed)
+    cfg = fleet_config(f"load{n}x{degree}", broker.url)
+    fleet = ProcessFleet(root, broker.url, cfg, models, graph,
+                         digest_interval_s=settings.digest_interval_s, probe_in_subprocess=settings.probe_in_subprocess,
+                         http=True, launcher=launcher)
+    # When each seed reached the broker, seen by a subscriber in its own process (the owner's agent
+    # publishes it while it starts, before its ready file: that file would time start-up, not the link).
+    clock = TopicClock(broker.url, [f"{Topics(cfg.fleet.name).root}/seeds/+/+"])
+    try:
+        converge_s: float | None = fleet.start(timeout=timeout)
+    except TimeoutError:
+        # start() stopped the agents; what their stores accepted until then is still on disk.
+        logger.warning("load %dx%d: the fleet did not converge in %g s", n, degree, timeout)
+        converge_s = None
+    finally:
+        clock.close()
+    lat = seed_propagation(fleet.seed_arrivals(), clock.first(), cfg.fleet.name)
+    missing = _missing_pairs_outside(fleet)
+    rss = fleet.rss_bytes()
+    figures = {
+        "devices": n, "neighbours": degree, "pairs": n * degree,
+        # Seed on the broker (an outside subscriber's clock) -> holder's store accepted it (its audit log).
+        "propagation_p50_s": _pct(lat, 50), "propagation_p95_s": _pct(lat, 95), "propagation_p99_s": _pct(lat, 99),
+        "time_to_converge_s": converge_s,
+        "messages_dropped": len(missing) + _dropped_in_log(broker), "seeds_missing": len(missing),
+        "agents_rss_mb": sum(rss.values()) / 2**20, "rss_per_agent_mb": (sum(rss.values()) / len(rss) / 2**20) if rss else None,
+        "process_rss_mb": _rss() / 2**20,
+        "mosquitto_rss_mb": (broker.rss_bytes() or 0) / 2**20,
+        "threads": sum(_threads(a.proc.pid) for a in fleet.procs.values()),
+        "processes": "one per device",
+    }
+    return figures, fleet
+
+
+def order_holders(graph: Mapping[str, Iterable[str]], running: Iterable[str], targets: list[str]) -> dict[str, list[str]]:
+    """Who must apply and answer each of ``targets``' orders, published together: its running
+    neighbours, less the other targets (a device forgotten in the same batch owes nothing, and an
+    agent process stops once its own order arrives, as a real device does). Pure."""
+    alive = set(running) - set(targets)
+    return {t: sorted(set(graph.get(t, ())) & alive) for t in targets}
+
+
+def seed_propagation(accepted: dict[tuple[str, str], float], on_broker: dict[str, float], fleet: str) -> list[float]:
+    """Per (holder, owner) pair: seconds from the owner's seed for the holder reaching the broker
+    (``on_broker``: topic -> ``time.monotonic()``) to the holder's store accepting it (``accepted``:
+    ``time.time()``, from the audit log); pairs the broker clock did not see are left out. Pure."""
+    wall_minus_mono = time.time() - time.monotonic()  # one machine: the two clocks differ by a constant
+    topics = Topics(fleet)
+    out = []
+    for (holder, owner), at in accepted.items():
+        seen = on_broker.get(topics.seed(holder, owner))
+        if seen is not None:
+            out.append(max(0.0, at - (seen + wall_minus_mono)))
+    return out
+
+
+def _threads(pid: int) -> int:
+    try:
+        return psutil.Process(pid).num_threads()
+    except psutil.Error:
+        return 0
+
+
+def _missing_pairs_outside(fleet: ProcessFleet) -> list[tuple[str, str]]:
+    """``missing_pairs`` read from the agents' ``status.json``."""
+    expected = fleet.expected_members()
+    return [(i, j) for i, want in expected.items() for j in want if j not in (fleet.members(i) or ())]
+
+
+def _forgotten_outside(fleet: ProcessFleet, holders: list[str], target: str, request_id: str,
+                       watch: ResurrectionWatch) -> int:
+    """``mark_forgotten`` from outside: the order committed in the holder's ``index.json`` and the
+    target gone from the members its ``status.json`` reports (the store commits first)."""
+    done = 0
+    for h in holders:
+        try:
+            seen = request_id in read_index(fleet.states[h].store_dir).seen
+        except (OSError, ValueError, KeyError, TypeError):  # mid-replace: look again next time
+            seen = False
+        members = fleet.members(h)
+        if seen and members is not None and target not in members:
+            watch.forget(h, target)
+            done += 1
+    return done
 
 
 def _receipts_seen(clock: TopicClock) -> dict[tuple[str, str], float]:
@@ -165,17 +281,19 @@ def _receipts_seen(clock: TopicClock) -> dict[tuple[str, str], float]:
     return out
 
 
-def simultaneous_unlearns(fleet: AgentFleet, count: int = 10, *, predictors: int = 4, seed: int = 0,
+def simultaneous_unlearns(fleet: AgentFleet | ProcessFleet, count: int = 10, *, predictors: int = 4, seed: int = 0,
                           wait_s: float = 120.0, receipt_wait_s: float = 90.0) -> dict[str, Any]:
     """``count`` admin orders published at once while ``predictors`` holders predict in a loop.
 
     Holders come from the fleet's graph (each target's neighbours); an order is done when every holder
     committed it and dropped the seed, and its receipts are the holders' receipts seen on the broker.
+    A ``ProcessFleet`` (started with ``http=True``) is watched from outside and asked over its API.
     """
     rng = random.Random(seed)
-    ids = sorted(fleet.agents)
+    outside = isinstance(fleet, ProcessFleet)
+    ids = sorted(fleet.procs if outside else fleet.agents)
     targets = rng.sample(ids, count)
-    holders = {t: sorted(set(fleet.graph.get(t, ())) & set(fleet.agents)) for t in targets}
+    holders = order_holders(fleet.graph, ids, targets)
     rids = {t: f"load{k:04d}" + "9" * 20 for k, t in enumerate(targets)}
     predicting = rng.sample([i for i in ids if i not in targets], min(predictors, len(ids) - count))
     x = probe_batch(1)
@@ -186,17 +304,25 @@ def simultaneous_unlearns(fleet: AgentFleet, count: int = 10, *, predictors: int
     phase = {"during": False}
 
     def predict_loop(device_id: str) -> None:
-        agent = fleet.agents[device_id]
+        client = ApiClient(fleet.procs[device_id].api_port) if outside else None  # type: ignore[union-attr,arg-type]
+        predict = client.predict if client is not None else fleet.agents[device_id].predict  # type: ignore[union-attr]
         while not stop.is_set():
             t0 = time.perf_counter()
             try:
-                y = agent.predict(x)
+                y = predict(x)
                 if y.shape != (1, 10) or not np.isfinite(y).all():
                     errors.append(f"{device_id}: bad output {y.shape}")
             except Exception as exc:  # noqa: BLE001  # every failure is a figure
                 errors.append(f"{device_id}: {type(exc).__name__}: {exc}")
             (during_ms if phase["during"] else before_ms).append(1e3 * (time.perf_counter() - t0))
             time.sleep(0.01)  # 100 predictions a second per device: a busy device, not a busy loop
+        if client is not None:
+            client.close()
+
+    def forgotten_by(hs: list[str], target: str, rid: str) -> int:
+        if outside:
+            return _forgotten_outside(fleet, hs, target, rid, watch)  # type: ignore[arg-type]
+        return mark_forgotten(fleet, hs, target, rid, watch)  # type: ignore[arg-type]
 
     threads = [threading.Thread(target=predict_loop, args=(d,), daemon=True) for d in predicting]
     for t in threads:
@@ -209,7 +335,9 @@ def simultaneous_unlearns(fleet: AgentFleet, count: int = 10, *, predictors: int
     seen: dict[tuple[str, str], float] = {}
     done_at: dict[str, float] = {}
     try:
-        with Puppet(fleet.broker_url, fleet.admin, fleet.states) as puppet, MemberSampler(fleet, watch):
+        # Members from status.json files: sampled every 50 ms, not 5 (each sample reads N files).
+        with Puppet(fleet.broker_url, fleet.admin, fleet.states) as puppet, \
+                MemberSampler(fleet, watch, interval=0.05 if outside else 0.005):
             orders = {t: puppet.order(t, request_id=rids[t]) for t in targets}
             phase["during"] = True
             began = time.monotonic()
@@ -218,7 +346,7 @@ def simultaneous_unlearns(fleet: AgentFleet, count: int = 10, *, predictors: int
 
             def all_done() -> bool:
                 for t in targets:
-                    if t not in done_at and mark_forgotten(fleet, holders[t], t, rids[t], watch) == len(holders[t]):
+                    if t not in done_at and forgotten_by(holders[t], t, rids[t]) == len(holders[t]):
                         done_at[t] = time.monotonic()
                 return len(done_at) == len(targets)
 
@@ -241,13 +369,18 @@ def simultaneous_unlearns(fleet: AgentFleet, count: int = 10, *, predictors: int
     # Where a missing receipt is: still pending in the holder's store, or in its outbox, or neither.
     missing_where = []
     for rid, h in (k for k in expected if k not in seen):
+        if outside:
+            status = fleet.status(h) or {}  # type: ignore[union-attr]
+            missing_where.append(f"{h}/{rid[:8]}: store pending={rid in status.get('pending_receipts', ())}, "
+                                 f"connected={status.get('connected')}")
+            continue
         agent = fleet.agents[h]
         pending = [p.request_id for p in agent.store.pending_receipts()]
         missing_where.append(f"{h}/{rid[:8]}: store pending={rid in pending}, outbox={agent.transport.pending}, "
                              f"connected={agent.transport.connected}, connects={agent.transport.connect_count}")
     return {
         "orders": count, "holders": len(expected),
-        "not_applied": sum(len(holders[t]) - mark_forgotten(fleet, holders[t], t, rids[t], watch) for t in targets),
+        "not_applied": sum(len(holders[t]) - forgotten_by(holders[t], t, rids[t]) for t in targets),
         "time_to_all_applied_s": max(done_at.values()) - began if len(done_at) == count else None,
         "missing_receipts": len(expected) - len(arrived), "missing_receipt_examples": missing_where[:5],
         "time_to_all_receipts_s": max(arrived) if len(arrived) == len(expected) and arrived else None,
@@ -255,6 +388,12 @@ def simultaneous_unlearns(fleet: AgentFleet, count: int = 10, *, predictors: int
         "inference_errors": len(errors), "inference_error_examples": errors[:3],
         "inference_p95_ms_before": _pct(before_ms, 95), "inference_p95_ms_during": _pct(during_ms, 95),
         "inferences_during": len(during_ms), "forgotten_came_back": len(watch.violations),
+        # On disk, read-only: no half-written seed, no tombstoned target's seed held, and none held
+        # by a holder whose receipt for forgetting it was seen on the broker.
+        "store_violations": sum(len(store_violations(
+            fleet.states[h].store_dir, receipts_sent={t: 0 for t in targets if (rids[t], h) in seen}))
+            for h in ids if h not in targets),
+        "processes": "one per device" if outside else "one",
     }
 
 

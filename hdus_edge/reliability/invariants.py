@@ -22,6 +22,7 @@ from hdus_edge.protocol.messages import sha256_hex
 
 if TYPE_CHECKING:
     from hdus_edge.lab.agents import AgentFleet
+    from hdus_edge.lab.processes import ProcessFleet
 
 logger = logging.getLogger(__name__)
 
@@ -134,16 +135,21 @@ class ResurrectionWatch:
 
 
 class MemberSampler:
-    """Samples every agent's members in the background and feeds a ``ResurrectionWatch``."""
+    """Samples every agent's members in the background and feeds a ``ResurrectionWatch``: the
+    agents' own ``members()`` in an ``AgentFleet``, their ``status.json`` in a ``ProcessFleet``."""
 
-    def __init__(self, fleet: AgentFleet, watch: ResurrectionWatch, interval: float = 0.005) -> None:
+    def __init__(self, fleet: AgentFleet | ProcessFleet, watch: ResurrectionWatch, interval: float = 0.005) -> None:
         self.fleet, self.watch, self.interval = fleet, watch, interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hdus-rel-sampler", daemon=True)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.watch.sample({i: a.members() for i, a in list(self.fleet.agents.items())})
+            procs = getattr(self.fleet, "procs", None)
+            if procs is not None:
+                self.watch.sample({i: self.fleet.members(i) or () for i in list(procs)})
+            else:
+                self.watch.sample({i: a.members() for i, a in list(self.fleet.agents.items())})
 
     def __enter__(self) -> MemberSampler:
         self._thread.start()

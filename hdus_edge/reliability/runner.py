@@ -4,7 +4,8 @@ Two profiles. ``quick`` (``hdus-edge bench reliability --quick``, under 15 minut
 machine) runs every case at reduced size: 300 ONNX mutations, 200 SIGKILLs, load at 50x4, 50x8
 and 100x8, a 2-minute soak. The full profile runs 1,000 mutations, 300 SIGKILLs, load at 50 and
 100 devices x 4 and 8 neighbours, and a 10-minute soak. Every load fleet then takes the simultaneous
-unlearn orders (10). Both run issue 14's insider cases: a forgotten device restarts; ~1 MB envelopes
+unlearn orders (10); load fleets run one process per agent (``cases_load``), the soak in this one.
+Both run issue 14's insider cases: a forgotten device restarts; ~1 MB envelopes
 from made-up senders (100 quick, 300 full) and a 10,000-message flood at agent processes (targets:
 <= 20 MB more RSS, <= 1 s more receipt latency than a baseline order in the same run, counted in
 ``goals_missed``); a compute-heavy seed; 5,000 garbage messages at the audit log.
@@ -103,7 +104,7 @@ _MUST_BE_ZERO = {
     "violations": [("heavy_seed", "heavy_installed"), ("heavy_seed", "order_waited_for_seed_work"),
                    ("authority", "violations"), ("duplicates", "invariant_violations"),
                    ("sigkill", "invariant_violations"), ("sigkill", "orphan_temp_files"),
-                   ("soak", "invariant_violations")],
+                   ("soak", "invariant_violations"), ("unlearn_load", "store_violations")],
     "losses": [("unlearn_load", "not_applied"), ("unlearn_load", "missing_receipts"),
                ("broker_crash_seeds", "losses"), ("broker_crash_unlearn", "losses"), ("link_cut", "losses"),
                ("offline_past_queue", "losses"), ("sigkill", "missing_receipts_at_end"),
@@ -291,12 +292,12 @@ _TABLE: tuple[tuple[str, str, tuple[str, ...]], ...] = (
       "receipt_latency_s_during_flood", "receipt_delay_s", "receipts_missing", "rss_over_target",
       "delay_over_target")),
     ("load", "seed propagation under load (one Mosquitto)",
-     ("propagation_p50_s", "propagation_p95_s", "propagation_p99_s", "time_to_converge_s", "messages_dropped",
-      "process_rss_mb", "rss_growth_mb", "mosquitto_rss_mb")),
+     ("processes", "propagation_p50_s", "propagation_p95_s", "propagation_p99_s", "time_to_converge_s",
+      "messages_dropped", "rss_per_agent_mb", "agents_rss_mb", "process_rss_mb", "rss_growth_mb", "mosquitto_rss_mb")),
     ("unlearn_load", "simultaneous unlearns while predicting",
-     ("orders", "holders", "not_applied", "time_to_all_applied_s", "missing_receipts", "time_to_all_receipts_s",
-      "inference_errors",
-      "inference_p95_ms_before", "inference_p95_ms_during", "forgotten_came_back")),
+     ("processes", "orders", "holders", "not_applied", "time_to_all_applied_s", "missing_receipts",
+      "time_to_all_receipts_s", "inference_errors",
+      "inference_p95_ms_before", "inference_p95_ms_during", "forgotten_came_back", "store_violations")),
     ("session_takeover", "session takeover: a device's password with another's client id (generated config)",
      ("attempts", "accepted", "victims_kicked", "victim_messages_lost", "accepted_without_binding",
       "kicked_without_binding")),

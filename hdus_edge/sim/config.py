@@ -40,6 +40,7 @@ class SimConfig:
     distill_epochs: int = 30
     forget: tuple[str, ...] = ("dev-5",)
     forget_at_once: bool = False  # all orders at the same moment, instead of one after another
+    processes: bool = False  # each agent its own OS process (hdus-edge agent), outputs from its inference API
     methods: tuple[str, ...] = ALL_METHODS
     budget: str = "reduced"  # baselines' budget: "tiny" (smoke tests), "reduced" (demo), "full" (benchmark)
     baseline_arch: str = "resnet-8"  # DSGD/FedUnl need one architecture for all devices

@@ -22,6 +22,7 @@ from hdus_edge.config import DataSection, EnsembleSection, FleetConfig, FleetSec
 from hdus_edge.data import FleetData
 from hdus_edge.device.agent import AgentSettings
 from hdus_edge.lab.agents import AgentFleet, DeviceModels
+from hdus_edge.lab.processes import ProcessFleet
 from hdus_edge.learning.inprocess import (
     DeviceSpec,
     FleetProgress,
@@ -123,7 +124,7 @@ def export_models(devices: Sequence[TrainedDevice], input_shape: tuple[int, int,
     return out
 
 
-def probs(fleet: AgentFleet, device_id: str, x: np.ndarray) -> np.ndarray:
+def probs(fleet: AgentFleet | ProcessFleet, device_id: str, x: np.ndarray) -> np.ndarray:
     """A device's ensemble output as probabilities (whatever the combine space)."""
     from hdus_edge.ensemble.combine import softmax
 
@@ -131,10 +132,10 @@ def probs(fleet: AgentFleet, device_id: str, x: np.ndarray) -> np.ndarray:
     return out if fleet.fleet.ensemble.space == "probs" else softmax(out)
 
 
-def evaluate_agents(fleet: AgentFleet, data: FleetData, index: dict[str, int]) -> dict[str, dict[str, float]]:
+def evaluate_agents(fleet: AgentFleet | ProcessFleet, data: FleetData, index: dict[str, int]) -> dict[str, dict[str, float]]:
     """Local-test and global-test accuracy of every running agent's ensemble."""
     out = {}
-    for i in sorted(fleet.agents):
+    for i in fleet.running():
         local = data.clients[index[i]].test
         out[i] = {"local": accuracy(fleet.predict(i, local.x), local.y),
                   "global": accuracy(fleet.predict(i, data.test.x), data.test.y)}
@@ -205,6 +206,7 @@ def run_hdus(
     devices: Sequence[TrainedDevice] | None = None,
     forget_at_once: bool = False,
     membership_inference: bool = True,
+    processes: bool = False,
 ) -> HdusSim:
     """Train, export, run agents, forget ``forget``, and prove the result against a never-joined fleet.
 
@@ -215,6 +217,10 @@ def run_hdus(
     retrained). ``forget_at_once``: publish every order at the same moment.
     ``membership_inference``: run the calibrated attack (trains reference models; studies that do
     not report it switch it off).
+    ``processes``: both fleets run each agent as its own OS process (``hdus-edge agent``, as on a
+    device), and every output compared comes from the agent's own inference API, bit for bit as it
+    computed it (the cheapest sound way out of a process: no torch or copy of the ensemble here);
+    the requester stays in this process, which then runs no agent.
     """
     times = HdusPhaseTimes()
     index = {s.device_id: k for k, s in enumerate(specs)}
@@ -239,7 +245,7 @@ def run_hdus(
                                "target_seed": attacks[t].run(_torch_probs(by_id[t].seed_model)).to_json()}
                            for t in attacks}
     try:
-        with AgentFleet(root / "hdus", broker_url, cfg, models, graph, settings) as fleet:
+        with _fleet(processes, root / "hdus", broker_url, cfg, models, graph, settings) as fleet:
             times.publish = fleet.start()
             fleet.wait_settled(60)
             before = evaluate_agents(fleet, data, index)
@@ -260,7 +266,7 @@ def run_hdus(
             after = evaluate_agents(fleet, data, index)
             meter.settle(unlearn=len(outcomes), receipts=sum(len(o.receipts) for o in outcomes))
             traffic = meter.snapshot()
-            remaining = sorted(fleet.agents)
+            remaining = fleet.running()
             t0 = time.perf_counter()
             never_specs = [s for s in specs if s.device_id in remaining]
             never_devices = train_devices(never_specs, {i: clients[i] for i in remaining}, data.reference, learning,
@@ -272,7 +278,7 @@ def run_hdus(
             for target in forget:
                 never_graph = without(never_graph, target)
             never_cfg = fleet_config(f"{name}-never", broker_url, data, learning)
-            with AgentFleet(root / "never", broker_url, never_cfg, never_models, never_graph, settings) as never:
+            with _fleet(processes, root / "never", broker_url, never_cfg, never_models, never_graph, settings) as never:
                 never.start()
                 never.wait_settled(60)
                 outputs = compare_outputs(fleet.predict, never.predict, remaining, data.test.x)
@@ -298,6 +304,16 @@ def run_hdus(
                    traffic, times, mia, latencies, main_acc, models_check, never_devices, admin_pub.hex())
 
 
+def _fleet(processes: bool, root: Path, broker_url: str, cfg: FleetConfig, models: dict[str, DeviceModels],
+           graph: Graph, settings: AgentSettings) -> AgentFleet | ProcessFleet:
+    """The sim's fleet: agents in this process, or each in its own (serving its inference API)."""
+    if processes:
+        # Ensemble settings come from the fleet config (lam, space) in each state dir, as on a device.
+        return ProcessFleet(root, broker_url, cfg, models, graph, digest_interval_s=settings.digest_interval_s,
+                            http=True)
+    return AgentFleet(root, broker_url, cfg, models, graph, settings)
+
+
 def _main_accuracy(device: TrainedDevice, local: Any, data: FleetData) -> dict[str, float]:
     """The main model alone (= ISGD), on the local and the global test set."""
     from hdus_edge.learning.train import predict_logits
@@ -313,7 +329,7 @@ def _torch_probs(model: Any) -> Any:
     return lambda x: softmax(predict_logits(model, x))
 
 
-def _agent_probs(fleet: AgentFleet, device_id: str) -> Any:
+def _agent_probs(fleet: AgentFleet | ProcessFleet, device_id: str) -> Any:
     return lambda x: probs(fleet, device_id, x)
 
 

@@ -94,7 +94,8 @@ def run_sim(
                         root=Path(tmp), forget=cfg.forget, progress=progress, workers=workers,
                         # Unique per run: a shared broker may still hold retained messages of an
                         # earlier run (its agents would reject them, but noisily).
-                        name=f"sim{cfg.seed}-{uuid.uuid4().hex[:8]}", mia_seed=cfg.seed, forget_at_once=cfg.forget_at_once)
+                        name=f"sim{cfg.seed}-{uuid.uuid4().hex[:8]}", mia_seed=cfg.seed, forget_at_once=cfg.forget_at_once,
+                        processes=cfg.processes)
     methods = {"hdus": _hdus_method(hdus, cfg, data)}
     methods |= _run_baselines(cfg, data, graph, hdus, workers, announce)
     report = _report(cfg, data, hdus, methods, time.perf_counter() - start)

@@ -213,9 +213,11 @@ def decide_holders(
 
     ``lists`` are the verified retained neighbour lists; ``expected`` (the registry, when known)
     adds every provisioned device whose list did not arrive, judged by its provisioned neighbours.
-    Devices forgotten by a valid order (``is_forgotten``) answer nothing.
+    Devices forgotten by a valid order (``is_forgotten``) answer nothing, nor do those the registry
+    no longer lists: a forgotten device's retained list outlives it, and its retained order can
+    arrive after the lists the requester waited for.
     """
-    chosen = {i for i, nbrs in lists.items() if target in nbrs}
+    chosen = {i for i, nbrs in lists.items() if target in nbrs and (expected is None or i in expected)}
     if expected is not None:
         chosen |= {i for i, nbrs in expected.items() if i not in lists and target in nbrs}
     return tuple(sorted(i for i in chosen if i != target and not is_forgotten(i)))

@@ -41,7 +41,8 @@ def _scale(s: dict[str, Any]) -> list[str]:
     lines = [
         "## Scale",
         "",
-        f"Real agents in one process on one `{st['broker']}` broker, random regular graphs; mains "
+        f"Real agents ({'one process per agent' if st.get('processes', 'one') == 'one per device' else 'all in one process'}) "
+        f"on one `{st['broker']}` broker, random regular graphs; mains "
         f"`{st['main_arch']}` ({st['train_epochs']} epochs), seeds `{st['seed_arch']}` ({st['distill_epochs']} epochs), "
         f"{st['client_size']} samples per device of `{st['dataset']}`; {st['forgets']} devices forgotten one after "
         f"another per case; {st['cpu_cores']} CPU cores.",

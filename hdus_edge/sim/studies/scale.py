@@ -2,14 +2,15 @@
 
 For each fleet size N the pool is split into N devices (the same number of samples each, so the
 per-device work is constant), small models are trained and distilled, and exported. Then, for each
-neighbour count k, N real agents (own state dir, keys, store and MQTT connection each, in this
-process) start on one broker over a random k-regular graph, and the study measures:
+neighbour count k, N real agents (own state dir, keys, store and MQTT connection each; each its own
+OS process running ``hdus-edge agent``, as on a device, unless ``processes=False`` puts them all in
+this one) start on one broker over a random k-regular graph, and the study measures:
 
 - time per phase: train + distil, export, seed propagation (first agent start until every device
   holds all its neighbours' seeds), and unlearn latency (signed order to the last signed receipt)
   for several devices forgotten one after another;
 - messages and bytes through the broker, per topic kind, for propagation and for forgetting;
-- memory of this process per running agent.
+- memory per running agent (each agent process's RSS; in-process: this process's growth / N).
 
 Then how each grows: the least-squares exponent of log(figure) on log(N) for each k (1 = linear),
 and the ratio between k = 8 and k = 4 at each N. Training runs on this machine's cores, so its
@@ -61,6 +62,9 @@ class ScaleStudyConfig:
     broker: str = "mosquitto"  # "mosquitto" or "amqtt" (started here), or a broker URL
     seed: int = 0
     workers: int = 0
+    # One OS process per agent: in one process, figures at 100 agents on 2 cores measure the
+    # interpreter lock as much as the protocol (lab/processes.py).
+    processes: bool = True
 
     def validate(self) -> ScaleStudyConfig:
         """Raise ``ConfigError`` for settings that cannot run."""
@@ -128,6 +132,7 @@ def run_scale_study(cfg: ScaleStudyConfig, announce: Announce = quiet) -> dict[s
                          "seed_arch": cfg.seed_arch, "dataset": cfg.dataset, "client_size": cfg.client_size,
                          "train_epochs": cfg.train_epochs, "distill_epochs": cfg.distill_epochs,
                          "forgets": cfg.forgets, "broker": cfg.broker, "seed": cfg.seed,
+                         "processes": "one per device" if cfg.processes else "one",
                          "cpu_cores": psutil.cpu_count() or 0},
             "rows": rows, "growth": _growth(rows)}
 
@@ -137,6 +142,7 @@ def _agents_case(url: str, root: Path, models: dict[str, Any], ids: list[str], d
     """N agents on ``url`` over a random ``degree``-regular graph: propagation, then forgetting."""
     from hdus_edge.lab.agents import AgentFleet
     from hdus_edge.lab.outside import OutsideRequester
+    from hdus_edge.lab.processes import ProcessFleet
     from hdus_edge.sim.hdus_run import TrafficMeter, fleet_config
 
     n = len(ids)
@@ -151,11 +157,19 @@ def _agents_case(url: str, root: Path, models: dict[str, Any], ids: list[str], d
     try:
         # The admin's requester runs in its own process, as it would in a real fleet: in this one it
         # would wait for the GIL behind every agent (see lab/outside.py).
-        with AgentFleet(root, url, fleet_cfg, models, graph, settings) as fleet, \
-                OutsideRequester(fleet.admin.root) as requester:
+        fleet: AgentFleet | ProcessFleet
+        if cfg.processes:
+            fleet = ProcessFleet(root, url, fleet_cfg, models, graph, digest_interval_s=settings.digest_interval_s)
+        else:
+            fleet = AgentFleet(root, url, fleet_cfg, models, graph, settings)
+        with fleet, OutsideRequester(fleet.admin.root) as requester:
             rss0 = process.memory_info().rss
             propagation = fleet.start(timeout=600)
-            rss1 = process.memory_info().rss
+            if isinstance(fleet, ProcessFleet):
+                rss = fleet.rss_bytes()
+                rss_per_agent = sum(rss.values()) / max(1, len(rss)) / 2**20
+            else:
+                rss_per_agent = (process.memory_info().rss - rss0) / n / 2**20
             meter.settle(seeds=n * degree)
             publish = meter.snapshot()
             latencies, receipts, holders = [], 0, 0
@@ -187,7 +201,8 @@ def _agents_case(url: str, root: Path, models: dict[str, Any], ids: list[str], d
         "unlearn_max_s": max(latencies) if latencies else None,
         "unlearn_incomplete": cfg.forgets - len(latencies),
         "receipts": receipts, "holders": holders,
-        "rss_per_agent_mib": (rss1 - rss0) / n / 2**20,
+        "rss_per_agent_mib": rss_per_agent,
+        "processes": "one per device" if cfg.processes else "one",
     }
 
 
