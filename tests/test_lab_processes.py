@@ -14,7 +14,7 @@ import pytest
 from hdus_edge.bench.scale import ScaleCase, apply_figures, growth_exponent, run_case
 from hdus_edge.config import DataSection, EnsembleSection, FleetConfig, FleetSection
 from hdus_edge.lab.netns import NetworkLab, remove_stale_namespaces
-from hdus_edge.lab.outside import OutsideRequester
+from hdus_edge.lab.outside import OutsideRequester, TopicClock
 from hdus_edge.lab.processes import ProcessFleet
 from hdus_edge.lab.synthetic import REFERENCE_SHA, synthetic_models
 from hdus_edge.topology import build_graph
@@ -37,9 +37,10 @@ def test_each_device_is_its_own_process_and_forgetting_reaches_every_holder(mosq
     with ProcessFleet(tmp_path, mosquitto_broker.url, cfg, models, graph, digest_interval_s=5.0) as fleet, \
             OutsideRequester(fleet.admin.root) as requester:
         # Execute
-        fleet.start(timeout=180, wave=5)
+        with TopicClock(mosquitto_broker.url, ["hdus/v1/procs/seeds/+/+"]) as clock:
+            fleet.start(timeout=180, wave=1)  # one at a time: each later seed meets running holders
         pids = {agent.proc.pid for agent in fleet.procs.values()}
-        propagation = fleet.propagation_s()
+        propagation = fleet.propagation_s(clock.first())
         target = ids[0]
         holders = {d for d in ids if target in graph[d]}
         out = requester.unlearn(mosquitto_broker.url, "procs", target, wait_s=60)

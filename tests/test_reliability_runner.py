@@ -127,8 +127,8 @@ def test_soak_at_toy_size(tmp_path):
 def test_seed_propagation_pairs_the_broker_clock_with_the_audit_log():
     import time
 
+    from hdus_edge.lab.processes import seed_propagation
     from hdus_edge.protocol.topics import Topics
-    from hdus_edge.reliability.cases_load import seed_propagation
 
     # Prepare: b's seed for a reached the broker 1 s (monotonic) before a's store accepted it (wall).
     t = Topics("f")

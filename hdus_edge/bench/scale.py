@@ -4,8 +4,8 @@ Each case provisions N devices with synthetic models on a random ``degree``-regu
 agent as its own process (``lab.processes``) inside its own network namespace (``lab.netns``), and
 measures from outside, with the admin's requester and clocks in their own processes:
 
-- seed propagation: from an owner's agent being ready to each running neighbour's store accepting
-  its seed (p50/p95), and launch -> converged;
+- seed propagation: from a seed reaching the broker (seen by a subscriber in a child process) to
+  the running neighbour's store accepting it (p50/p95), and launch -> converged;
 - unlearn: order -> last receipt for ``forgets`` orders one after another (p50/p95), then
   ``together`` orders published at once (-> all receipts), missing receipts, and forgotten seeds
   back anywhere afterwards (resurrections: a forgotten device in any running ensemble);
@@ -37,10 +37,11 @@ import psutil
 
 from hdus_edge.config import DataSection, EnsembleSection, FleetConfig, FleetSection
 from hdus_edge.lab.netns import NetworkLab
-from hdus_edge.lab.outside import OutsideRequester
+from hdus_edge.lab.outside import OutsideRequester, TopicClock
 from hdus_edge.lab.processes import ProcessFleet
 from hdus_edge.lab.proxy import LinkShape, TcpProxy
 from hdus_edge.lab.synthetic import REFERENCE_SHA, synthetic_models
+from hdus_edge.protocol.topics import Topics
 from hdus_edge.topology import build_graph
 from hdus_edge.transport.mosquitto import MosquittoConfig, MosquittoProcess
 from hdus_edge.transport.ports import free_port
@@ -126,8 +127,10 @@ def run_case(case: ScaleCase, root: Path, progress: Callable[[str], None] = lamb
         try:
             with OutsideRequester(fleet.admin.root, workers=case.together) as requester:
                 progress(f"{case.devices} x {case.degree}, {case.net}: starting agents")
-                converge_s = fleet.start(timeout=1800)
-                propagation = fleet.propagation_s()
+                # Each seed's arrival on the broker, seen from a child process: where propagation starts.
+                with TopicClock(broker.url, [f"{Topics(cfg.fleet.name).root}/seeds/+/+"]) as clock:
+                    converge_s = fleet.start(timeout=1800)
+                propagation = fleet.propagation_s(clock.first())
                 rss = list(fleet.rss_bytes().values())
                 forgotten: list[str] = []
                 latencies: list[float] = []

@@ -34,6 +34,7 @@ from hdus_edge.lab.agents import (
     provision_lab_fleet,
 )
 from hdus_edge.lab.api_client import ApiClient
+from hdus_edge.protocol.topics import Topics
 from hdus_edge.topology import Graph
 from hdus_edge.transport.ports import free_port
 from hdus_edge.unlearn.request import UnlearnOutcome
@@ -227,17 +228,18 @@ class ProcessFleet:
                     out.setdefault((holder, record["owner"]), float(record["at"]))
         return out
 
-    def propagation_s(self) -> list[float]:
-        """Seconds from an owner's agent being ready (its seed published) to each neighbour's store
-        accepting it, over the pairs whose holder was already running then (the others received a
-        retained copy when they started, which times their start-up, not the fleet)."""
-        out = []
-        for (holder, owner), at in self.seed_arrivals().items():
-            h, o = self.procs.get(holder), self.procs.get(owner)
-            if h is None or o is None or h.ready_at is None or o.ready_at is None or h.ready_at > o.ready_at:
-                continue
-            out.append(max(0.0, at - o.ready_at))
-        return out
+    def propagation_s(self, on_broker: Mapping[str, float]) -> list[float]:
+        """Seconds from each seed reaching the broker (``on_broker``: topic -> ``time.monotonic()``,
+        from a ``lab.outside.TopicClock`` on ``seeds/+/+``) to its holder's store accepting it, over
+        the pairs whose holder was already running then (the others received a retained copy when
+        they started, which times their start-up, not the fleet). Not from the owner's ready file:
+        the agent publishes its seed while it starts, before writing that file."""
+        wall_minus_mono = time.time() - time.monotonic()
+        running_by = {d: a.ready_at for d, a in self.procs.items() if a.ready_at is not None}
+        arrivals = {pair: at for pair, at in self.seed_arrivals().items()
+                    if (seen := on_broker.get(Topics(self.fleet.fleet.name).seed(*pair))) is not None
+                    and pair[0] in running_by and running_by[pair[0]] <= seen + wall_minus_mono}
+        return seed_propagation(arrivals, on_broker, self.fleet.fleet.name)
 
     def _client(self, device_id: str) -> ApiClient:
         port = self.procs[device_id].api_port
@@ -326,3 +328,17 @@ class ProcessFleet:
             return " | ".join(agent.log_file.read_text(errors="replace").strip().splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+def seed_propagation(accepted: Mapping[tuple[str, str], float], on_broker: Mapping[str, float], fleet: str) -> list[float]:
+    """Per (holder, owner) pair: seconds from the owner's seed for the holder reaching the broker
+    (``on_broker``: topic -> ``time.monotonic()``) to the holder's store accepting it (``accepted``:
+    ``time.time()``, from the audit log); pairs the broker clock did not see are left out. Pure."""
+    wall_minus_mono = time.time() - time.monotonic()  # one machine: the two clocks differ by a constant
+    topics = Topics(fleet)
+    out = []
+    for (holder, owner), at in accepted.items():
+        seen = on_broker.get(topics.seed(holder, owner))
+        if seen is not None:
+            out.append(max(0.0, at - (seen + wall_minus_mono)))
+    return out

@@ -202,7 +202,7 @@ def _propagation_load_processes(root: Path, broker: Broker, n: int, degree: int,
         converge_s = None
     finally:
         clock.close()
-    lat = seed_propagation(fleet.seed_arrivals(), clock.first(), cfg.fleet.name)
+    lat = fleet.propagation_s(clock.first())
     missing = _missing_pairs_outside(fleet)
     rss = fleet.rss_bytes()
     figures = {
@@ -226,20 +226,6 @@ def order_holders(graph: Mapping[str, Iterable[str]], running: Iterable[str], ta
     agent process stops once its own order arrives, as a real device does). Pure."""
     alive = set(running) - set(targets)
     return {t: sorted(set(graph.get(t, ())) & alive) for t in targets}
-
-
-def seed_propagation(accepted: dict[tuple[str, str], float], on_broker: dict[str, float], fleet: str) -> list[float]:
-    """Per (holder, owner) pair: seconds from the owner's seed for the holder reaching the broker
-    (``on_broker``: topic -> ``time.monotonic()``) to the holder's store accepting it (``accepted``:
-    ``time.time()``, from the audit log); pairs the broker clock did not see are left out. Pure."""
-    wall_minus_mono = time.time() - time.monotonic()  # one machine: the two clocks differ by a constant
-    topics = Topics(fleet)
-    out = []
-    for (holder, owner), at in accepted.items():
-        seen = on_broker.get(topics.seed(holder, owner))
-        if seen is not None:
-            out.append(max(0.0, at - (seen + wall_minus_mono)))
-    return out
 
 
 def _threads(pid: int) -> int:
