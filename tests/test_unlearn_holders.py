@@ -68,3 +68,57 @@ def test_a_holder_whose_list_the_broker_lost_is_awaited_named_and_answers_on_ret
         assert fleet.agents["dev-002"].members() == ("dev-001",)
     finally:
         fleet.stop()
+
+
+def test_a_holder_forgotten_while_an_order_is_out_owes_no_receipt_and_the_evidence_carries_why(tmp_path, mosquitto_broker):
+    # Found by bench scale at 100 devices: of ten orders published at once, a target that was also
+    # another target's holder stopped (forgotten) before answering, and the requester waited for it
+    # until its deadline and called the evidence incomplete.
+    import json
+    import threading
+
+    from hdus_edge.unlearn.commands import audit_evidence
+
+    # Prepare: three devices, complete graph; dev-002 is offline, so only an order can settle it.
+    url = mosquitto_broker.url
+    fleet = lab_fleet(tmp_path, url, 3)
+    try:
+        agents = start_agents(fleet, fleet.states)
+        assert wait_until(lambda: all(len(a.members()) == 2 for a in agents.values()), 60)
+        agents["dev-002"].stop()
+        fleet.agents.pop("dev-002")
+        result: dict = {}
+        first = threading.Thread(target=lambda: result.update(out=unlearn(fleet.admin, "dev-000", broker_url=url, wait_s=60)))
+        out_there = threading.Event()
+        watcher = MqttTransport(url, "watch-order", handler=lambda t, payload, r: payload and out_there.set(),
+                                clean_session=True)
+        watcher.subscribe(["hdus/v1/rel/unlearn/dev-000"])
+        watcher.connect(timeout=10)
+        # Execute: the order about dev-000 is out (its holders chosen); then the admin forgets dev-002.
+        first.start()
+        assert out_there.wait(30)
+        watcher.close()
+        unlearn(fleet.admin, "dev-002", broker_url=url, wait_s=2)
+        first.join(90)
+        outcome, path = result["out"]
+        # Assert: dev-002 released with the signed order that forgot it; the evidence verifies complete.
+        assert outcome.holders == ("dev-001", "dev-002") and outcome.complete and outcome.missing == ()
+        assert [d for d, _ in outcome.released] == ["dev-002"]
+        assert outcome.seconds < 50  # it stopped waiting once released, not at its 60 s deadline
+        report = audit_evidence(path, fleet.admin.key().public_key)
+        assert report["verified"] and report["complete"] and report["released"] == ["dev-002"], report
+        # An attacker's edits: the release names another device, carries this request's own order, or is dropped.
+        data = json.loads(path.read_text())
+        own_order = data["order"]
+        forged = [
+            {**data, "released": [{**data["released"][0], "device_id": "dev-001"}]},
+            {**data, "released": [{"device_id": "dev-002", "order": own_order}]},
+            {**data, "released": []},
+        ]
+        for k, bad in enumerate(forged):
+            bad_path = tmp_path / f"forged{k}.json"
+            bad_path.write_text(json.dumps(bad))
+            verdict = audit_evidence(bad_path, fleet.admin.key().public_key)
+            assert not (verdict["verified"] and verdict["complete"]), (k, verdict)
+    finally:
+        fleet.stop()

@@ -73,6 +73,8 @@ def _print_human(report: dict[str, Any]) -> None:
         table.add_row(r["device_id"], dt.datetime.fromtimestamp(r["at"], dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
                       r["removed_sha256"] or "held none", ", ".join(r["members_after"]) or "-")
     console.print(table)
+    if report["released"]:
+        console.print(f"forgotten themselves meanwhile (no receipt owed): {', '.join(report['released'])}", markup=False)
     if report["missing"]:
         console.print(f"missing receipts: {', '.join(report['missing'])}", markup=False)
     console.print("VERIFIED" if report["verified"] and report["complete"] else "REFUSED", markup=False)

@@ -29,7 +29,6 @@ from hdus_edge.unlearn.request import (
     read_evidence,
     request_unlearn,
     save_evidence,
-    verify_evidence,
 )
 
 logger = logging.getLogger(__name__)
@@ -125,8 +124,11 @@ def receipts_report(source: ReceiptSource, request_id: str, *, wait_s: float = 2
     evidence, ev_path = _find_evidence(source, request_id)
     rows: dict[str, dict[str, Any]] = {}
     problems: list[str] = []
+    released: list[str] = []
     if evidence is not None:
-        problems += verify_evidence(evidence, source.admin_key, source.fleet)
+        check = check_evidence(evidence, source.admin_key, source.fleet)
+        problems += check.problems
+        released = list(check.released)
         bad = {p.split("'")[1] for p in problems if p.startswith("receipt of '")}
         for r in evidence.get("receipts", []):
             if r["device_id"] not in bad:
@@ -150,7 +152,8 @@ def receipts_report(source: ReceiptSource, request_id: str, *, wait_s: float = 2
         "evidence_file": str(ev_path) if ev_path else None,
         "holders": holders,
         "receipts": [rows[d] for d in sorted(rows)],
-        "missing": [h for h in holders if h not in rows],
+        "released": released,  # forgotten themselves meanwhile: no receipt owed
+        "missing": [h for h in holders if h not in rows and h not in released],
         "problems": problems,
         "verified": not problems,
     }
@@ -187,13 +190,14 @@ def audit_evidence(path: Path, admin_key: VerifyKey, fleet: str | None = None) -
     Every field reported comes from signed content that verified (the order, and each receipt:
     who, when, which seed hash it deleted, its ensemble's members after); summary fields of the file
     are only compared with it. ``verified``: no problem; ``complete``: every holder the requester
-    listed sent a verified receipt (the holder list is the requester's view, not signed by devices).
+    listed sent a verified receipt or was itself forgotten meanwhile by a verified order carried in
+    the file (the holder list is the requester's view, not signed by devices).
     """
     evidence = read_evidence(path)
     check = check_evidence(evidence, admin_key, fleet)
     order = check.order
     holders = [h for h in evidence.get("holders", []) if isinstance(h, str)]
-    got = {r.device_id for r in check.receipts}
+    got = {r.device_id for r in check.receipts} | set(check.released)
     return {
         "file": str(path),
         "fleet": fleet or evidence.get("fleet"),
@@ -209,5 +213,6 @@ def audit_evidence(path: Path, admin_key: VerifyKey, fleet: str | None = None) -
         "receipts": [{"device_id": r.device_id, "at": r.at, "removed_sha256": r.removed_sha256,
                       "held": r.removed_sha256 is not None, "members_after": list(r.members_after)}
                      for r in check.receipts],
+        "released": list(check.released),  # forgotten themselves meanwhile, by a signed order in the file
         "problems": check.problems,
     }

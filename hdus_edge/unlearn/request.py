@@ -81,6 +81,9 @@ class UnlearnOutcome:
     seconds: float
     published_mono: float = 0.0  # time.monotonic() when the order was handed to the broker
     fleet: str = ""  # the fleet's name: certificates are issued per fleet
+    # Holders forgotten themselves while this order was out (another order, or their own leave),
+    # with the signed order that forgot them: they owe no receipt, and the evidence says why.
+    released: tuple[tuple[str, bytes], ...] = ()
 
     @property
     def latency_s(self) -> float | None:
@@ -88,12 +91,12 @@ class UnlearnOutcome:
         if not self.complete or not self.holders:
             return None
         arrivals = [r.received_mono for r in self.receipts if r.receipt.device_id in self.holders]
-        return max(arrivals) - self.published_mono
+        return max(arrivals) - self.published_mono if arrivals else None
 
     @property
     def missing(self) -> tuple[str, ...]:
         """Holders that sent no receipt."""
-        got = {r.receipt.device_id for r in self.receipts}
+        got = {r.receipt.device_id for r in self.receipts} | {d for d, _ in self.released}
         return tuple(h for h in self.holders if h not in got)
 
     @property
@@ -102,7 +105,7 @@ class UnlearnOutcome:
 
     def evidence(self) -> dict[str, Any]:
         """The self-contained JSON evidence of this request."""
-        signers = {r.receipt.device_id for r in self.receipts} | {self.order.issuer}
+        signers = {r.receipt.device_id for r in self.receipts} | {self.order.issuer} | {d for d, _ in self.released}
         return {
             "format": EVIDENCE_FORMAT,
             "fleet": self.fleet,
@@ -114,6 +117,7 @@ class UnlearnOutcome:
             "order": self.order_raw.hex(),
             "holders": list(self.holders),
             "receipts": [r.to_json() for r in sorted(self.receipts, key=lambda r: r.receipt.device_id)],
+            "released": [{"device_id": d, "order": raw.hex()} for d, raw in self.released],
             "missing": list(self.missing),
             "complete": self.complete,
             "seconds": self.seconds,
@@ -128,11 +132,14 @@ class _Collector(RetainedListener):
         super().__init__(trust, topics, "requester")
         self.request_id = request_id
         self.forgotten: dict[str, int] = {}  # device -> highest epoch a valid order forgot
+        self.forgetting_orders: dict[str, bytes] = {}  # device -> that order, as signed
         self.receipts: dict[str, ReceiptRecord] = {}
 
     def on_verified(self, topic: str, signed: SignedMessage, msg: Message) -> None:
         if isinstance(msg, UnlearnOrder):
-            self.forgotten[msg.target] = max(msg.epoch, self.forgotten.get(msg.target, -1))
+            if msg.epoch >= self.forgotten.get(msg.target, -1):
+                self.forgotten[msg.target] = msg.epoch
+                self.forgetting_orders[msg.target] = signed.raw
         elif isinstance(msg, Receipt) and msg.request_id == self.request_id:
             self.receipts.setdefault(msg.device_id, ReceiptRecord(msg, signed.raw, time.time(), time.monotonic()))
 
@@ -194,13 +201,19 @@ def request_unlearn(
         if not transport.publish(topics.order(order), raw, retain=True, wait=True, timeout=min(10.0, wait_s)):
             logger.warning("requester: the broker did not confirm the order yet; it stays queued")
         deadline = start + wait_s
+
+        def answered(h: str) -> bool:  # or forgotten meanwhile (several orders out at once)
+            return h in collector.receipts or collector.is_forgotten(h)
+
         with collector.changed:
-            collector.changed.wait_for(lambda: all(h in collector.receipts for h in holders), max(0.0, deadline - time.monotonic()))
+            collector.changed.wait_for(lambda: all(answered(h) for h in holders), max(0.0, deadline - time.monotonic()))
             receipts = tuple(collector.receipts.values())
+            released = tuple((h, collector.forgetting_orders[h]) for h in holders
+                             if h not in collector.receipts and collector.is_forgotten(h))
             certs = tuple(trust.certificates())
     finally:
         transport.close()
-    return UnlearnOutcome(order, raw, holders, receipts, certs, time.monotonic() - start, sent_at, fleet)
+    return UnlearnOutcome(order, raw, holders, receipts, certs, time.monotonic() - start, sent_at, fleet, released)
 
 
 def decide_holders(
@@ -283,6 +296,8 @@ class EvidenceCheck:
     # Receipts whose signature verifies and that answer this request, whatever the file's summary of
     # them says (a viewer shows signed content; an auditor's verdict still counts the summary).
     signed: tuple[Receipt, ...] = ()
+    # Holders a valid order forgot while this one was out: they owe no receipt.
+    released: tuple[str, ...] = ()
 
     @property
     def verified(self) -> bool:
@@ -337,4 +352,21 @@ def check_evidence(evidence: dict[str, Any] | Path, admin_key: VerifyKey, fleet:
                 problems.append(f"receipt of {who!r}: the summary differs from the signed receipt")
             else:
                 good[msg.device_id] = msg
-    return EvidenceCheck(order, tuple(good[d] for d in sorted(good)), problems, tuple(signed[d] for d in sorted(signed)))
+    released: list[str] = []
+    for rec in evidence.get("released", []):
+        who = rec.get("device_id") if isinstance(rec, dict) else None
+        try:
+            other = codec.verify(codec.decode(bytes.fromhex(rec["order"])), trust)
+        except (HdusError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            problems.append(f"release of {who!r}: {getattr(exc, 'message', exc)}")
+            continue
+        # It must be a valid order forgetting that very device (its current certificate's epoch).
+        if (not isinstance(other, UnlearnOrder) or other.target != who or who == order.target
+                or (who in trust and other.epoch < trust.epoch_of(who))):
+            problems.append(f"release of {who!r}: the order does not forget that device")
+        elif who in good:
+            problems.append(f"release of {who!r}: it also sent a receipt")
+        else:
+            released.append(who)
+    return EvidenceCheck(order, tuple(good[d] for d in sorted(good)), problems, tuple(signed[d] for d in sorted(signed)),
+                         tuple(sorted(released)))
