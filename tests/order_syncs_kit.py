@@ -79,7 +79,7 @@ def deliver_and_settle(agent: DeviceAgent, topic: str, payload: bytes) -> None:
     done: outbox acked, the digest tick run (its work is under the agent's lock)."""
     agent._on_message(topic, payload, False)
     assert agent.transport.flush(timeout=30), "outbox not acknowledged"
-    assert wait_until(lambda: not agent._digest_due, 30), "digest tick did not run"
+    assert wait_until(lambda: agent._digest_due_at is None, 30), "digest tick did not run"
     with agent._lock:  # the tick's body (digest, audit summary, status) has finished
         pass
     assert agent.transport.flush(timeout=30), "digest not acknowledged"

@@ -27,6 +27,7 @@ nothing more, and its agent refuses to start again (``DeviceForgottenError``) un
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections import defaultdict
@@ -97,6 +98,10 @@ from hdus_edge.transport.mqtt import MqttTransport, TlsFiles
 logger = logging.getLogger(__name__)
 
 _WATCH_INTERVAL_S = 1.0  # how often the state dir is checked for neighbour and seed changes
+# After an order, each device's digest waits a random 0..5 s (seeded by its id) and is dropped when
+# another device's digest already carries every order it would (below).
+DIGEST_SPREAD_S = 5.0
+DIGEST_ORDERS = 64  # the newest orders a digest carries
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,7 @@ class AgentCounters:
     receipts_sent: int = 0
     digests: int = 0  # neighbours' tombstone digests handled
     digest_orders_verified: int = 0  # orders inside them whose signatures were checked (new to us)
+    digests_suppressed: int = 0  # our post-order digests left out: another device's carried every order
     parked: int = 0  # messages parked until their sender's hello
     parked_dropped: int = 0  # parked messages dropped to stay within the caps (oldest first)
     seeds_superseded: int = 0  # queued seeds replaced by a newer one of the same owner before their turn
@@ -233,7 +239,13 @@ class DeviceAgent:
         self._forgotten = False
         self._connects_seen = 0
         self._revocation_version = 0  # the newest admin revocation list applied
-        self._digest_due = False  # an order was applied: publish the digest on the next housekeeping tick
+        # An order was applied: the monotonic time to publish the digest (None: nothing due). Every
+        # device applies every order, so after a burst N devices would each send the same orders to N
+        # devices (N^2 deliveries, each decoded; at 100 agents on two cores that storm delayed the
+        # next order's receipts). Spread in time, and suppressed once somebody else's digest covers
+        # ours, a burst costs a few digests; the periodic digest still goes out (and to the dashboard).
+        self._digest_due_at: float | None = None
+        self._digest_jitter = random.Random(f"digest:{device_id}")  # seeded: a run is reproducible
         # Encoded orders already applied here, as they travel inside digests: skipped unverified.
         self._applied_order_bytes: set[bytes] = set()
         self.counters = AgentCounters()
@@ -644,6 +656,9 @@ class DeviceAgent:
         # Every device re-publishes its digest after orders and periodically, so nearly every entry
         # is an order this device already applied. Checking those signatures again learns nothing and
         # costs N devices x N digests x (orders held) verifications per round: skip them first.
+        if self._digest_due_at is not None and set(tuple(self.store.orders().values())[-DIGEST_ORDERS:]) <= set(digest.orders):
+            self._digest_due_at = None  # its digest carries every order ours would: ours adds nothing
+            self.counters.digests_suppressed += 1
         fresh = tuple(raw for raw in digest.orders if not self._already_applied(raw))
         if not fresh:
             return
@@ -769,8 +784,9 @@ class DeviceAgent:
                     self.device_id, order.target, role, removed[:12] if removed else "none", timing.store_ms,
                     timing.ensemble_ms, timing.receipt_ms, timing.fsyncs)
         # Not at once: k orders in a burst would make every device publish k digests, each delivered
-        # to every device. The housekeeping tick (<= 1 s) publishes one digest covering them all.
-        self._digest_due = True
+        # to every device. One digest covers them all, unless another device's covers them first.
+        if self._digest_due_at is None:
+            self._digest_due_at = time.monotonic() + self._digest_jitter.uniform(0.0, DIGEST_SPREAD_S)
         self._write_status()
 
     def _forget_self(self, order: UnlearnOrder) -> None:
@@ -889,7 +905,7 @@ class DeviceAgent:
         if self._forgotten:
             return
         orders = tuple(self.store.orders().values())
-        digest = TombstoneDigest(self.device_id, orders[-64:])
+        digest = TombstoneDigest(self.device_id, orders[-DIGEST_ORDERS:])
         # In memory only: the digest is rebuilt from the store and published again at every start and
         # every digest interval, so a lost one costs nothing.
         self.transport.publish(self.topics.tombstones(self.device_id), codec.encode(digest, self._key, self.device_id),
@@ -904,12 +920,13 @@ class DeviceAgent:
             try:
                 self._follow_state_dir()
                 self._reannounce_after_reconnect()
-                if time.monotonic() >= next_digest or self._digest_due:
-                    next_digest = time.monotonic() + self.settings.digest_interval_s
+                now = time.monotonic()
+                if now >= next_digest or (self._digest_due_at is not None and now >= self._digest_due_at):
+                    next_digest = now + self.settings.digest_interval_s
                     with self._lock:
                         if self._stop.is_set():
                             break
-                        self._digest_due = False
+                        self._digest_due_at = None
                         self._publish_digest()
                         self.store.flush_audit_summary()
                         self._write_status()
