@@ -63,8 +63,9 @@ class MosquittoBridge:
 
     name: str
     address: str  # host:port of the remote broker
-    topics: tuple[str, ...]  # patterns bridged ``both`` ways
+    topics: tuple[str, ...]  # patterns bridged ``direction``
     remote_clientid: str
+    direction: str = "both"  # the fleet needs both; ``out``/``in`` exist for tests that plant a one-way bridge
     remote_username: str | None = None
     remote_password: str | None = field(default=None, repr=False)
     qos: int = 1  # the fleet's QoS both ways: 0 would lose orders and receipts across a cut
@@ -83,7 +84,7 @@ class MosquittoBridge:
     def lines(self) -> list[str]:
         """The section's config lines."""
         out = [f"connection {self.name}", f"address {self.address}",
-               *[f"topic {t} both {self.qos}" for t in self.topics],
+               *[f"topic {t} {self.direction} {self.qos}" for t in self.topics],
                f"remote_clientid {self.remote_clientid}",
                f"bridge_protocol_version {self.protocol_version}",
                f"try_private {_bool(self.try_private)}",
