@@ -52,6 +52,12 @@ logger = logging.getLogger(__name__)
 CORE = "core"
 BRIDGE_ROLE = "fleet-bridge"
 LAYOUT_NAME = "bridge.json"
+# Per client, on every broker of the layout (one broker's default: 1000). Each (re)connect of a
+# bridge replays every retained message of the fleet's tree to the other side (Mosquitto 2.0.11
+# queues them twice: at bridge__connect and at bridge__on_connect), and that side forwards them
+# live to every subscriber: with 1000, 20 bridge cuts at 20 devices overflowed bridge and device
+# queues and Mosquitto dropped receipts ("Outgoing messages are being dropped"). Still bounded.
+BRIDGED_MAX_QUEUED = 20000
 
 
 def site_name(k: int) -> str:
@@ -234,6 +240,7 @@ def write_bridged_config(
         cfg = MosquittoConfig(
             port=port, host=host, allow_anonymous=False, tls=tls_for.get(broker), plain=insecure_plaintext,
             dynsec_plugin=Path(plugin), dynsec_file=dynsec_path.resolve(), persistence=persistence,
+            max_queued_messages=BRIDGED_MAX_QUEUED,
             persistence_dir=(folder / "data").resolve() if persistence else None, bridges=section)
         if persistence:
             (folder / "data").mkdir(exist_ok=True)

@@ -193,6 +193,17 @@ def _apply_at_broker(
     return tuple(deleted), tuple(errors), cleared
 
 
+def reapply_all(admin: AdminDir, *, broker_url: str | None = None, timeout: float = 10.0) -> list[RevocationOutcome]:
+    """``revoke`` again every revocation recorded in the admin dir (idempotent: no new list version).
+
+    For bridged brokers once a bridge or a site broker is back: a reconnecting Mosquitto bridge
+    replays the retained messages it had queued or held, which can put a forgotten device's seed
+    back on a broker that was cleared meanwhile (measured in ``bench scale`` with bridge cuts)."""
+    entries = revocations(admin)["entries"]
+    return [revoke(admin, bytes.fromhex(e["order"]), broker_url=broker_url, timeout=timeout)
+            for _, e in sorted(entries.items())]
+
+
 def _label(url: str) -> str:
     parsed = parse_broker_url(url)
     return f"{parsed.host}:{parsed.port}"
