@@ -169,7 +169,7 @@ class Bridged:
                 t.connect(timeout=10)
                 t.publish(f"{ROOT}/probe/{site}", probe, retain=True, wait=True, timeout=10)
                 t.close()
-            if _wait(lambda: all(self.retained(b, [f"{ROOT}/probe/+"], 0.3) ==
+            if _wait(lambda probe=probe: all(self.retained(b, [f"{ROOT}/probe/+"], 0.3) ==
                                  {f"{ROOT}/probe/site-1": probe, f"{ROOT}/probe/site-2": probe}
                                  for b in ("core", "site-1", "site-2")), 3.0):
                 return True
@@ -353,3 +353,26 @@ def test_a_fleet_on_two_sites_forgets_a_device_from_the_core(tmp_path, cut):
         finally:
             for a in agents.values():
                 a.stop()
+
+
+def test_revoke_all_clears_what_a_reconnecting_bridge_replays(tmp_path, capsys):
+    # A stale copy of a forgotten seed that a site held while its bridge was down (as when the
+    # bridge queued its retained messages for replay before the clear): the replay puts it back on
+    # the core; 'revoke --all' once the bridge is back takes it off every broker again.
+    with Bridged(tmp_path, proxy=True) as g:
+        assert g.bridges_up()
+        revoke(g.admin, _admin_order(g.admin, "d1"))
+        g.cut()
+        stale = g.login("admin", "admin-stale", "site-1", clean_session=True)
+        stale.connect(timeout=10)
+        stale.publish(f"{ROOT}/seeds/d3/d1", b"stale-seed", retain=True, wait=True, timeout=10)
+        stale.close()
+        g.restore()
+        assert g.bridges_up()
+        assert _wait(lambda: g.retained("core", [f"{ROOT}/seeds/+/d1"], 0.3) == {f"{ROOT}/seeds/d3/d1": b"stale-seed"}, 10)
+        code, out, err = kit.cli(capsys, "revoke", "--all", "--admin-dir", g.admin.root, "--json")
+        assert code == 0, err
+        [again] = json.loads(out)["revoked"]
+        assert again["device"] == "d1" and again["list_version"] == 1 and again["broker_errors"] == []
+        time.sleep(0.5)
+        assert all(not g.retained(b, [f"{ROOT}/seeds/+/d1"], 0.5) for b in ("core", "site-1", "site-2"))

@@ -44,7 +44,12 @@ from hdus_edge.files import atomic_write, write_json
 from hdus_edge.protocol.topics import Topics
 from hdus_edge.state import AdminDir
 from hdus_edge.transport import dynsec
-from hdus_edge.transport.mosquitto import MosquittoBridge, MosquittoConfig, MosquittoTls, render_config
+from hdus_edge.transport.mosquitto import (
+    MosquittoBridge,
+    MosquittoConfig,
+    MosquittoTls,
+    render_config,
+)
 from hdus_edge.transport.url import parse_broker_url
 
 logger = logging.getLogger(__name__)
