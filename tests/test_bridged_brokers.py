@@ -376,3 +376,21 @@ def test_revoke_all_clears_what_a_reconnecting_bridge_replays(tmp_path, capsys):
         assert again["device"] == "d1" and again["list_version"] == 1 and again["broker_errors"] == []
         time.sleep(0.5)
         assert all(not g.retained(b, [f"{ROOT}/seeds/+/d1"], 0.5) for b in ("core", "site-1", "site-2"))
+
+
+def test_the_scale_bench_runs_a_bridged_case_with_bridge_cuts_end_to_end(tmp_path):
+    from hdus_edge.bench.scale import ScaleCase, run_case
+
+    row = run_case(ScaleCase(8, 2, "lan", "bridged", forgets=1, together=2, bridge_cuts=2), tmp_path)
+    assert row["brokers"] == "bridged" and row["broker_processes"] == 3 and row["bridge_cuts_done"] == 2
+    assert row["missing_receipts"] == 0 and row["resurrections"] == 0 and row["revocation_errors"] == []
+    assert row["bridges_back"] is True and row["together_all_receipts_s"] is not None and row["propagation_pairs"] > 0
+
+
+def test_bench_scale_refuses_an_unknown_broker_layout():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "hdus_edge", "bench", "scale", "--brokers", "one,mesh"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "one, bridged" in out.stderr
