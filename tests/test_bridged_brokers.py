@@ -385,6 +385,7 @@ def test_the_scale_bench_runs_a_bridged_case_with_bridge_cuts_end_to_end(tmp_pat
     assert row["brokers"] == "bridged" and row["broker_processes"] == 3 and row["bridge_cuts_done"] == 2
     assert row["missing_receipts"] == 0 and row["resurrections"] == 0 and row["revocation_errors"] == []
     assert row["bridges_back"] is True and row["together_all_receipts_s"] is not None and row["propagation_pairs"] > 0
+    assert row["bridge_cuts_during_orders"] == 2  # the one order, then the batch, each sent while a bridge was down
 
 
 def test_bench_scale_refuses_an_unknown_broker_layout():
@@ -394,3 +395,17 @@ def test_bench_scale_refuses_an_unknown_broker_layout():
     out = subprocess.run([sys.executable, "-m", "hdus_edge", "bench", "scale", "--brokers", "one,mesh"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "one, bridged" in out.stderr
+
+
+def test_readmit_creates_the_new_logins_at_every_broker_and_keeps_the_devices_site(tmp_path, capsys):
+    with Bridged(tmp_path) as g:
+        revoke(g.admin, _admin_order(g.admin, "d1"))
+        assert _refused_at(g, "d1") == {"core": True, "site-1": True, "site-2": True}
+        code, out, err = kit.cli(capsys, "readmit", "d1", "--admin-dir", g.admin.root, "--state-dir", tmp_path / "d1-new",
+                                 "--json")
+        assert code == 0, err
+        done = json.loads(out)
+        assert done["epoch"] == 1 and done["broker_url"] == f"mqtts://d1@{g.files.site('site-1').dial}"
+        g.creds = json.loads(g.files.credentials.read_text())  # the new password
+        assert g.creds["d1"]["broker"] == "site-1"
+        assert _refused_at(g, "d1") == {"core": False, "site-1": False, "site-2": False}

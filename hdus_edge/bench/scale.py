@@ -19,9 +19,11 @@ because this kernel has no netem.
 ``brokers="bridged"``: a core Mosquitto and two site Mosquittos bridged to it (``lab.bridges``: the
 configs and dynamic-security logins ``broker-config --bridge`` writes, plain text), devices spread
 across the sites, the admin's requester at the core, and each order followed by ``revoke`` at every
-broker as ``hdus-edge unlearn`` does. With ``bridge_cuts`` a site's bridge is cut and restored that
-many times (alternating sites) while the orders go out; afterwards resurrections also count the
-forgotten seeds still retained on any broker.
+broker as ``hdus-edge unlearn`` does (the batch's after the whole batch). With ``bridge_cuts`` a
+site's bridge (alternating) is cut as each sequential order and the batch go out and restored a
+second later, then cut and restored until there were ``bridge_cuts`` cuts; afterwards, once the
+bridges carry again and the admin ran ``revoke --all``, resurrections also count the forgotten
+seeds still retained on any broker (``forgotten_seeds_retained_before_sweep``: before ``--all``).
 """
 
 from __future__ import annotations
@@ -63,7 +65,8 @@ NETS = {
 DEVICES_PER_SITE = 10  # a site (namespace) per ten devices: a building's subnet, not one host each
 BROKERS = ("one", "bridged")
 BRIDGE_CUT_S = 1.0  # how long a cut bridge stays down (its reconnect backoff adds to it)
-BRIDGE_GAP_S = 0.5  # between a restore and the next cut
+BRIDGE_GAP_S = 0.5  # between a restore and the next cut (after the orders)
+BRIDGE_SETTLE_S = 30.0  # the most a restored bridge is given to carry again before the next cut
 
 
 @dataclass(frozen=True)
@@ -97,33 +100,62 @@ def growth_exponent(ns: list[int], values: list[float]) -> float | None:
 
 
 class _BridgeCutter:
-    """Cut and restore the sites' bridges, alternating, ``count`` times, in a thread."""
+    """Cut and restore the sites' bridges, alternating, up to ``count`` times.
+
+    ``around(fn)``: cut the next site's bridge, run ``fn`` (the orders) meanwhile, restore after
+    ``BRIDGE_CUT_S``, wait for ``fn``: so every order goes out while a bridge is down. ``finish()``:
+    the cuts left, one after another. After each restore it waits (up to ``BRIDGE_SETTLE_S``) until
+    the bridges carry again: every reconnect of a Mosquitto bridge replays the whole retained tree
+    both ways and the far side forwards it to every subscriber, so back-to-back cuts (one every
+    1.5 s) piled up a backlog that kept the bridges from carrying a fresh message for minutes here."""
 
     def __init__(self, brokers: BridgedBrokers, count: int) -> None:
         self.brokers = brokers
         self.count = count
+        self.done = 0
         self.during_orders = 0
-        self.ordering = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="hdus-bridge-cutter", daemon=True)
+        self.unsettled = 0  # restores after which the bridges did not carry again within BRIDGE_SETTLE_S
+        self._sites = sorted(brokers.proxies)
 
-    def start(self) -> _BridgeCutter:
-        self.ordering.set()
-        self._thread.start()
-        return self
+    def _cut(self) -> str:
+        site = self._sites[self.done % len(self._sites)]
+        self.brokers.cut(site)
+        self.done += 1
+        return site
 
-    def _run(self) -> None:
-        sites = sorted(self.brokers.proxies)
-        for k in range(self.count):
-            site = sites[k % len(sites)]
-            self.during_orders += self.ordering.is_set()
-            self.brokers.cut(site)
+    def _restore(self, site: str) -> None:
+        self.brokers.restore(site)
+        self.unsettled += not self.brokers.wait_bridges_up(BRIDGE_SETTLE_S)
+
+    def around(self, fn: Callable[[], Any]) -> Any:
+        if self.done >= self.count:
+            return fn()
+        site = self._cut()
+        self.during_orders += 1
+        result: list[Any] = []
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                result.append(fn())
+            except BaseException as exc:  # re-raised below, in the caller's thread
+                errors.append(exc)
+
+        worker = threading.Thread(target=run, name="hdus-orders-during-a-cut")
+        worker.start()
+        time.sleep(BRIDGE_CUT_S)
+        self._restore(site)
+        worker.join()
+        if errors:
+            raise errors[0]
+        return result[0]
+
+    def finish(self) -> None:
+        while self.done < self.count:
+            site = self._cut()
             time.sleep(BRIDGE_CUT_S)
-            self.brokers.restore(site)
+            self._restore(site)
             time.sleep(BRIDGE_GAP_S)
-
-    def join(self) -> None:
-        self.ordering.clear()
-        self._thread.join()
 
 
 def run_case(case: ScaleCase, root: Path, progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
@@ -180,11 +212,14 @@ def run_case(case: ScaleCase, root: Path, progress: Callable[[str], None] = lamb
             missing_of: list[str] = []  # "target: holder" for each receipt that never came
             no_holders = 0  # orders whose requester found no holder to wait for
             revocation_errors: list[str] = []
-            cutter = _BridgeCutter(lab_brokers, case.bridge_cuts).start() if lab_brokers and case.bridge_cuts else None
+            cutter = _BridgeCutter(lab_brokers, case.bridge_cuts) if lab_brokers and case.bridge_cuts else None
+
+            def orders(fn: Callable[[], Any]) -> Any:
+                return cutter.around(fn) if cutter else fn()
             cpu_before, wall_before = fleet.cpu_seconds(), time.monotonic()
             progress(f"{label}: {case.forgets} unlearns")
             for target in ids[:case.forgets]:
-                out = requester.unlearn(requester_url, cfg.fleet.name, target, wait_s=60, revoke=bridged)
+                out = orders(lambda: requester.unlearn(requester_url, cfg.fleet.name, target, wait_s=60, revoke=bridged))
                 missing += len(out["missing"])
                 missing_of += [f"{target}: {d}" for d in out["missing"]]
                 no_holders += not out["holders"]
@@ -198,7 +233,7 @@ def run_case(case: ScaleCase, root: Path, progress: Callable[[str], None] = lamb
                 1e-9, time.monotonic() - wall_before)
             batch = ids[case.forgets:case.forgets + case.together]
             progress(f"{label}: {len(batch)} unlearns at once")
-            outs = requester.unlearn_many(requester_url, cfg.fleet.name, batch, wait_s=120)
+            outs = orders(lambda: requester.unlearn_many(requester_url, cfg.fleet.name, batch, wait_s=120))
             missing += sum(len(o["missing"]) for o in outs)
             missing_of += [f"{t}: {d}" for t, o in zip(batch, outs) for d in o["missing"]]
             no_holders += sum(1 for o in outs if not o["holders"])
@@ -212,8 +247,8 @@ def run_case(case: ScaleCase, root: Path, progress: Callable[[str], None] = lamb
             forgotten += batch
             fleet.retire(batch)
             if cutter:
-                progress(f"{label}: finishing {case.bridge_cuts} bridge cuts")
-                cutter.join()
+                progress(f"{label}: the rest of {case.bridge_cuts} bridge cuts")
+                cutter.finish()
             fleet.wait_converged(120)
             in_ensembles = sum(1 for d in fleet.procs for m in (fleet.members(d) or ()) if m in forgotten)
             held_before_sweep = None
@@ -248,6 +283,7 @@ def run_case(case: ScaleCase, root: Path, progress: Callable[[str], None] = lamb
         "forgotten_seeds_retained_before_sweep": held_before_sweep, "bridges_back": bridges_back,
         "bridge_cuts_done": lab_brokers.cuts if lab_brokers else 0,
         "bridge_cuts_during_orders": cutter.during_orders if cutter else 0,
+        "bridge_restores_unsettled": cutter.unsettled if cutter else 0,
         "revocation_errors": revocation_errors,
         "rss_per_agent_mib": (sum(rss) / len(rss) / 2**20) if rss else None,
         "broker_cpu_s": broker_cpu, "broker_rss_mib": broker_rss / 2**20 if broker_rss else None,
