@@ -362,6 +362,7 @@ def test_revoke_all_clears_what_a_reconnecting_bridge_replays(tmp_path, capsys):
     with Bridged(tmp_path, proxy=True) as g:
         assert g.bridges_up()
         revoke(g.admin, _admin_order(g.admin, "d1"))
+        assert g.bridges_up()  # the revocation's clears crossed: none is queued for a bridge any more
         g.cut()
         stale = g.login("admin", "admin-stale", "site-1", clean_session=True)
         stale.connect(timeout=10)
@@ -409,3 +410,8 @@ def test_readmit_creates_the_new_logins_at_every_broker_and_keeps_the_devices_si
         g.creds = json.loads(g.files.credentials.read_text())  # the new password
         assert g.creds["d1"]["broker"] == "site-1"
         assert _refused_at(g, "d1") == {"core": False, "site-1": False, "site-2": False}
+        # Re-applying every revocation (after a bridge came back) leaves the re-admitted device alone.
+        code, out, err = kit.cli(capsys, "revoke", "--all", "--admin-dir", g.admin.root, "--json")
+        assert code == 0 and json.loads(out)["revoked"] == [], out
+        assert _refused_at(g, "d1") == {"core": False, "site-1": False, "site-2": False}
+        assert "forgotten" not in g.admin.registry()["d1"]

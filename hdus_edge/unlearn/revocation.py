@@ -200,8 +200,10 @@ def reapply_all(admin: AdminDir, *, broker_url: str | None = None, timeout: floa
     replays the retained messages it had queued or held, which can put a forgotten device's seed
     back on a broker that was cleared meanwhile (measured in ``bench scale`` with bridge cuts)."""
     entries = revocations(admin)["entries"]
+    registry = admin.registry()
+    # Not a device re-admitted since (a later epoch): that would delete its new logins and mark it forgotten.
     return [revoke(admin, bytes.fromhex(e["order"]), broker_url=broker_url, timeout=timeout)
-            for _, e in sorted(entries.items())]
+            for d, e in sorted(entries.items()) if int(registry.get(d, {}).get("epoch", 0)) <= int(e["epoch"])]
 
 
 def _label(url: str) -> str:
