@@ -219,7 +219,8 @@ def run_case(case: ScaleCase, root: Path, progress: Callable[[str], None] = lamb
             cpu_before, wall_before = fleet.cpu_seconds(), time.monotonic()
             progress(f"{label}: {case.forgets} unlearns")
             for target in ids[:case.forgets]:
-                out = orders(lambda: requester.unlearn(requester_url, cfg.fleet.name, target, wait_s=60, revoke=bridged))
+                out = orders(lambda target=target: requester.unlearn(requester_url, cfg.fleet.name, target, wait_s=60,
+                                                                    revoke=bridged))
                 missing += len(out["missing"])
                 missing_of += [f"{target}: {d}" for d in out["missing"]]
                 no_holders += not out["holders"]

@@ -100,7 +100,11 @@ def revoke(
     Example: hdus-edge revoke dev-2 --admin-dir ./admin
     """
     from hdus_edge.errors import ConfigError
-    from hdus_edge.unlearn.revocation import find_self_order, pending_leaves, reapply_all
+    from hdus_edge.unlearn.revocation import (
+        find_self_order,
+        pending_leaves,
+        reapply_all,
+    )
     from hdus_edge.unlearn.revocation import revoke as revoke_device
 
     check_broker(broker)
@@ -117,7 +121,7 @@ def revoke(
         print_json(done[0].to_json() if device is not None else {"revoked": [d.to_json() for d in done]})
         return
     if not done:
-        console.print("no pending leave orders", markup=False)
+        console.print("no pending leave orders" if pending else "no revocation to apply again", markup=False)
     for d in done:
         console.print(f"Revoked {d.device} (epochs <= {d.epoch}, request {d.request_id}); revocation list v{d.list_version}",
                       markup=False)
