@@ -146,6 +146,14 @@ class AdminDir:
         access = self.broker_access()
         return access["url"] if access is not None else self.fleet().fleet.broker
 
+    def broker_urls(self) -> list[str]:
+        """Every broker whose logins the admin manages: ``broker_url()`` first, then each other broker
+        of a bridged layout (``keys/broker.json``'s ``brokers``; ``broker-config --bridge``)."""
+        access = self.broker_access()
+        first = self.broker_url()
+        others = [b["url"] for b in (access or {}).get("brokers", []) if isinstance(b, dict) and b.get("url") != first]
+        return [first, *others]
+
     def fleet(self) -> FleetConfig:
         """The fleet config (``StateDirError`` when this is not an admin dir)."""
         if not self.fleet_file.exists():

@@ -189,7 +189,7 @@ def write_broker_config(
     # The admin's own login and certificate, where the admin commands look for them.
     write_json(admin.broker_access_file, {"url": full[ADMIN_USER]["url"], "broker_dir": str(out.resolve())}, mode=0o600)
     if not insecure_plaintext:
-        _install_tls(out, ADMIN_USER, admin.tls_dir)
+        install_tls_bundle(out, ADMIN_USER, admin.tls_dir)
     urls = {u: f"{scheme}://{u}@{dial}:{port}" for u in passwords}
     logger.info("broker config for fleet %s written to %s (%d devices, %s)", name, out, len(devices), scheme)
     return BrokerFiles(out, config_path, dynsec_path, credentials, ca_path, certs, tuple(passwords), urls,
@@ -210,7 +210,7 @@ def issue_client_bundle(out: Path, user: str) -> tuple[Path, Path]:
     return pair.cert, pair.key
 
 
-def _install_tls(out: Path, user: str, tls_dir: Path) -> None:
+def install_tls_bundle(out: Path, user: str, tls_dir: Path) -> None:
     bundle = out / "devices" / user / "keys" / "tls"
     tls_dir.mkdir(parents=True, exist_ok=True)
     for name in ("ca.crt", "client.crt"):
@@ -227,7 +227,7 @@ def install_device_access(broker_dir: Path, device: str, state: StateDir) -> str
                           hint="run 'hdus-edge broker-config' (or 'readmit') for this device")
     url = creds[device]["url"]
     if (Path(broker_dir) / "devices" / device / "keys" / "tls").is_dir():
-        _install_tls(Path(broker_dir), device, state.tls_dir)
+        install_tls_bundle(Path(broker_dir), device, state.tls_dir)
     cfg = state.device()
     atomic_write(state.device_file, to_toml(replace(cfg, device=replace(cfg.device, broker=url))).encode())
     return str(url)

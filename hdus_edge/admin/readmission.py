@@ -3,7 +3,8 @@
 ``readmit`` gives the device a fresh state dir with a new key and a certificate at the next epoch
 (``state.readmit_device``), the fleet's reference set, and, when ``broker-config`` set the broker up,
 new broker logins (created live through the dynamic-security plugin's control topic, with a new
-password) and a new TLS client certificate from the fleet's CA, installed into the state dir. The
+password; on every broker of a bridged layout, where the device keeps its site) and a new TLS client
+certificate from the fleet's CA, installed into the state dir. The
 device then trains on fresh data and joins again. The revocation list keeps naming the old epochs,
 so every old-epoch seed, order and certificate stays refused everywhere.
 """
@@ -78,7 +79,28 @@ def _new_logins(admin: AdminDir, broker_dir: Path, device_id: str, state: StateD
     creds_file = broker_dir / "credentials.json"
     creds = read_json(creds_file, "broker credentials")
     admin_url = parse_broker_url(creds[ADMIN_USER]["url"])
-    url = f"{admin_url.scheme}://{device_id}:{password}@{admin_url.host}:{admin_url.port}"
+    # A re-admitted device keeps its site (bridged brokers); else it dials where the admin does.
+    home = parse_broker_url(creds[device_id]["url"]) if isinstance(creds.get(device_id), dict) else admin_url
+    url = f"{admin_url.scheme}://{device_id}:{password}@{home.host}:{home.port}"
+    commands = [dynsec.delete_client(c.username) for c in device_logins(fleet, device_id, password)]
+    commands += [dynsec.create_client(c) for c in device_logins(fleet, device_id, password)]
+    # The logins first: the broker must accept the device before it holds anything that names it.
+    # Every broker of a bridged layout: the plugin's control topic is not bridged.
+    errors: list[str] = []
+    for broker in admin.broker_urls():
+        errors += [e for e in _control(admin, broker, commands, timeout) if not e.startswith("deleteClient")]
+    if errors:
+        raise TransportError(f"the broker refused the new logins of {device_id!r}: {'; '.join(errors)}")
+    creds[device_id] = {**creds.get(device_id, {}), "user": device_id, "password": password, "url": url}
+    write_json(creds_file, creds, mode=0o600)
+    if (broker_dir / "tls" / "ca.key").exists():
+        issue_client_bundle(broker_dir, device_id)
+    install_device_access(broker_dir, device_id, state)
+    return str(parse_broker_url(url))
+
+
+def _control(admin: AdminDir, broker_url: str, commands: list[dict], timeout: float) -> list[str]:
+    """Send dynamic-security ``commands`` to one broker as the admin; the errors it answers."""
     answers: list[bytes] = []
     answered = threading.Event()
 
@@ -86,26 +108,15 @@ def _new_logins(admin: AdminDir, broker_dir: Path, device_id: str, state: StateD
         answers.append(payload)
         answered.set()
 
-    # The logins first: the broker must accept the device before it holds anything that names it.
-    transport = MqttTransport(admin.broker_url(), f"admin-readmit-{uuid.uuid4().hex[:12]}", handler=on_message,
-                              clean_session=True, tls=TlsFiles.for_url(admin.broker_url(), admin.tls_dir))
+    transport = MqttTransport(broker_url, f"admin-readmit-{uuid.uuid4().hex[:12]}", handler=on_message,
+                              clean_session=True, tls=TlsFiles.for_url(broker_url, admin.tls_dir))
     try:
         transport.subscribe(dynsec.RESPONSE_TOPIC)
         transport.connect(timeout=timeout)
-        commands = [dynsec.delete_client(c.username) for c in device_logins(fleet, device_id, password)]
-        commands += [dynsec.create_client(c) for c in device_logins(fleet, device_id, password)]
         transport.publish(dynsec.CONTROL_TOPIC, dynsec.command_payload(commands), wait=True, timeout=timeout)
         if not answered.wait(timeout):
             raise TransportError("the broker's dynamic-security plugin did not answer the new logins",
                                  hint="is the broker running the config 'hdus-edge broker-config' wrote?")
     finally:
         transport.close()
-    errors = [e for e in dynsec.response_errors(answers[0]) if not e.startswith("deleteClient")]
-    if errors:
-        raise TransportError(f"the broker refused the new logins of {device_id!r}: {'; '.join(errors)}")
-    creds[device_id] = {"user": device_id, "password": password, "url": url}
-    write_json(creds_file, creds, mode=0o600)
-    if (broker_dir / "tls" / "ca.key").exists():
-        issue_client_bundle(broker_dir, device_id)
-    install_device_access(broker_dir, device_id, state)
-    return str(parse_broker_url(url))
+    return dynsec.response_errors(answers[0])

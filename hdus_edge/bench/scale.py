@@ -18,6 +18,15 @@ measures from outside, with the admin's requester and clocks in their own proces
 shaping proxy on its link (40 ms +- 10 ms one way, 1% loss as TCP shows it: see ``lab.proxy``),
 because this kernel has no netem. ``--net flap``: through a proxy that cuts each site's link for
 1.5-4.5 s every 4-12 s (``LinkShape.flap_*``; a seeded schedule per site), while the fleet starts and forgets.
+
+``brokers="bridged"``: a core Mosquitto and two site Mosquittos bridged to it (``lab.bridges``: the
+configs and dynamic-security logins ``broker-config --bridge`` writes, plain text), devices spread
+across the sites, the admin's requester at the core, and each order followed by ``revoke`` at every
+broker as ``hdus-edge unlearn`` does (the batch's after the whole batch). With ``bridge_cuts`` a
+site's bridge (alternating) is cut as each sequential order and the batch go out and restored a
+second later, then cut and restored until there were ``bridge_cuts`` cuts; afterwards, once the
+bridges carry again and the admin ran ``revoke --all``, resurrections also count the forgotten
+seeds still retained on any broker (``forgotten_seeds_retained_before_sweep``: before ``--all``).
 """
 
 from __future__ import annotations
@@ -26,8 +35,10 @@ import logging
 import math
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,6 +47,7 @@ import numpy as np
 import psutil
 
 from hdus_edge.config import DataSection, EnsembleSection, FleetConfig, FleetSection
+from hdus_edge.lab.bridges import BridgedBrokers, retained_topics
 from hdus_edge.lab.netns import NetworkLab
 from hdus_edge.lab.outside import OutsideRequester, TopicClock
 from hdus_edge.lab.processes import ProcessFleet
@@ -45,6 +57,7 @@ from hdus_edge.protocol.topics import Topics
 from hdus_edge.topology import build_graph
 from hdus_edge.transport.mosquitto import MosquittoConfig, MosquittoProcess
 from hdus_edge.transport.ports import free_port
+from hdus_edge.unlearn.revocation import reapply_all, revoke
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +67,10 @@ NETS = {
     "flap": LinkShape(flap_every_s=8.0, flap_down_s=3.0, seed=0),
 }
 DEVICES_PER_SITE = 10  # a site (namespace) per ten devices: a building's subnet, not one host each
+BROKERS = ("one", "bridged")
+BRIDGE_CUT_S = 1.0  # how long a cut bridge stays down (its reconnect backoff adds to it)
+BRIDGE_GAP_S = 0.5  # between a restore and the next cut (after the orders)
+BRIDGE_SETTLE_S = 30.0  # the most a restored bridge is given to carry again before the next cut
 
 
 @dataclass(frozen=True)
@@ -63,9 +80,10 @@ class ScaleCase:
     devices: int
     degree: int
     net: str = "lan"
-    brokers: str = "one"
+    brokers: str = "one"  # or "bridged": a core and two site brokers
     forgets: int = 3
     together: int = 10
+    bridge_cuts: int = 0  # bridged: cuts of a site's bridge while the orders go out
 
 
 QUICK = (ScaleCase(50, 8, "lan"),)
@@ -104,79 +122,205 @@ def growth_exponent(ns: list[int], values: list[float]) -> float | None:
     return float(np.polyfit(x, y, 1)[0])
 
 
+class _BridgeCutter:
+    """Cut and restore the sites' bridges, alternating, up to ``count`` times.
+
+    ``around(fn)``: cut the next site's bridge, run ``fn`` (the orders) meanwhile, restore after
+    ``BRIDGE_CUT_S``, wait for ``fn``: so every order goes out while a bridge is down. ``finish()``:
+    the cuts left, one after another. After each restore it waits (up to ``BRIDGE_SETTLE_S``) until
+    the bridges carry again: every reconnect of a Mosquitto bridge replays the whole retained tree
+    both ways and the far side forwards it to every subscriber, so back-to-back cuts (one every
+    1.5 s) piled up a backlog that kept the bridges from carrying a fresh message for minutes here."""
+
+    def __init__(self, brokers: BridgedBrokers, count: int) -> None:
+        self.brokers = brokers
+        self.count = count
+        self.done = 0
+        self.during_orders = 0
+        self.unsettled = 0  # restores after which the bridges did not carry again within BRIDGE_SETTLE_S
+        self._sites = sorted(brokers.proxies)
+
+    def _cut(self) -> str:
+        site = self._sites[self.done % len(self._sites)]
+        self.brokers.cut(site)
+        self.done += 1
+        return site
+
+    def _restore(self, site: str) -> None:
+        self.brokers.restore(site)
+        self.unsettled += not self.brokers.wait_bridges_up(BRIDGE_SETTLE_S)
+
+    def around(self, fn: Callable[[], Any]) -> Any:
+        if self.done >= self.count:
+            return fn()
+        site = self._cut()
+        self.during_orders += 1
+        result: list[Any] = []
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                result.append(fn())
+            except BaseException as exc:  # re-raised below, in the caller's thread
+                errors.append(exc)
+
+        worker = threading.Thread(target=run, name="hdus-orders-during-a-cut")
+        worker.start()
+        time.sleep(BRIDGE_CUT_S)
+        self._restore(site)
+        worker.join()
+        if errors:
+            raise errors[0]
+        return result[0]
+
+    def finish(self) -> None:
+        while self.done < self.count:
+            site = self._cut()
+            time.sleep(BRIDGE_CUT_S)
+            self._restore(site)
+            time.sleep(BRIDGE_GAP_S)
+
+
 def run_case(case: ScaleCase, root: Path, progress: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Run one case end to end; every process, namespace and proxy is gone when it returns."""
+    if case.brokers not in BROKERS:
+        raise ValueError(f"brokers must be one of {BROKERS}, got {case.brokers!r}")
     ids = [f"dev-{k:03d}" for k in range(case.devices)]
     models = synthetic_models(case.devices)
     graph = build_graph("random-regular", ids, degree=case.degree, seed=0)
     sites = max(1, math.ceil(case.devices / DEVICES_PER_SITE))
     port = free_port()
-    with NetworkLab(sites) as lab:
+    bridged = case.brokers == "bridged"
+    label = f"{case.devices} x {case.degree}, {case.net}, {case.brokers}"
+    with NetworkLab(sites) as lab, ExitStack() as stack:
         site_of = {d: lab.sites[k // DEVICES_PER_SITE] for k, d in enumerate(ids)}
         shape = NETS[case.net]
-        # LAN: the broker listens on every site's link. WAN: a shaping proxy does, in front of it.
-        extra = () if shape else tuple(f"listener {port} {s.host_address}" for s in lab.sites)
-        broker = MosquittoProcess(root / "broker", MosquittoConfig(port=port, extra_lines=extra)).start()
-        # Each site's link its own seed: sites flap (and lose segments) independently.
-        proxies = [TcpProxy("127.0.0.1", port, host=s.host_address, port=port, shape=replace(shape, seed=shape.seed + k)).start()
-                   for k, s in enumerate(lab.sites)] if shape else []
-        cfg = FleetConfig(FleetSection(f"scale{case.devices}", broker.url),
+        cfg = FleetConfig(FleetSection(f"scale{case.devices}", f"mqtt://127.0.0.1:{port}"),
                           DataSection((1, 8, 8), 10, "public", REFERENCE_SHA), EnsembleSection(0.5, "probs"))
-        fleet = ProcessFleet(root / "fleet", broker.url, cfg, models, graph, digest_interval_s=30.0,
-                             placement=lambda d: (lab.exec_prefix(site_of[d]), f"mqtt://{site_of[d].host_address}:{port}"))
-        try:
-            with OutsideRequester(fleet.admin.root, workers=case.together) as requester:
-                progress(f"{case.devices} x {case.degree}, {case.net}: starting agents")
-                # Each seed's arrival on the broker, seen from a child process: where propagation starts.
-                with TopicClock(broker.url, [f"{Topics(cfg.fleet.name).root}/seeds/+/+"]) as clock:
-                    converge_s = fleet.start(timeout=1800)
-                propagation = fleet.propagation_s(clock.first())
-                rss = list(fleet.rss_bytes().values())
-                forgotten: list[str] = []
-                latencies: list[float] = []
-                missing = 0
-                no_holders = 0  # orders whose requester found no holder to wait for
-                cpu_before, wall_before = fleet.cpu_seconds(), time.monotonic()
-                progress(f"{case.devices} x {case.degree}, {case.net}: {case.forgets} unlearns")
-                for target in ids[:case.forgets]:
-                    out = requester.unlearn(broker.url, cfg.fleet.name, target, wait_s=60)
-                    missing += len(out["missing"])
-                    no_holders += not out["holders"]
-                    if out["latency_s"] is not None:
-                        latencies.append(out["latency_s"])
-                    forgotten.append(target)
-                    fleet.retire([target])
-                cpu_after = fleet.cpu_seconds()  # the agents still running: holders and bystanders
-                cpu_share = sum(cpu_after[d] - cpu_before[d] for d in cpu_after if d in cpu_before) / max(
-                    1e-9, time.monotonic() - wall_before)
-                batch = ids[case.forgets:case.forgets + case.together]
-                progress(f"{case.devices} x {case.degree}, {case.net}: {len(batch)} unlearns at once")
-                outs = requester.unlearn_many(broker.url, cfg.fleet.name, batch, wait_s=120)
-                missing += sum(len(o["missing"]) for o in outs)
-                no_holders += sum(1 for o in outs if not o["holders"])
-                waited = [o["latency_s"] for o in outs if o["holders"]]
-                together_s = None if not waited or None in waited else max(waited)
-                forgotten += batch
-                fleet.retire(batch)
-                fleet.wait_converged(120)
-                resurrections = sum(1 for d in fleet.procs for m in (fleet.members(d) or ()) if m in forgotten)
-                applies = apply_figures([fleet.status(d) for d in ids])
-                broker_proc = psutil.Process(broker.pid) if broker.pid else None
-                broker_cpu = sum(broker_proc.cpu_times()[:2]) if broker_proc else None
-                broker_rss = broker_proc.memory_info().rss if broker_proc else None
-        finally:
-            fleet.stop()
-            for p in proxies:
-                p.stop()
-            broker.stop()
+        lab_brokers: BridgedBrokers | None = None
+        proxies: list[TcpProxy] = []
+        if not bridged:
+            # LAN: the broker listens on every site's link. WAN: a shaping proxy does, in front of it.
+            extra = () if shape else tuple(f"listener {port} {s.host_address}" for s in lab.sites)
+            broker = MosquittoProcess(root / "broker", MosquittoConfig(port=port, extra_lines=extra)).start()
+            stack.callback(broker.stop)
+            processes = [broker]
+            requester_url = broker.url
+            fleet = ProcessFleet(root / "fleet", broker.url, cfg, models, graph, digest_interval_s=30.0,
+                                 placement=lambda d: (lab.exec_prefix(site_of[d]), f"mqtt://{site_of[d].host_address}:{port}"))
+            ports = [port]
+        else:
+            fleet = ProcessFleet(root / "fleet", cfg.fleet.broker, cfg, models, graph, digest_interval_s=30.0,
+                                 placement=lambda d: (lab.exec_prefix(site_of[d]),
+                                                      lab_brokers.device_url(d, site_of[d].host_address)))
+            lab_brokers = BridgedBrokers(fleet.admin, root / "brokers", core_port=port,
+                                         listen_on=() if shape else [s.host_address for s in lab.sites]).start()
+            stack.callback(lab_brokers.stop)
+            processes = list(lab_brokers.brokers.values())
+            requester_url = lab_brokers.core_url
+            ports = [b.port for b in processes]
+        stack.callback(lambda: [p.stop() for p in proxies])
+        if shape:
+            # Each site's link its own seed: sites flap (and lose segments) independently.
+            proxies += [TcpProxy("127.0.0.1", pt, host=s.host_address, port=pt, shape=replace(shape, seed=shape.seed + k)).start()
+                        for k, s in enumerate(lab.sites) for pt in ports]
+        stack.callback(fleet.stop)
+        with OutsideRequester(fleet.admin.root, workers=case.together) as requester:
+            progress(f"{label}: starting agents")
+            # Each seed's first arrival on any broker (its owner's), seen from child processes:
+            # where propagation starts.
+            seeds = [f"{Topics(cfg.fleet.name).root}/seeds/+/+"]
+            with ExitStack() as clocks:
+                urls = list(lab_brokers.admin_urls().values()) if lab_brokers else [requester_url]
+                watching = [clocks.enter_context(TopicClock(url, seeds)) for url in urls]
+                converge_s = fleet.start(timeout=1800)
+            on_broker: dict[str, float] = {}
+            for clock in watching:
+                for topic, at in clock.first().items():
+                    on_broker[topic] = min(at, on_broker.get(topic, at))
+            propagation = fleet.propagation_s(on_broker)
+            rss = list(fleet.rss_bytes().values())
+            forgotten: list[str] = []
+            latencies: list[float] = []
+            missing = 0
+            missing_of: list[str] = []  # "target: holder" for each receipt that never came
+            no_holders = 0  # orders whose requester found no holder to wait for
+            revocation_errors: list[str] = []
+            cutter = _BridgeCutter(lab_brokers, case.bridge_cuts) if lab_brokers and case.bridge_cuts else None
+
+            def orders(fn: Callable[[], Any]) -> Any:
+                return cutter.around(fn) if cutter else fn()
+            cpu_before, wall_before = fleet.cpu_seconds(), time.monotonic()
+            progress(f"{label}: {case.forgets} unlearns")
+            for target in ids[:case.forgets]:
+                out = orders(lambda target=target: requester.unlearn(requester_url, cfg.fleet.name, target, wait_s=60,
+                                                                    revoke=bridged))
+                missing += len(out["missing"])
+                missing_of += [f"{target}: {d}" for d in out["missing"]]
+                no_holders += not out["holders"]
+                revocation_errors += out.get("revocation", {}).get("broker_errors", [])
+                if out["latency_s"] is not None:
+                    latencies.append(out["latency_s"])
+                forgotten.append(target)
+                fleet.retire([target])
+            cpu_after = fleet.cpu_seconds()  # the agents still running: holders and bystanders
+            cpu_share = sum(cpu_after[d] - cpu_before[d] for d in cpu_after if d in cpu_before) / max(
+                1e-9, time.monotonic() - wall_before)
+            batch = ids[case.forgets:case.forgets + case.together]
+            progress(f"{label}: {len(batch)} unlearns at once")
+            outs = orders(lambda: requester.unlearn_many(requester_url, cfg.fleet.name, batch, wait_s=120))
+            missing += sum(len(o["missing"]) for o in outs)
+            missing_of += [f"{t}: {d}" for t, o in zip(batch, outs) for d in o["missing"]]
+            no_holders += sum(1 for o in outs if not o["holders"])
+            if bridged:
+                # After the whole batch: a target revoked at once loses its login before it answers
+                # the other orders it holds seeds for (it is a holder of the batch's other targets).
+                revocation_errors += [e for o in outs for e in revoke(fleet.admin, bytes.fromhex(o["order"]),
+                                                                     broker_url=requester_url).broker_errors]
+            waited = [o["latency_s"] for o in outs if o["holders"]]
+            together_s = None if not waited or None in waited else max(waited)
+            forgotten += batch
+            fleet.retire(batch)
+            if cutter:
+                progress(f"{label}: the rest of {case.bridge_cuts} bridge cuts")
+                cutter.finish()
+            fleet.wait_converged(120)
+            in_ensembles = sum(1 for d in fleet.procs for m in (fleet.members(d) or ()) if m in forgotten)
+            applies = apply_figures([fleet.status(d) for d in ids])
+            held_before_sweep = None
+            if lab_brokers:
+                bridges_back = lab_brokers.wait_bridges_up(120)
+                held_before_sweep = sum(len(v) for v in lab_brokers.forgotten_seeds_retained(forgotten).values())
+                # What the admin does once its bridges are back ('hdus-edge revoke --all'): a reconnecting
+                # bridge replays retained copies it had queued before a clear (see unlearn.revocation).
+                revocation_errors += [e for r in reapply_all(fleet.admin, broker_url=requester_url)
+                                      for e in r.broker_errors]
+                time.sleep(1.0)
+                held = lab_brokers.forgotten_seeds_retained(forgotten)
+            else:
+                bridges_back = None
+                root_topic = Topics(cfg.fleet.name).root
+                held = {"one": retained_topics(requester_url, [f"{root_topic}/seeds/+/{d}" for d in forgotten])}
+            retained_forgotten = sum(len(v) for v in held.values())
+            broker_procs = [psutil.Process(b.pid) for b in processes if b.pid]
+            broker_cpu = sum(sum(p.cpu_times()[:2]) for p in broker_procs) if broker_procs else None
+            broker_rss = sum(p.memory_info().rss for p in broker_procs) if broker_procs else None
     return {
         **asdict(case), "processes": "one per device", "sites": sites,
+        "broker_processes": len(processes),
         "converge_s": converge_s,
         "propagation_p50_s": _pct(propagation, 50), "propagation_p95_s": _pct(propagation, 95),
         "propagation_pairs": len(propagation),
         "unlearn_p50_s": _pct(latencies, 50), "unlearn_p95_s": _pct(latencies, 95),
         "together_all_receipts_s": together_s,
-        "missing_receipts": missing, "orders_without_holders": no_holders, "resurrections": resurrections,
+        "missing_receipts": missing, "missing_receipts_of": missing_of, "orders_without_holders": no_holders,
+        "resurrections": in_ensembles + retained_forgotten,
+        "resurrections_in_ensembles": in_ensembles, "forgotten_seeds_retained": retained_forgotten,
+        "forgotten_seeds_retained_before_sweep": held_before_sweep, "bridges_back": bridges_back,
+        "bridge_cuts_done": lab_brokers.cuts if lab_brokers else 0,
+        "bridge_cuts_during_orders": cutter.during_orders if cutter else 0,
+        "bridge_restores_unsettled": cutter.unsettled if cutter else 0,
+        "revocation_errors": revocation_errors,
         "rss_per_agent_mib": (sum(rss) / len(rss) / 2**20) if rss else None,
         "broker_cpu_s": broker_cpu, "broker_rss_mib": broker_rss / 2**20 if broker_rss else None,
         "agents_cpu_share_while_forgetting": cpu_share, "cores": os.cpu_count(),

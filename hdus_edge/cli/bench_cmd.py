@@ -254,12 +254,15 @@ def scale(
     sizes: Annotated[str, typer.Option(help="Comma-separated fleet sizes (ignored with --quick).")] = "20,50,100",
     degrees: Annotated[str, typer.Option(help="Comma-separated neighbour counts.")] = "4,8",
     nets: Annotated[str, typer.Option(help="Comma-separated network profiles: lan, wan, flap (a link cut for seconds at a time).")] = "lan,wan",
+    brokers: Annotated[str, typer.Option(help="Comma-separated broker layouts: one, bridged (a core and two site brokers).")] = "one",
+    bridge_cuts: Annotated[int, typer.Option(min=0, help="Bridged: cut and restore a site's bridge this many times while the orders go out.")] = 20,
 ) -> None:
     """Fleets of one process per device in network namespaces: seed propagation, unlearn latency, cost.
 
     Needs root (network namespaces). Example: hdus-edge bench scale --quick
+    Example: hdus-edge bench scale --sizes 20 --degrees 4 --nets lan --brokers one,bridged --json
     """
-    from hdus_edge.bench.scale import NETS, QUICK, ScaleCase, run_scale_bench
+    from hdus_edge.bench.scale import BROKERS, NETS, QUICK, ScaleCase, run_scale_bench
     from hdus_edge.errors import ConfigError
 
     try:
@@ -270,7 +273,11 @@ def scale(
     net_list = [v.strip() for v in nets.split(",") if v.strip()]
     if not net_list or any(n not in NETS for n in net_list):
         raise ConfigError(f"--nets must name {', '.join(NETS)}, got {nets!r}")
-    cases = QUICK if quick else tuple(ScaleCase(n, d, net) for net in net_list for d in degree_list for n in size_list)
+    broker_list = [v.strip() for v in brokers.split(",") if v.strip()]
+    if not broker_list or any(b not in BROKERS for b in broker_list):
+        raise ConfigError(f"--brokers must name {', '.join(BROKERS)}, got {brokers!r}")
+    cases = QUICK if quick else tuple(ScaleCase(n, d, net, b, bridge_cuts=bridge_cuts if b == "bridged" else 0)
+                                      for b in broker_list for net in net_list for d in degree_list for n in size_list)
     for c in cases:
         if c.degree < 1 or c.devices <= c.degree or c.devices < c.forgets + c.together + 2:
             raise ConfigError(f"{c.devices} devices x {c.degree} neighbours: a fleet needs more devices than "
@@ -286,11 +293,11 @@ def scale(
         return "-" if v is None else f"{v:.2f} s"
 
     table = Table(title="Fleets of one process per device")
-    for col in ("devices", "degree", "net", "propagation p50/p95", "unlearn p50/p95", "10 at once", "missing",
+    for col in ("devices", "degree", "net", "brokers", "propagation p50/p95", "unlearn p50/p95", "10 at once", "missing",
                 "back", "RSS/agent", "agents' CPU while forgetting"):
         table.add_column(col, justify="right")
     for r in result["rows"]:
-        table.add_row(str(r["devices"]), str(r["degree"]), r["net"],
+        table.add_row(str(r["devices"]), str(r["degree"]), r["net"], f"{r['brokers']} ({r['bridge_cuts_done']} cuts)",
                       f"{sec(r['propagation_p50_s'])} / {sec(r['propagation_p95_s'])}",
                       f"{sec(r['unlearn_p50_s'])} / {sec(r['unlearn_p95_s'])}", sec(r["together_all_receipts_s"]),
                       str(r["missing_receipts"]), str(r["resurrections"]), f"{r['rss_per_agent_mib']:.0f} MiB",

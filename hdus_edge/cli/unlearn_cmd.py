@@ -87,32 +87,41 @@ def revoke(
     admin_dir: AdminDirOpt,
     device: Annotated[str | None, typer.Argument(help="Id of the device to revoke (it asked with 'leave', or was ordered).")] = None,
     pending: Annotated[bool, typer.Option("--pending", help="Revoke every device whose own 'leave' order is on the broker and not yet revoked.")] = False,
+    again: Annotated[bool, typer.Option("--all", help="Apply every recorded revocation again at every broker (after a bridge or a site broker came back).")] = False,
     broker: BrokerOpt = "",
     json_out: JsonOpt = False,
 ) -> None:
     """Revoke a forgotten device everywhere (fleet admin): its broker logins, its certificate in the
     signed revocation list, its retained topics. 'unlearn' does this by itself; after a device's own
     'leave', run it with the device's id or with --pending (e.g. from cron). The order is relayed
-    where no device can clear it. Harmless to repeat.
+    where no device can clear it. Harmless to repeat. With bridged brokers, run it with --all once a
+    cut bridge or a site broker is back: a reconnecting bridge can replay a retained copy cleared meanwhile.
 
     Example: hdus-edge revoke dev-2 --admin-dir ./admin
     """
     from hdus_edge.errors import ConfigError
-    from hdus_edge.unlearn.revocation import find_self_order, pending_leaves
+    from hdus_edge.unlearn.revocation import (
+        find_self_order,
+        pending_leaves,
+        reapply_all,
+    )
     from hdus_edge.unlearn.revocation import revoke as revoke_device
 
     check_broker(broker)
-    if (device is None) == (not pending):
-        raise ConfigError("name one DEVICE or pass --pending", hint="hdus-edge revoke dev-2 --admin-dir ./admin")
+    if (device is not None) + pending + again != 1:
+        raise ConfigError("name one DEVICE, or pass --pending or --all", hint="hdus-edge revoke dev-2 --admin-dir ./admin")
     admin = open_admin(admin_dir)
-    orders = pending_leaves(admin, broker_url=broker or None) if pending else {
-        device: find_self_order(admin, device, broker_url=broker or None)}  # type: ignore[dict-item]
-    done = [revoke_device(admin, order, broker_url=broker or None) for order in orders.values()]
+    if again:
+        done = reapply_all(admin, broker_url=broker or None)
+    else:
+        orders = pending_leaves(admin, broker_url=broker or None) if pending else {
+            device: find_self_order(admin, device, broker_url=broker or None)}  # type: ignore[dict-item]
+        done = [revoke_device(admin, order, broker_url=broker or None) for order in orders.values()]
     if json_out:
         print_json(done[0].to_json() if device is not None else {"revoked": [d.to_json() for d in done]})
         return
     if not done:
-        console.print("no pending leave orders", markup=False)
+        console.print("no pending leave orders" if pending else "no revocation to apply again", markup=False)
     for d in done:
         console.print(f"Revoked {d.device} (epochs <= {d.epoch}, request {d.request_id}); revocation list v{d.list_version}",
                       markup=False)

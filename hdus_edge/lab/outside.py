@@ -82,15 +82,23 @@ class TopicClock:
         self.close()
 
 
-def _request_in_child(admin_root: str, broker_url: str, fleet: str, target: str, wait_s: float) -> dict[str, Any]:
+def _request_in_child(admin_root: str, broker_url: str, fleet: str, target: str, wait_s: float,
+                      revoke: bool = False) -> dict[str, Any]:
     from hdus_edge.state import AdminDir
     from hdus_edge.unlearn.commands import unlearn
 
     # What 'hdus-edge unlearn' does: holders from the admin's registry (not a quiet window, which a
     # loaded machine outlasts), evidence saved, the target marked forgotten for the next order.
-    outcome, _ = unlearn(AdminDir(Path(admin_root)), target, broker_url=broker_url, wait_s=wait_s)
-    return {"latency_s": outcome.latency_s, "holders": list(outcome.holders), "receipts": len(outcome.receipts),
-            "missing": list(outcome.missing), "request_id": outcome.order.request_id}
+    admin = AdminDir(Path(admin_root))
+    outcome, _ = unlearn(admin, target, broker_url=broker_url, wait_s=wait_s)
+    out = {"latency_s": outcome.latency_s, "holders": list(outcome.holders), "receipts": len(outcome.receipts),
+           "missing": list(outcome.missing), "request_id": outcome.order.request_id,
+           "order": outcome.order_raw.hex()}
+    if revoke:  # and then, as the CLI does, the revocation (logins, list, clears) at every broker
+        from hdus_edge.unlearn.revocation import revoke as revoke_device
+
+        out["revocation"] = revoke_device(admin, outcome.order_raw, broker_url=broker_url).to_json()
+    return out
 
 
 class OutsideRequester:
@@ -101,13 +109,17 @@ class OutsideRequester:
         self.admin_root = str(admin_root)
         self._pool = ProcessPoolExecutor(max_workers=max(1, workers), mp_context=_SPAWN)
 
-    def unlearn(self, broker_url: str, fleet: str, target: str, wait_s: float = 30.0) -> dict[str, Any]:
-        """Order ``target`` forgotten; returns latency_s (None: incomplete), holders, receipts, missing."""
-        return self._pool.submit(_request_in_child, self.admin_root, broker_url, fleet, target, wait_s).result()
+    def unlearn(self, broker_url: str, fleet: str, target: str, wait_s: float = 30.0,
+                revoke: bool = False) -> dict[str, Any]:
+        """Order ``target`` forgotten; returns latency_s (None: incomplete), holders, receipts, missing
+        (and with ``revoke``, what ``revoke`` did afterwards, as ``hdus-edge unlearn`` does)."""
+        return self._pool.submit(_request_in_child, self.admin_root, broker_url, fleet, target, wait_s, revoke).result()
 
-    def unlearn_many(self, broker_url: str, fleet: str, targets: list[str], wait_s: float = 60.0) -> list[dict[str, Any]]:
+    def unlearn_many(self, broker_url: str, fleet: str, targets: list[str], wait_s: float = 60.0,
+                     revoke: bool = False) -> list[dict[str, Any]]:
         """Order every one of ``targets`` forgotten at once (up to ``workers`` in parallel); outcomes in order."""
-        futures = [self._pool.submit(_request_in_child, self.admin_root, broker_url, fleet, t, wait_s) for t in targets]
+        futures = [self._pool.submit(_request_in_child, self.admin_root, broker_url, fleet, t, wait_s, revoke)
+                   for t in targets]
         return [f.result() for f in futures]
 
     def close(self) -> None:

@@ -6,6 +6,7 @@ queue and size limits. ``acl_rules`` gives each device write access only to topi
 id as the sender (``%u`` = user name = device id). ``write_password_file`` hashes passwords with
 Debian's ``mosquitto_passwd``. ``MosquittoProcess`` runs ``mosquitto -c FILE``, waits until it accepts
 connections, and can stop, kill and restart it on the same port (fault tests), logs in a file.
+``MosquittoBridge`` is one ``connection`` section: this broker bridging a topic tree to another.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
@@ -48,6 +49,65 @@ class MosquittoTls:
 
 
 @dataclass(frozen=True)
+class MosquittoBridge:
+    """A ``connection`` section: this broker bridges ``topics`` to the broker at ``address``, both ways.
+
+    Defaults carry Mosquitto 2.0's bridge behaviour (``man mosquitto.conf``, ``src/bridge.c``):
+    ``try_private`` marks the connection as a bridge, so the remote broker neither echoes a message
+    back to where it came from nor drops the retain flag (retained seeds and their clears stay
+    retained on the other side; the local side subscribes with no-local and retain-as-published by
+    itself). ``cleansession false`` + ``local_cleansession false``: QoS 1 messages are queued on
+    both sides while the link is down and delivered after it is back. On every (re)connect each side
+    also replays its retained messages on ``topics`` to the other.
+    """
+
+    name: str
+    address: str  # host:port of the remote broker
+    topics: tuple[str, ...]  # patterns bridged ``direction``
+    remote_clientid: str
+    direction: str = "both"  # the fleet needs both; ``out``/``in`` exist for tests that plant a one-way bridge
+    remote_username: str | None = None
+    remote_password: str | None = field(default=None, repr=False)
+    qos: int = 1  # the fleet's QoS both ways: 0 would lose orders and receipts across a cut
+    protocol_version: str = "mqttv311"
+    try_private: bool = True
+    cleansession: bool = False
+    local_cleansession: bool = False
+    notifications: bool = True  # ``$SYS/broker/connection/<remote_clientid>/state`` (1/0) ...
+    notifications_local_only: bool = True  # ... on this broker only: the remote's ACL need not allow $SYS
+    keepalive_interval: int = 15  # a dead link is noticed in ~1.5x this
+    restart_timeout: tuple[int, int] = (1, 10)  # reconnect backoff: base and cap, seconds
+    cafile: Path | None = None  # TLS to the remote when set (with the bridge's client certificate)
+    certfile: Path | None = None
+    keyfile: Path | None = None
+
+    def lines(self) -> list[str]:
+        """The section's config lines."""
+        out = [f"connection {self.name}", f"address {self.address}",
+               *[f"topic {t} {self.direction} {self.qos}" for t in self.topics],
+               f"remote_clientid {self.remote_clientid}",
+               f"bridge_protocol_version {self.protocol_version}",
+               f"try_private {_bool(self.try_private)}",
+               f"cleansession {_bool(self.cleansession)}",
+               f"local_cleansession {_bool(self.local_cleansession)}",
+               f"notifications {_bool(self.notifications)}",
+               f"notifications_local_only {_bool(self.notifications_local_only)}",
+               f"keepalive_interval {self.keepalive_interval}",
+               f"restart_timeout {self.restart_timeout[0]} {self.restart_timeout[1]}",
+               "start_type automatic"]
+        if self.remote_username is not None:
+            out.append(f"remote_username {self.remote_username}")
+        if self.remote_password is not None:
+            out.append(f"remote_password {self.remote_password}")
+        if (self.cafile is None) != (self.certfile is None) or (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("a TLS bridge needs cafile, certfile and keyfile together")
+        if self.cafile is not None:
+            out += [f"bridge_cafile {self.cafile}", f"bridge_certfile {self.certfile}",
+                    f"bridge_keyfile {self.keyfile}", "bridge_insecure false"]
+        return out
+
+
+@dataclass(frozen=True)
 class MosquittoConfig:
     """What goes into ``mosquitto.conf``. Defaults carry the reason for their value."""
 
@@ -73,6 +133,7 @@ class MosquittoConfig:
     message_size_limit: int = 12 * MIB
     tcp_nodelay: bool = True  # Mosquitto's own sockets; default off would add Nagle delays
     log_types: tuple[str, ...] = ("error", "warning", "notice", "information")
+    bridges: tuple[MosquittoBridge, ...] = ()  # after the listeners: a section ends the main config
     extra_lines: tuple[str, ...] = ()  # raw config lines appended at the end (fault tests)
 
 
@@ -131,6 +192,8 @@ def render_config(config: MosquittoConfig, persistence_dir: Path | None = None) 
             f"use_identity_as_username {_bool(tls.use_identity_as_username)}",
         ]
     lines += list(config.extra_lines)
+    for bridge in config.bridges:
+        lines += ["", *bridge.lines()]
     return "\n".join(lines) + "\n"
 
 

@@ -14,6 +14,10 @@ own ``leave`` the admin runs ``hdus-edge revoke DEVICE``), ``revoke``:
    up (the admin dir has ``keys/broker.json``); the embedded demo broker has no logins to revoke;
 5. clears the device's retained seeds, neighbour list and hello from the broker.
 
+With bridged brokers (``broker-config --bridge``) steps 2-5 happen at every broker directly: the
+plugin's control topic is not bridged, and a site whose bridge is down must refuse the device now.
+A broker that cannot be reached is reported in ``broker_errors`` (re-run once it is back).
+
 Re-running it is harmless (idempotent). Re-admission (``hdus-edge readmit``) gives the device a new
 epoch; the revoked epochs stay refused.
 """
@@ -37,7 +41,7 @@ from hdus_edge.protocol.topics import Topics
 from hdus_edge.state import AdminDir, read_json
 from hdus_edge.transport import dynsec
 from hdus_edge.transport.mqtt import MqttTransport, TlsFiles
-from hdus_edge.transport.url import companion_user
+from hdus_edge.transport.url import companion_user, parse_broker_url
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +122,17 @@ def revoke(admin: AdminDir, order_raw: bytes, *, broker_url: str | None = None, 
     write_json(admin.registry_file, registry)
     rl = revocation_list(data)
     deleted, errors, cleared = _apply_at_broker(admin, fleet, order, order_raw, rl, sorted(registry), broker_url, timeout)
+    # Bridged brokers: the plugin's $CONTROL topic is not bridged, so each broker deletes the logins
+    # itself; the list, the order and the clears go there directly too, so a site whose bridge is
+    # down refuses the device and drops its seeds now, not when the bridge is back.
+    for other in admin.broker_urls()[1:]:
+        where = _label(other)
+        try:
+            d, e, _ = _apply_at_broker(admin, fleet, order, order_raw, rl, sorted(registry), other, timeout)
+        except TransportError as exc:
+            d, e = (), (exc.message,)
+        deleted = tuple(u for u in deleted if u in d)
+        errors += tuple(f"{where}: {m}" for m in e)
     logger.info("revoked %s (epoch %d, request %s): list v%d, logins deleted %s", order.target,
                 data["entries"][order.target]["epoch"], order.request_id, rl.version, deleted)
     return RevocationOutcome(order.target, int(data["entries"][order.target]["epoch"]), order.request_id, rl.version,
@@ -176,6 +191,24 @@ def _apply_at_broker(
     finally:
         transport.close()
     return tuple(deleted), tuple(errors), cleared
+
+
+def reapply_all(admin: AdminDir, *, broker_url: str | None = None, timeout: float = 10.0) -> list[RevocationOutcome]:
+    """``revoke`` again every revocation recorded in the admin dir (idempotent: no new list version).
+
+    For bridged brokers once a bridge or a site broker is back: a reconnecting Mosquitto bridge
+    replays the retained messages it had queued or held, which can put a forgotten device's seed
+    back on a broker that was cleared meanwhile (measured in ``bench scale`` with bridge cuts)."""
+    entries = revocations(admin)["entries"]
+    registry = admin.registry()
+    # Not a device re-admitted since (a later epoch): that would delete its new logins and mark it forgotten.
+    return [revoke(admin, bytes.fromhex(e["order"]), broker_url=broker_url, timeout=timeout)
+            for d, e in sorted(entries.items()) if int(registry.get(d, {}).get("epoch", 0)) <= int(e["epoch"])]
+
+
+def _label(url: str) -> str:
+    parsed = parse_broker_url(url)
+    return f"{parsed.host}:{parsed.port}"
 
 
 def retained_orders(admin: AdminDir, filters: list[str], *, broker_url: str | None = None,
