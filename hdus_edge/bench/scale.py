@@ -66,6 +66,7 @@ NETS = {
     "wan": LinkShape(delay_s=0.040, jitter_s=0.010, loss=0.01, seed=0),
     "flap": LinkShape(flap_every_s=8.0, flap_down_s=3.0, seed=0),
 }
+IDLE_WINDOW_S = 5.0
 DEVICES_PER_SITE = 10  # a site (namespace) per ten devices: a building's subnet, not one host each
 BROKERS = ("one", "bridged")
 BRIDGE_CUT_S = 1.0  # how long a cut bridge stays down (its reconnect backoff adds to it)
@@ -250,6 +251,13 @@ def run_case(case: ScaleCase, root: Path, progress: Callable[[str], None] = lamb
 
             def orders(fn: Callable[[], Any]) -> Any:
                 return cutter.around(fn) if cutter else fn()
+            # The agents' own background (heartbeats, housekeeping ticks, digests) while nothing happens:
+            # what the figures below carry of this machine's two cores regardless of any order.
+            idle_before, idle_t0 = fleet.cpu_seconds(), time.monotonic()
+            time.sleep(IDLE_WINDOW_S)
+            idle_after = fleet.cpu_seconds()
+            idle_share = sum(idle_after[d] - idle_before[d] for d in idle_after if d in idle_before) / max(
+                1e-9, time.monotonic() - idle_t0)
             cpu_before, wall_before = fleet.cpu_seconds(), time.monotonic()
             progress(f"{label}: {case.forgets} unlearns")
             for target in ids[:case.forgets]:
@@ -323,7 +331,7 @@ def run_case(case: ScaleCase, root: Path, progress: Callable[[str], None] = lamb
         "revocation_errors": revocation_errors,
         "rss_per_agent_mib": (sum(rss) / len(rss) / 2**20) if rss else None,
         "broker_cpu_s": broker_cpu, "broker_rss_mib": broker_rss / 2**20 if broker_rss else None,
-        "agents_cpu_share_while_forgetting": cpu_share, "cores": os.cpu_count(),
+        "agents_cpu_share_idle": idle_share, "agents_cpu_share_while_forgetting": cpu_share, "cores": os.cpu_count(),
         "proxy_losses": sum(p.stats.lost for p in proxies), "proxy_flaps": sum(p.stats.flaps for p in proxies),
         **applies,
     }

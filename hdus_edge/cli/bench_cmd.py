@@ -294,14 +294,14 @@ def scale(
 
     table = Table(title="Fleets of one process per device")
     for col in ("devices", "degree", "net", "brokers", "propagation p50/p95", "unlearn p50/p95", "10 at once", "missing",
-                "back", "RSS/agent", "agents' CPU while forgetting"):
+                "back", "RSS/agent", "agents' CPU idle / forgetting"):
         table.add_column(col, justify="right")
     for r in result["rows"]:
         table.add_row(str(r["devices"]), str(r["degree"]), r["net"], f"{r['brokers']} ({r['bridge_cuts_done']} cuts)",
                       f"{sec(r['propagation_p50_s'])} / {sec(r['propagation_p95_s'])}",
                       f"{sec(r['unlearn_p50_s'])} / {sec(r['unlearn_p95_s'])}", sec(r["together_all_receipts_s"]),
                       str(r["missing_receipts"]), str(r["resurrections"]), f"{r['rss_per_agent_mib']:.0f} MiB",
-                      f"{r['agents_cpu_share_while_forgetting']:.2f} of {r['cores']} cores")
+                      f"{r['agents_cpu_share_idle']:.2f} / {r['agents_cpu_share_while_forgetting']:.2f} of {r['cores']} cores")
     console.print(table)
     for r in result["rows"]:
         if r.get("holder_applies"):
