@@ -30,6 +30,7 @@ from hdus_edge.protocol import codec
 from hdus_edge.protocol.fields import ADMIN_ID
 from hdus_edge.protocol.messages import UnlearnOrder
 from hdus_edge.protocol.topics import Topics
+from hdus_edge.reliability.harness import wait_until
 from hdus_edge.state import AdminDir
 from hdus_edge.transport.mosquitto import MosquittoProcess
 from hdus_edge.transport.mqtt import MqttTransport, TlsFiles
@@ -43,12 +44,7 @@ IDS = ("d1", "d2", "d3", "d4")  # round robin: d1, d3 on site-1; d2, d4 on site-
 
 
 def _wait(predicate, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return bool(predicate())
+    return wait_until(predicate, timeout, interval=0.05)
 
 
 # --- the writer (pure: what the files say) --------------------------------------------------------

@@ -21,6 +21,7 @@ from hdus_edge.protocol import codec
 from hdus_edge.protocol.crypto import SigningKey, issue_certificate
 from hdus_edge.protocol.messages import Hello, SeedEnvelope
 from hdus_edge.protocol.topics import Topics
+from hdus_edge.reliability.harness import wait_until
 from hdus_edge.state import StateDir
 from hdus_edge.transport.mosquitto import MosquittoProcess
 from hdus_edge.transport.mqtt import MqttTransport, TlsFiles
@@ -31,12 +32,7 @@ ROOT = Topics("kit").root
 
 
 def _wait(predicate, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return bool(predicate())
+    return wait_until(predicate, timeout, interval=0.05)
 
 
 class Generated:
