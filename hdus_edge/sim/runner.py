@@ -225,7 +225,8 @@ def _baseline_summary(before: Any, after: Any, costs: list[Any], check: Any, rec
 
 def _report(cfg: SimConfig, data: FleetData, hdus: HdusSim, methods: dict[str, Any], seconds: float) -> dict[str, Any]:
     receipts = [{"request_id": o.order.request_id, "target": o.order.target, "holders": list(o.holders),
-                 "received": sorted(r.receipt.device_id for r in o.receipts), "complete": o.complete,
+                 "received": sorted(r.receipt.device_id for r in o.receipts),
+                 "released": sorted(d for d, _ in o.released), "complete": o.complete,
                  "latency_s": o.latency_s} for o in hdus.outcomes]
     mia = hdus.mia
     first = mia[cfg.forget[0]] if cfg.forget else {}
