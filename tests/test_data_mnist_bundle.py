@@ -114,7 +114,8 @@ def test_mnist_bundle_env_override(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
 
 
 def test_mnist_bundle_nothing_reads_beside_the_repository() -> None:
-    # No code, test or tool may read ../shared: a plain clone or a wheel has nothing there.
+    # No code, test or tool may read the folder beside the repository that holds the team's shared
+    # material: a plain clone or a wheel has nothing there.
     # Spelled in parts, so that this test is not itself a hit for the same search.
     needles = ("../" + "shared", "shared" + "/data")
     hits = []

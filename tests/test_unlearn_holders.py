@@ -4,9 +4,13 @@ an offline holder's receipt arrives when it returns. On Mosquitto."""
 
 from __future__ import annotations
 
+import json
+import threading
+
 from hdus_edge.reliability.harness import lab_fleet, start_agents, wait_until
 from hdus_edge.transport.mqtt import MqttTransport
 from hdus_edge.unlearn.commands import (
+    audit_evidence,
     expected_holders,
     receipts_report,
     source_of,
@@ -42,15 +46,20 @@ def test_expected_holders_skip_forgotten_devices():
     assert expected_holders(registry) == {"a": ("b",), "c": ()}
 
 
+def _converge_then_stop(fleet, device_id: str) -> None:
+    """Start every agent of a complete graph, wait until each holds all seeds, then stop ``device_id``'s."""
+    agents = start_agents(fleet, fleet.states)
+    assert wait_until(lambda: all(len(a.members()) == len(agents) - 1 for a in agents.values()), 60)
+    agents[device_id].stop()
+    fleet.agents.pop(device_id)
+
+
 def test_a_holder_whose_list_the_broker_lost_is_awaited_named_and_answers_on_return(tmp_path, mosquitto_broker):
     # Prepare: three devices, complete graph; dev-002 goes offline and the broker loses its list.
     url = mosquitto_broker.url
     fleet = lab_fleet(tmp_path, url, 3)
     try:
-        agents = start_agents(fleet, fleet.states)
-        assert wait_until(lambda: all(len(a.members()) == 2 for a in agents.values()), 60)
-        agents["dev-002"].stop()
-        fleet.agents.pop("dev-002")
+        _converge_then_stop(fleet, "dev-002")
         clear = MqttTransport(url, "clear-list", clean_session=True)
         clear.connect(timeout=10)
         assert clear.publish("hdus/v1/rel/membership/dev-002", b"", retain=True, wait=True, timeout=10)
@@ -74,19 +83,11 @@ def test_a_holder_forgotten_while_an_order_is_out_owes_no_receipt_and_the_eviden
     # Found by bench scale at 100 devices: of ten orders published at once, a target that was also
     # another target's holder stopped (forgotten) before answering, and the requester waited for it
     # until its deadline and called the evidence incomplete.
-    import json
-    import threading
-
-    from hdus_edge.unlearn.commands import audit_evidence
-
     # Prepare: three devices, complete graph; dev-002 is offline, so only an order can settle it.
     url = mosquitto_broker.url
     fleet = lab_fleet(tmp_path, url, 3)
     try:
-        agents = start_agents(fleet, fleet.states)
-        assert wait_until(lambda: all(len(a.members()) == 2 for a in agents.values()), 60)
-        agents["dev-002"].stop()
-        fleet.agents.pop("dev-002")
+        _converge_then_stop(fleet, "dev-002")
         result: dict = {}
         first = threading.Thread(target=lambda: result.update(out=unlearn(fleet.admin, "dev-000", broker_url=url, wait_s=60)))
         out_there = threading.Event()

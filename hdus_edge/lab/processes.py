@@ -236,8 +236,9 @@ class ProcessFleet:
         the agent publishes its seed while it starts, before writing that file."""
         wall_minus_mono = time.time() - time.monotonic()
         running_by = {d: a.ready_at for d, a in self.procs.items() if a.ready_at is not None}
+        topics = Topics(self.fleet.fleet.name)
         arrivals = {pair: at for pair, at in self.seed_arrivals().items()
-                    if (seen := on_broker.get(Topics(self.fleet.fleet.name).seed(*pair))) is not None
+                    if (seen := on_broker.get(topics.seed(*pair))) is not None
                     and pair[0] in running_by and running_by[pair[0]] <= seen + wall_minus_mono}
         return seed_propagation(arrivals, on_broker, self.fleet.fleet.name)
 

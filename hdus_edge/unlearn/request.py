@@ -304,6 +304,28 @@ class EvidenceCheck:
         return self.order is not None and not self.problems
 
 
+# What a malformed record in an evidence file raises while it is opened: reported, never a crash.
+BAD_RECORD = (HdusError, KeyError, TypeError, ValueError, AttributeError)
+
+
+def evidence_trust(evidence: dict[str, Any], fleet: str, admin_key: VerifyKey, problems: list[str]) -> TrustStore:
+    """The fleet admin's trust, with every certificate the evidence carries that the admin signed
+    (each one that does not verify is added to ``problems``)."""
+    trust = TrustStore(fleet, admin_key)
+    for cert in evidence.get("certificates", []):
+        try:
+            trust.certify(DeviceCertificate.from_dict(cert))
+        except BAD_RECORD as exc:
+            who = cert.get("device_id") if isinstance(cert, dict) else None
+            problems.append(f"certificate of {who!r}: {getattr(exc, 'message', exc)}")
+    return trust
+
+
+def open_signed(hex_text: Any, trust: TrustStore) -> Message:
+    """One signed message an evidence file carries as hex, decoded and verified (raises ``BAD_RECORD``)."""
+    return codec.verify(codec.decode(bytes.fromhex(hex_text)), trust)
+
+
 def check_evidence(evidence: dict[str, Any] | Path, admin_key: VerifyKey, fleet: str | None = None) -> EvidenceCheck:
     """``verify_evidence`` with the verified order and receipts kept (see there for the checks)."""
     if isinstance(evidence, Path):
@@ -312,19 +334,13 @@ def check_evidence(evidence: dict[str, Any] | Path, admin_key: VerifyKey, fleet:
     fleet = fleet or evidence.get("fleet")
     if not isinstance(fleet, str) or not fleet:
         return EvidenceCheck(None, (), ["the evidence names no fleet (pass the fleet's name)"])
-    trust = TrustStore(fleet, admin_key)
-    for cert in evidence.get("certificates", []):
-        try:
-            trust.certify(DeviceCertificate.from_dict(cert))
-        except (HdusError, KeyError, TypeError, ValueError, AttributeError) as exc:
-            who = cert.get("device_id") if isinstance(cert, dict) else None
-            problems.append(f"certificate of {who!r}: {getattr(exc, 'message', exc)}")
+    trust = evidence_trust(evidence, fleet, admin_key, problems)
     try:
-        order = codec.verify(codec.decode(bytes.fromhex(evidence["order"])), trust)
+        order = open_signed(evidence["order"], trust)
         if not isinstance(order, UnlearnOrder) or order.request_id != evidence["request_id"]:
             problems.append("the order is not this request's unlearn order")
             return EvidenceCheck(None, (), problems)
-    except (HdusError, KeyError, TypeError, ValueError) as exc:
+    except BAD_RECORD as exc:
         problems.append(f"order: {getattr(exc, 'message', exc)}")
         return EvidenceCheck(None, (), problems)
     for key, value in (("target", order.target), ("issuer", order.issuer), ("reason", order.reason),
@@ -336,8 +352,8 @@ def check_evidence(evidence: dict[str, Any] | Path, admin_key: VerifyKey, fleet:
     for rec in evidence.get("receipts", []):
         who = rec.get("device_id") if isinstance(rec, dict) else None
         try:
-            msg = codec.verify(codec.decode(bytes.fromhex(rec["signed"])), trust)
-        except (HdusError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            msg = open_signed(rec["signed"], trust)
+        except BAD_RECORD as exc:
             problems.append(f"receipt of {who!r}: {getattr(exc, 'message', exc)}")
             continue
         if not isinstance(msg, Receipt) or msg.request_id != order.request_id or msg.target != order.target:
@@ -356,8 +372,8 @@ def check_evidence(evidence: dict[str, Any] | Path, admin_key: VerifyKey, fleet:
     for rec in evidence.get("released", []):
         who = rec.get("device_id") if isinstance(rec, dict) else None
         try:
-            other = codec.verify(codec.decode(bytes.fromhex(rec["order"])), trust)
-        except (HdusError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            other = open_signed(rec["order"], trust)
+        except BAD_RECORD as exc:
             problems.append(f"release of {who!r}: {getattr(exc, 'message', exc)}")
             continue
         # It must be a valid order forgetting that very device (its current certificate's epoch).

@@ -26,6 +26,12 @@ from hdus_edge.protocol.crypto import DeviceCertificate, TrustStore, VerifyKey
 from hdus_edge.protocol.messages import Hello, NeighborList, SeedRetire, SwapReceipt
 from hdus_edge.protocol.topics import Topics
 from hdus_edge.transport.mqtt import MqttTransport
+from hdus_edge.unlearn.request import (
+    BAD_RECORD,
+    evidence_trust,
+    open_signed,
+    read_evidence,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -251,11 +257,7 @@ def audit_swap_evidence(path: Path, admin_key: VerifyKey, fleet: str | None = No
 
 
 def _read(evidence: dict[str, Any] | Path) -> dict[str, Any]:
-    if isinstance(evidence, dict):
-        return evidence
-    from hdus_edge.unlearn.request import read_evidence
-
-    return read_evidence(evidence)
+    return evidence if isinstance(evidence, dict) else read_evidence(evidence)
 
 
 def _check_swap_evidence(evidence: dict[str, Any], admin_key: VerifyKey,
@@ -264,16 +266,10 @@ def _check_swap_evidence(evidence: dict[str, Any], admin_key: VerifyKey,
     fleet = fleet or evidence.get("fleet")
     if not isinstance(fleet, str):
         return ["the evidence names no fleet (give --fleet)"], None, []
-    trust = TrustStore(fleet, admin_key)
-    for cert in evidence.get("certificates", []):
-        try:
-            trust.certify(DeviceCertificate.from_dict(cert))
-        except (HdusError, KeyError, TypeError, ValueError) as exc:
-            who = cert.get("device_id") if isinstance(cert, dict) else None
-            problems.append(f"certificate of {who!r}: {getattr(exc, 'message', exc)}")
+    trust = evidence_trust(evidence, fleet, admin_key, problems)
     try:
-        retire = codec.verify(codec.decode(bytes.fromhex(evidence["retire"])), trust)
-    except (HdusError, KeyError, TypeError, ValueError) as exc:
+        retire = open_signed(evidence["retire"], trust)
+    except BAD_RECORD as exc:
         return problems + [f"retirement: {getattr(exc, 'message', exc)}"], None, []
     if (not isinstance(retire, SeedRetire) or retire.request_id != evidence.get("request_id")
             or retire.owner != evidence.get("owner") or retire.sha256 != evidence.get("sha256")):
@@ -282,8 +278,8 @@ def _check_swap_evidence(evidence: dict[str, Any], admin_key: VerifyKey,
     for rec in evidence.get("receipts", []):
         who = rec.get("device_id") if isinstance(rec, dict) else None
         try:
-            msg = codec.verify(codec.decode(bytes.fromhex(rec["signed"])), trust)
-        except (HdusError, KeyError, TypeError, ValueError) as exc:
+            msg = open_signed(rec["signed"], trust)
+        except BAD_RECORD as exc:
             problems.append(f"receipt of {who!r}: {getattr(exc, 'message', exc)}")
             continue
         if not isinstance(msg, SwapReceipt) or msg.request_id != retire.request_id or msg.owner != retire.owner:
